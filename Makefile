@@ -1,0 +1,32 @@
+# Each target creates .venv when missing. CI sets TORCH to the local CPU wheel.
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test test-slow lint bench clean
+
+$(BIN)/ppdgm: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(BIN)/ppdgm
+
+demo: $(BIN)/ppdgm
+	$(BIN)/ppdgm demo --out runs/demo
+
+test: $(BIN)/ppdgm
+	$(BIN)/python -m pytest -q
+
+test-slow: $(BIN)/ppdgm
+	$(BIN)/python -m pytest -q -m slow
+
+lint: $(BIN)/ppdgm
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: $(BIN)/ppdgm
+	$(BIN)/python bench/step_time.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

@@ -1,0 +1,82 @@
+r"""Variational autoencoder: the AEVB / ELBO estimator.
+
+Kingma & Welling (2014), "Auto-Encoding Variational Bayes"; Rezende et al. (2014). One data-side
+phase moves the model θ and the guide φ together on the evidence lower bound
+
+.. math::
+
+    \mathcal{L}(x) = \mathbb{E}_{q_\phi(z \mid x)}\left[\log p_\theta(x, z) - \log q_\phi(z \mid x)\right]
+    \le \log p_\theta(x),
+
+estimated with K particles per datapoint (AEVB: K = 1). Reparameterisable latents give pathwise
+gradients. Latents without a reparameterised sampler (e.g. Bernoulli) add the score-function term
+:math:`(l - b)\,\nabla_\phi \log q_\phi(z \mid x)` with the NVIL baseline ``b``
+(Mnih & Gregor 2014, see :mod:`ppdgm.inference.baselines`).
+
+In the unified view (Hu et al. 2018, arXiv:1706.00550) this is the wake phase of wake-sleep
+extended so that the guide learns in the wake phase too.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ppdgm.inference.baselines import NVILBaseline
+from ppdgm.method import Engine, Method, register
+from ppdgm.programs import ProgramPair
+
+
+@register
+class VAE(Method):
+    """ELBO training of a model/guide pair (``method="vae"``, alias ``"elbo"``).
+
+    Args:
+        num_particles: K samples of the guide per datapoint, averaged.
+        baseline_decay: decay of the NVIL running baseline (non-reparameterised latents only).
+        baseline_net: optional input-dependent NVIL baseline network ``x -> (B,)``.
+        variance_normalisation: scale the learning signal by its running standard deviation.
+    """
+
+    name = "vae"
+    aliases = ("elbo",)
+    players = ("model", "guide", "baseline")
+    objective_name = "elbo"
+
+    def __init__(
+        self,
+        num_particles: int = 1,
+        baseline_decay: float = 0.9,
+        baseline_net: torch.nn.Module | None = None,
+        variance_normalisation: bool = True,
+    ) -> None:
+        if int(num_particles) != num_particles or num_particles < 1:
+            raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
+        self.num_particles = int(num_particles)
+        self.baseline = NVILBaseline(baseline_decay, baseline_net, variance_normalisation)
+
+    def options(self) -> dict:
+        return {"num_particles": self.num_particles, "baseline_decay": self.baseline.decay}
+
+    def extra_params(self) -> dict[str, list[torch.Tensor]]:
+        return {"baseline": self.baseline.parameters()}
+
+    def step(self, engine: Engine, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        side = engine.programs.data_side(x, self.num_particles)
+        log_w = side.log_weights
+        elbo = log_w.mean(0)
+        surrogate = elbo.mean()
+        if side.log_q_nonreparam is not None:
+            signal, baseline_loss = self.baseline.centred(log_w.detach(), x)
+            surrogate = surrogate + (signal * side.log_q_nonreparam).mean() - baseline_loss
+        engine.update(-surrogate, self.players)
+        return {"elbo": elbo.detach().mean()}
+
+    @torch.no_grad()
+    def objective(self, programs: ProgramPair, x: torch.Tensor) -> torch.Tensor:
+        return programs.data_side(x, self.num_particles).log_weights.mean(0)
+
+    def state_dict(self) -> dict:
+        return {"baseline": self.baseline.state_dict()}
+
+    def load_state_dict(self, state) -> None:
+        self.baseline.load_state_dict(state["baseline"])

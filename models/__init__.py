@@ -1,0 +1,7 @@
+"""Generative models written as plain Pyro model functions (``model(x=None, batch_size=None)``)."""
+
+from ppdgm.models.linear_gaussian import LinearGaussianModel
+from ppdgm.models.nets import mlp
+from ppdgm.models.vae import BernoulliMLPModel
+
+__all__ = ["BernoulliMLPModel", "LinearGaussianModel", "mlp"]

@@ -1,0 +1,28 @@
+"""ppdgm: write a generative model once as a Pyro program, train it with any DGM algorithm.
+
+``ppdgm.fit(model, guide, data, method="iwae", num_particles=5)`` trains a plain Pyro model/guide
+pair; the algorithm is the ``method`` argument. See README.md and DESIGN.md.
+"""
+
+from ppdgm import data, evaluate
+from ppdgm.method import Engine, Method, available_methods, get_method, register
+from ppdgm.programs import ConventionError, DataSide, ProgramPair
+from ppdgm.train import Run, fit, load_params
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConventionError",
+    "DataSide",
+    "Engine",
+    "Method",
+    "ProgramPair",
+    "Run",
+    "available_methods",
+    "data",
+    "evaluate",
+    "fit",
+    "get_method",
+    "load_params",
+    "register",
+]

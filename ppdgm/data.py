@@ -1,0 +1,193 @@
+"""Data sets: embedded digits, binarized MNIST from a data directory, synthetic 2-D mixtures.
+
+Every data set is a :class:`Dataset` of float tensors ``train``, ``valid`` and ``test`` with one
+datapoint per row, plus the image shape for plotting and, for synthetic data, the true log density.
+
+* ``digits`` — scikit-learn's 8x8 digits (ships inside scikit-learn), scaled to [0, 1].
+* ``digits-binary`` — the same, thresholded at 0.5.
+* ``binarized-mnist`` — the fixed binarization of Larochelle & Murray (2011), 50k/10k/10k. Read from
+  ``data_dir`` (default ``$PPDGM_DATA`` or ``~/.cache/ppdgm``) as ``binarized_mnist.npz`` (bit-packed
+  arrays ``train``/``valid``/``test`` of shape (N, 98)) or the classic
+  ``binarized_mnist_{train,valid,test}.amat`` text files; when neither is there the .amat files are
+  fetched into ``data_dir`` (a clear error says what to do when offline).
+* ``ring8`` / ``grid25`` — mixtures of 8 Gaussians on a circle and 25 on a 5x5 grid.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MNIST_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/binarized_mnist_{split}.amat"
+_SPLITS = ("train", "valid", "test")
+
+
+class DataUnavailableError(RuntimeError):
+    """A data set is neither in the data directory nor reachable for download."""
+
+
+@dataclass
+class Dataset:
+    """Train/valid/test tensors of one data set (rows are datapoints)."""
+
+    name: str
+    train: torch.Tensor
+    valid: torch.Tensor
+    test: torch.Tensor
+    image_shape: tuple[int, ...] | None = None
+    binary: bool = False
+    log_density: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def dim(self) -> int:
+        return int(self.train[0].numel())
+
+    def split(self, name: str) -> torch.Tensor:
+        if name not in _SPLITS:
+            raise ValueError(f"unknown split {name!r}; expected one of {_SPLITS}")
+        return getattr(self, name)
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("PPDGM_DATA", Path.home() / ".cache" / "ppdgm"))
+
+
+def _split_rows(x: np.ndarray, n_valid: int, n_test: int, seed: int) -> tuple[np.ndarray, ...]:
+    order = np.random.default_rng(seed).permutation(len(x))
+    test, valid, train = order[:n_test], order[n_test : n_test + n_valid], order[n_test + n_valid :]
+    return x[train], x[valid], x[test]
+
+
+def _tensors(*arrays: np.ndarray) -> list[torch.Tensor]:
+    return [torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32) for a in arrays]
+
+
+def load_digits(binary: bool = False, split_seed: int = 0) -> Dataset:
+    """scikit-learn's 1,797 8x8 digits scaled to [0, 1]; 1,300 train / 200 valid / 297 test."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    x = sk_load_digits().data.astype(np.float32) / 16.0
+    if binary:
+        x = (x > 0.5).astype(np.float32)
+    train, valid, test = _tensors(*_split_rows(x, 200, 297, split_seed))
+    return Dataset("digits-binary" if binary else "digits", train, valid, test, (8, 8), binary)
+
+
+def _read_amat(path: Path) -> np.ndarray:
+    return np.loadtxt(path, dtype=np.float32).reshape(-1, 784)
+
+
+def load_binarized_mnist(data_dir: str | Path | None = None, download: bool = True) -> Dataset:
+    """Binarized MNIST (50k/10k/10k) from ``data_dir``; see the module docstring for the formats."""
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    npz = root / "binarized_mnist.npz"
+    amats = {s: root / f"binarized_mnist_{s}.amat" for s in _SPLITS}
+    if npz.exists():
+        with np.load(npz) as packed:
+            arrays = [np.unpackbits(packed[s], axis=1)[:, :784] for s in _SPLITS]
+    else:
+        missing = [s for s, p in amats.items() if not p.exists()]
+        if missing and not download:
+            raise DataUnavailableError(f"binarized MNIST is not in {root} (looked for {npz.name} and the .amat files)")
+        for split in missing:
+            _fetch(MNIST_URL.format(split=split), amats[split])
+        arrays = [_read_amat(amats[s]) for s in _SPLITS]
+    train, valid, test = _tensors(*arrays)
+    return Dataset("binarized-mnist", train, valid, test, (28, 28), True)
+
+
+def _fetch(url: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(target.suffix + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+    except (urllib.error.URLError, OSError) as err:
+        partial.unlink(missing_ok=True)
+        raise DataUnavailableError(
+            f"could not download {url} ({err}). Offline? Put binarized_mnist.npz or the three "
+            f"binarized_mnist_{{train,valid,test}}.amat files into {target.parent} (or pass data_dir=...)"
+        ) from err
+    os.replace(partial, target)
+
+
+# ---------------------------------------------------------------------------------------------- 2-D mixtures
+def mixture_centres(name: str) -> tuple[torch.Tensor, float]:
+    """Component means and the common standard deviation of a synthetic mixture."""
+    if name == "ring8":
+        angles = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
+        return torch.stack([2 * angles.cos(), 2 * angles.sin()], -1).float(), 0.02
+    if name == "grid25":
+        grid = torch.arange(-4.0, 5.0, 2.0)
+        return torch.cartesian_prod(grid, grid), 0.05
+    raise ValueError(f"unknown mixture {name!r}; known: ring8, grid25")
+
+
+def mixture_log_density(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The exact log density of a synthetic mixture (equal weights, isotropic components)."""
+    centres, std = mixture_centres(name)
+
+    def log_density(x: torch.Tensor) -> torch.Tensor:
+        c = centres.to(x)
+        sq = (x.unsqueeze(-2) - c).pow(2).sum(-1)
+        log_comp = -0.5 * sq / std**2 - math.log(2 * math.pi * std**2)
+        return torch.logsumexp(log_comp, -1) - math.log(len(c))
+
+    return log_density
+
+
+def load_mixture(name: str, n_train: int = 10000, n_valid: int = 1000, n_test: int = 1000, seed: int = 0) -> Dataset:
+    """Samples from ``ring8`` or ``grid25`` with a fixed seed, and the mixture's true log density."""
+    centres, std = mixture_centres(name)
+    gen = torch.Generator().manual_seed(seed)
+    n = n_train + n_valid + n_test
+    comp = torch.randint(len(centres), (n,), generator=gen)
+    x = centres[comp] + std * torch.randn(n, 2, generator=gen)
+    train, valid, test = x[:n_train], x[n_train : n_train + n_valid], x[n_train + n_valid :]
+    return Dataset(name, train, valid, test, None, False, mixture_log_density(name))
+
+
+_LOADERS: dict[str, Callable[..., Dataset]] = {
+    "digits": lambda data_dir=None, **kw: load_digits(binary=False, **kw),
+    "digits-binary": lambda data_dir=None, **kw: load_digits(binary=True, **kw),
+    "binarized-mnist": lambda data_dir=None, **kw: load_binarized_mnist(data_dir, **kw),
+    "ring8": lambda data_dir=None, **kw: load_mixture("ring8", **kw),
+    "grid25": lambda data_dir=None, **kw: load_mixture("grid25", **kw),
+}
+
+
+def available_datasets() -> list[str]:
+    return sorted(_LOADERS)
+
+
+def load(name: str, data_dir: str | Path | None = None, **options) -> Dataset:
+    """Load a data set by name (see :func:`available_datasets`)."""
+    try:
+        loader = _LOADERS[name]
+    except KeyError:
+        raise ValueError(f"unknown data set {name!r}; known: {', '.join(available_datasets())}") from None
+    return loader(data_dir=data_dir, **options)
+
+
+def as_dataset(data: str | Dataset | torch.Tensor | np.ndarray, data_dir: str | Path | None = None) -> Dataset:
+    """Accept a name, a :class:`Dataset`, or a tensor/array of training rows (no valid/test split)."""
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, str):
+        return load(data, data_dir)
+    if isinstance(data, np.ndarray | torch.Tensor):
+        x = torch.as_tensor(data, dtype=torch.float32)
+        if x.dim() < 2 or x.shape[0] == 0:
+            raise ValueError(f"data must have one datapoint per row, got shape {tuple(x.shape)}")
+        empty = x[:0]
+        return Dataset("tensor", x, empty, empty, None, bool(((x == 0) | (x == 1)).all()))
+    raise TypeError(f"data must be a data set name, a ppdgm Dataset or a tensor, got {type(data).__name__}")

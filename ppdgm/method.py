@@ -1,0 +1,223 @@
+"""Players, the engine that steps them, the base class of every method, and the method registry.
+
+A *player* is a group of parameters with its own torch optimizer: the model's θ, the guide's φ,
+later a discriminator's ψ. A method's step is a sequence of phases; each phase ends in
+:meth:`Engine.update`, which back-propagates one loss and steps only the players that the phase
+moves — a player whose phase did not run keeps its parameters *and* its optimizer state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pyro
+import torch
+
+from ppdgm.programs import ProgramPair
+
+OptimizerSpec = str | type[torch.optim.Optimizer] | Callable[[list[torch.Tensor]], torch.optim.Optimizer]
+
+_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": torch.optim.SGD,
+    "rmsprop": torch.optim.RMSprop,
+}
+
+
+@dataclass
+class Player:
+    """Parameters that move together, with the optimizer that moves them."""
+
+    name: str
+    param_names: tuple[str, ...]
+    params: list[torch.Tensor]
+    optimizer: torch.optim.Optimizer
+
+
+def make_optimizer(
+    params: list[torch.Tensor], optimizer: OptimizerSpec, lr: float, options: Mapping[str, Any] | None = None
+) -> torch.optim.Optimizer:
+    """Build a torch optimizer from a name (``"adam"``...), an optimizer class or a factory."""
+    options = dict(options or {})
+    if isinstance(optimizer, str):
+        try:
+            optimizer = _OPTIMIZERS[optimizer.lower()]
+        except KeyError:
+            raise ValueError(f"unknown optimizer {optimizer!r}; known: {sorted(_OPTIMIZERS)}") from None
+    if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
+        return optimizer(params, lr=lr, **options)
+    return optimizer(params)
+
+
+def _per_player(value: Any, player: str, default: Any) -> Any:
+    if isinstance(value, Mapping):
+        return value.get(player, default)
+    return default if value is None else value
+
+
+class Engine:
+    """Runs the phases of one method on one program pair: owns the players and their optimizers.
+
+    Args:
+        programs: the model/guide pair (already inspected).
+        players: parameter names per player, e.g. ``{"model": (...), "guide": (...)}``.
+        optimizer: a name, class or factory, or a mapping from player name to one.
+        lr: learning rate, or a mapping from player name to one.
+        optimizer_options: extra keyword arguments for the optimizer (or a mapping per player).
+    """
+
+    def __init__(
+        self,
+        programs: ProgramPair,
+        players: Mapping[str, Iterable[str]],
+        *,
+        optimizer: OptimizerSpec | Mapping[str, OptimizerSpec] = "adam",
+        lr: float | Mapping[str, float] = 1e-3,
+        optimizer_options: Mapping[str, Any] | None = None,
+        extra_params: Mapping[str, list[torch.Tensor]] | None = None,
+    ) -> None:
+        self.programs = programs
+        store = pyro.get_param_store()
+        self.players: dict[str, Player] = {}
+        for name, param_names in players.items():
+            param_names = tuple(param_names)
+            params = [store._params[n] for n in param_names]
+            params += list((extra_params or {}).get(name, ()))
+            if not params:
+                continue
+            opt = make_optimizer(
+                params,
+                _per_player(optimizer, name, "adam"),
+                _per_player(lr, name, 1e-3),
+                _per_player_options(optimizer_options, name),
+            )
+            self.players[name] = Player(name, param_names, params, opt)
+
+    def update(self, loss: torch.Tensor, players: Iterable[str]) -> None:
+        """Back-propagate ``loss`` and step the optimizers of ``players`` only."""
+        moving = [self.players[p] for p in players if p in self.players]
+        for player in moving:
+            player.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for player in moving:
+            player.optimizer.step()
+
+    def state_dict(self) -> dict:
+        return {
+            name: {
+                "params": [p.detach().clone() for p in player.params],
+                "optimizer": player.optimizer.state_dict(),
+            }
+            for name, player in self.players.items()
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        for name, player in self.players.items():
+            saved = state[name]
+            if len(saved["params"]) != len(player.params):
+                raise ValueError(f"checkpoint has {len(saved['params'])} tensors for player {name!r}, expected "
+                                 f"{len(player.params)}: was it written for another model or guide?")
+            with torch.no_grad():
+                for p, v in zip(player.params, saved["params"]):
+                    if p.shape != v.shape:
+                        raise ValueError(f"checkpoint tensor of shape {tuple(v.shape)} for player {name!r} does "
+                                         f"not fit a parameter of shape {tuple(p.shape)}")
+                    p.copy_(v)
+            player.optimizer.load_state_dict(saved["optimizer"])
+
+
+def _per_player_options(options: Mapping[str, Any] | None, player: str) -> Mapping[str, Any]:
+    if not options:
+        return {}
+    if any(isinstance(v, Mapping) for v in options.values()):
+        return options.get(player, {})
+    return options
+
+
+class Method:
+    """Base class of a training algorithm: a few phases over a program pair.
+
+    Subclasses set ``name`` (the registered name), ``players`` (the players they step) and
+    implement :meth:`step`. State that must survive a checkpoint (baselines, counters) goes in
+    :meth:`state_dict` / :meth:`load_state_dict`.
+    """
+
+    name: ClassVar[str] = ""
+    aliases: ClassVar[tuple[str, ...]] = ()
+    players: ClassVar[tuple[str, ...]] = ("model", "guide")
+    requires_guide: ClassVar[bool] = True
+    objective_name: ClassVar[str] = "objective"
+
+    def setup(self, programs: ProgramPair) -> None:
+        """Called once after the program pair is inspected; check the method can train it."""
+
+    def extra_params(self) -> dict[str, list[torch.Tensor]]:
+        """Parameters the method itself owns (e.g. a baseline network), per player."""
+        return {}
+
+    def step(self, engine: Engine, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One training step on a batch ``x``; returns detached scalar metrics (kept on device)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def objective(self, programs: ProgramPair, x: torch.Tensor) -> torch.Tensor:
+        """The quantity the method maximises, per datapoint (shape ``(B,)``), for validation."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        del state
+
+    def options(self) -> dict[str, Any]:
+        """The constructor options, for run records."""
+        return {}
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
+        return f"{type(self).__name__}({opts})"
+
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: register a method under its ``name`` and ``aliases``."""
+    for key in (cls.name, *cls.aliases):
+        if key in _REGISTRY and _REGISTRY[key] is not cls:
+            raise ValueError(f"method name {key!r} is already registered to {_REGISTRY[key].__name__}")
+        _REGISTRY[key] = cls
+    return cls
+
+
+def _ensure_builtin_methods() -> None:
+    import ppdgm.inference  # noqa: F401  (registers the built-in methods)
+
+
+def available_methods() -> dict[str, type[Method]]:
+    """Registered methods by primary name."""
+    _ensure_builtin_methods()
+    return {cls.name: cls for cls in dict.fromkeys(_REGISTRY.values())}
+
+
+def get_method(method: str | Method, **options: Any) -> Method:
+    """A method instance from a registered name (with options) or an instance (options must be empty)."""
+    if isinstance(method, Method):
+        if options:
+            raise TypeError(f"options {sorted(options)} were given with a method instance; pass them to its constructor")
+        return method
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a name or a ppdgm Method, got {type(method).__name__}")
+    _ensure_builtin_methods()
+    cls = _REGISTRY.get(method.lower())
+    if cls is None:
+        known = ", ".join(sorted(available_methods()))
+        raise ValueError(f"unknown method {method!r}; known methods: {known}")
+    try:
+        return cls(**options)
+    except TypeError as err:
+        raise TypeError(f"bad options for method {cls.name!r}: {err}") from None

@@ -1,0 +1,433 @@
+"""Training: :func:`fit` runs a method on a model/guide pair and returns a :class:`Run`.
+
+Design points:
+
+* Each fit runs in its own Pyro param-store scope, so two runs in one process never share (or
+  silently alias) parameters with the same ``pyro.module`` names; the trained parameters are
+  merged back into the global store when the fit ends.
+* One torch optimizer per player (see :mod:`ppdgm.method`).
+* Metrics stay on the device during an epoch and are read once per ``log_every`` steps (for the
+  progress bar) and once per epoch (for the history): no ``.item()`` per step.
+* The data order of epoch ``e`` is a function of ``(seed, e)`` alone, and a checkpoint holds every
+  random state, so a run resumed from the checkpoint of epoch ``e`` is bit-identical to one that
+  was never interrupted.
+* Pyro's argument validation runs on the first step of every fit (bad shapes and supports show up
+  at once, naming the site) and is switched off in the hot loop (``validate=True`` keeps it on).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+from tqdm.auto import tqdm
+
+from ppdgm.data import Dataset, as_dataset
+from ppdgm.method import Engine, Method, get_method
+from ppdgm.programs import ProgramPair
+
+CHECKPOINT_NAME = "checkpoint.pt"
+Callback = Callable[["Run", dict], Any]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; a clear error without a GPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {str(device)!r} was asked for but no CUDA GPU is available; use device='cpu'")
+    return dev
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """Yields index tensors of one epoch's minibatches; the order depends on (seed, epoch) only."""
+
+    def __init__(self, num_rows: int, batch_size: int, seed: int, shuffle: bool = True) -> None:
+        self.num_rows, self.batch_size, self.seed, self.shuffle = num_rows, batch_size, seed, shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_rows / self.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        if self.shuffle:
+            gen = torch.Generator(device="cpu").manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.num_rows, generator=gen, device="cpu")
+        else:
+            order = torch.arange(self.num_rows, device="cpu")
+        yield from order.split(self.batch_size)
+
+
+class _Rows(torch.utils.data.Dataset):
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
+        return self.x[index.to(self.x.device)]
+
+
+def data_loader(x: torch.Tensor, batch_size: int, seed: int, shuffle: bool = True) -> torch.utils.data.DataLoader:
+    """A DataLoader over the rows of ``x`` yielding whole minibatches (one tensor index each)."""
+    return torch.utils.data.DataLoader(
+        _Rows(x), sampler=EpochBatches(x.shape[0], batch_size, seed, shuffle), batch_size=None
+    )
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@dataclass
+class Run:
+    """The result of :func:`fit`: the trained pair, its history and the means to save and reload it.
+
+    Attributes:
+        history: one dict per epoch (``epoch``, ``step``, ``seconds``, ``train_*`` and ``valid_*`` metrics).
+        param_state: the run's Pyro param-store state (names to tensors); see :meth:`params`.
+        config: the options of the fit, for run records.
+    """
+
+    model: Callable
+    guide: Callable | None
+    method: Method
+    programs: ProgramPair
+    engine: Engine
+    dataset: Dataset
+    device: torch.device
+    config: dict
+    history: list[dict] = field(default_factory=list)
+    param_state: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def train_data(self) -> torch.Tensor:
+        return self.dataset.train
+
+    @property
+    def valid_data(self) -> torch.Tensor:
+        return self.dataset.valid
+
+    @property
+    def test_data(self) -> torch.Tensor:
+        return self.dataset.test
+
+    @contextlib.contextmanager
+    def params(self) -> Iterator[dict]:
+        """Make this run's parameters the active Pyro param store inside the ``with`` block."""
+        with pyro.get_param_store().scope(self.param_state) as state:
+            yield state
+
+    def state(self) -> dict:
+        """Trained parameters by player (as named in the param store) with the config and history."""
+        players = {
+            name: dict(zip(player.param_names, (p.detach().cpu() for p in player.params)))
+            for name, player in self.engine.players.items()
+        }
+        return {"players": players, "config": self.config, "history": self.history}
+
+    def save(self, path: str | Path) -> None:
+        """Write the trained parameters, config and history to ``path`` (atomically)."""
+        atomic_save(self.state(), path)
+
+
+def load_params(path: str | Path, programs: ProgramPair, example: torch.Tensor) -> dict:
+    """Load parameters written by :meth:`Run.save` into the modules of ``programs``.
+
+    The programs are traced once on ``example`` (a batch of data) in a fresh param-store scope, so
+    that the names find the tensors the modules really use; values are copied in place.
+    Returns the saved record (config and history).
+    """
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    with pyro.get_param_store().scope() as state:
+        structure = programs.inspect(example)
+        store = pyro.get_param_store()
+        wanted = set(structure.model_param_names) | set(structure.guide_param_names)
+        found = {n: v for player in saved["players"].values() for n, v in player.items() if n in wanted}
+        missing = sorted(wanted - set(found))
+        if missing:
+            raise ValueError(f"{path} has no values for parameters {missing}: written for another model or guide?")
+        with torch.no_grad():
+            for name, value in found.items():
+                target = store._params[name]
+                if target.shape != value.shape:
+                    raise ValueError(f"parameter {name!r}: saved shape {tuple(value.shape)}, model has {tuple(target.shape)}")
+                target.copy_(value.to(target.device))
+    pyro.get_param_store().set_state(state)
+    return saved
+
+
+def _move_programs(programs: ProgramPair, names: Sequence[str], device: torch.device) -> None:
+    for fn in (programs.model, programs.guide):
+        if isinstance(fn, torch.nn.Module):
+            fn.to(device)
+    store = pyro.get_param_store()
+    for name in names:
+        p = store._params[name]
+        if p.device != device:
+            p.data = p.data.to(device)
+
+
+def fit(
+    model: Callable,
+    guide: Callable | None,
+    data: str | Dataset | torch.Tensor,
+    method: str | Method = "vae",
+    *,
+    epochs: int | None = None,
+    steps: int | None = None,
+    batch_size: int = 100,
+    lr: float | Mapping[str, float] = 1e-3,
+    optimizer: Any = "adam",
+    optimizer_options: Mapping[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    callbacks: Sequence[Callback] = (),
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = True,
+    validate_every: int = 1,
+    obs_site: str = "x",
+    data_plate: str | None = None,
+    data_dir: str | Path | None = None,
+    progress: bool = True,
+    log_every: int = 25,
+    validate: bool = False,
+    **method_options: Any,
+) -> Run:
+    """Train ``model`` and ``guide`` on ``data`` with the algorithm ``method``.
+
+    Args:
+        model: a Pyro model ``model(x=None, batch_size=None)`` (see :mod:`ppdgm.programs`).
+        guide: a Pyro guide ``guide(x=None, batch_size=None)``, or ``None`` for methods needing none.
+        data: a data set name (``"digits-binary"``, ``"binarized-mnist"``...), a :class:`~ppdgm.data.Dataset`
+            or a tensor of training rows.
+        method: a registered name (``"vae"``, ``"iwae"``...; ``ppdgm.available_methods()``) or a
+            :class:`~ppdgm.method.Method` instance. ``method_options`` go to its constructor.
+        epochs, steps: the budget (default 10 epochs); with ``steps`` the last epoch may be partial.
+        batch_size: minibatch size.
+        lr, optimizer, optimizer_options: per-player settings; each may be a mapping from player
+            name (``"model"``, ``"guide"``...) to a value.
+        device: ``"cpu"``, ``"cuda"``, ``"auto"``...
+        seed: seeds Python, NumPy, torch and Pyro, and the data order.
+        callbacks: called as ``callback(run, record)`` after every epoch; returning ``True`` stops training.
+        checkpoint_dir: where ``checkpoint.pt`` is written (atomically) after every epoch; with
+            ``resume=True`` an existing checkpoint there is continued from.
+        validate_every: evaluate the method's objective on the validation split every N epochs.
+        obs_site, data_plate: program conventions (see :mod:`ppdgm.programs`).
+        data_dir: where named data sets are read from / cached.
+        progress: show a tqdm progress bar with the live objective (refreshed every ``log_every`` steps).
+        validate: keep Pyro's argument validation on in every step (it is always on in the first).
+
+    Returns:
+        A :class:`Run` with the trained programs, per-epoch history, timings and save/load.
+    """
+    method_obj = get_method(method, **method_options)
+    if method_obj.requires_guide and guide is None:
+        raise ValueError(f"method {method_obj.name!r} needs a guide; got guide=None")
+    if epochs is not None and steps is not None:
+        raise ValueError("give epochs or steps, not both")
+    if epochs is None and steps is None:
+        epochs = 10
+    for label, value in (("epochs", epochs), ("steps", steps), ("batch_size", batch_size)):
+        if value is not None and (int(value) != value or value < 1):
+            raise ValueError(f"{label} must be a positive integer, got {value!r}")
+    dataset = as_dataset(data, data_dir)
+    dev = resolve_device(device)
+    batches_per_epoch = math.ceil(dataset.train.shape[0] / batch_size)
+    total_steps = steps if steps is not None else epochs * batches_per_epoch
+    num_epochs = math.ceil(total_steps / batches_per_epoch)
+    config = {
+        "method": method_obj.name,
+        "method_options": method_obj.options(),
+        "data": dataset.name,
+        "batch_size": batch_size,
+        "epochs": num_epochs,
+        "steps": total_steps,
+        "lr": dict(lr) if isinstance(lr, Mapping) else lr,
+        "optimizer": optimizer if isinstance(optimizer, str) else getattr(optimizer, "__name__", repr(optimizer)),
+        "seed": seed,
+        "device": str(dev),
+        "obs_site": obs_site,
+    }
+    pyro.set_rng_seed(seed)
+    programs = ProgramPair(model, guide, obs_site=obs_site, data_plate=data_plate)
+    store = pyro.get_param_store()
+    with store.scope() as scope_state:
+        structure = programs.inspect(dataset.train[:batch_size])
+        for split in ("train", "valid", "test"):
+            rows = dataset.split(split)
+            if rows.shape[0]:
+                programs.check_support(rows)
+        method_obj.setup(programs)
+        _move_programs(programs, structure.model_param_names + structure.guide_param_names, dev)
+        engine = Engine(
+            programs,
+            {"model": structure.model_param_names, "guide": structure.guide_param_names},
+            optimizer=optimizer,
+            lr=lr,
+            optimizer_options=optimizer_options,
+            extra_params=method_obj.extra_params(),
+        )
+        run = Run(model, guide, method_obj, programs, engine, dataset, dev, config, param_state=scope_state)
+        _train(run, total_steps, batches_per_epoch, batch_size, seed, callbacks, checkpoint_dir, resume,
+               validate_every, progress, log_every, validate)
+    store.set_state(scope_state)
+    return run
+
+
+def _device_context(dev: torch.device):
+    return torch.device(dev) if dev.type != "cpu" else contextlib.nullcontext()
+
+
+def _train(
+    run: Run,
+    total_steps: int,
+    batches_per_epoch: int,
+    batch_size: int,
+    seed: int,
+    callbacks: Sequence[Callback],
+    checkpoint_dir: str | Path | None,
+    resume: bool,
+    validate_every: int,
+    progress: bool,
+    log_every: int,
+    validate: bool,
+) -> None:
+    method, engine, programs, dev = run.method, run.engine, run.programs, run.device
+    train_x = run.dataset.train.to(dev)
+    valid_x = run.dataset.valid.to(dev)
+    loader = data_loader(train_x, batch_size, seed)
+    checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    start_epoch, step = 0, 0
+    if checkpoint is not None and resume and checkpoint.exists():
+        start_epoch, step = _restore(run, checkpoint)
+    num_epochs = math.ceil(total_steps / batches_per_epoch)
+    bar = tqdm(total=total_steps, initial=step, disable=not progress, desc=f"{method.name}", unit="step",
+               dynamic_ncols=True, file=sys.stderr)
+    first_step = True
+    try:
+        for epoch in range(start_epoch, num_epochs):
+            if step >= total_steps:
+                break
+            loader.sampler.set_epoch(epoch)
+            sums: dict[str, torch.Tensor] = {}
+            count = 0
+            tic = time.perf_counter()
+            with _device_context(dev):
+                for x in loader:
+                    if step >= total_steps:
+                        break
+                    with pyro.validation_enabled(validate or first_step):
+                        metrics = method.step(engine, x)
+                    first_step = False
+                    for k, v in metrics.items():
+                        sums[k] = sums[k] + v if k in sums else v.clone()
+                    count += 1
+                    step += 1
+                    bar.update(1)
+                    if progress and count % log_every == 0:
+                        bar.set_postfix({k: f"{(v / count).item():.3f}" for k, v in sums.items()}, refresh=False)
+                record = {"epoch": epoch + 1, "step": step, "seconds": time.perf_counter() - tic}
+                record.update({f"train_{k}": (v / count).item() for k, v in sums.items()})
+                if valid_x.shape[0] and validate_every and (epoch + 1) % validate_every == 0:
+                    record[f"valid_{method.objective_name}"] = validation_objective(method, programs, valid_x)
+            run.history.append(record)
+            run.seconds += record["seconds"]
+            bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k.startswith(("train_", "valid_"))})
+            if checkpoint is not None:
+                _save_checkpoint(run, checkpoint, epoch + 1, step)
+            if any(cb(run, record) is True for cb in callbacks):
+                break
+    except KeyboardInterrupt:
+        bar.close()
+        where = f"; the checkpoint in {checkpoint.parent} resumes it" if checkpoint is not None else ""
+        print(f"\ninterrupted after {len(run.history)} complete epoch(s){where}", file=sys.stderr)
+        raise
+    bar.close()
+
+
+@torch.no_grad()
+def validation_objective(method: Method, programs: ProgramPair, x: torch.Tensor, batch_size: int = 500) -> float:
+    """Mean of the method's per-datapoint objective over ``x`` (one host read at the end)."""
+    total = x.new_zeros(())
+    with pyro.validation_enabled(False):
+        for chunk in x.split(batch_size):
+            total = total + method.objective(programs, chunk).sum()
+    return (total / x.shape[0]).item()
+
+
+def _save_checkpoint(run: Run, path: Path, epoch: int, step: int) -> None:
+    atomic_save(
+        {
+            "epoch": epoch,
+            "step": step,
+            "engine": run.engine.state_dict(),
+            "method": run.method.state_dict(),
+            "rng": _rng_state(),
+            "history": run.history,
+            "seconds": run.seconds,
+            "config": run.config,
+        },
+        path,
+    )
+
+
+def _restore(run: Run, path: Path) -> tuple[int, int]:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    saved, current = state["config"], run.config
+    for key in ("method", "method_options", "data", "batch_size", "seed"):
+        if saved.get(key) != current.get(key):
+            raise ValueError(
+                f"the checkpoint {path} was written with {key}={saved.get(key)!r}, this fit has {current.get(key)!r}; "
+                "use another checkpoint_dir or resume=False"
+            )
+    run.engine.load_state_dict(state["engine"])
+    run.method.load_state_dict(state["method"])
+    _set_rng_state(state["rng"])
+    run.history[:] = state["history"]
+    run.seconds = state["seconds"]
+    return state["epoch"], state["step"]
