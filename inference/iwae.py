@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 
 from ppdgm.method import Engine, Method, register
-from ppdgm.programs import ProgramPair, log_mean_exp
+from ppdgm.programs import DataSide, ProgramPair, log_mean_exp
 
 _GUIDE_GRADIENTS = ("reparam", "dreg")
 
@@ -73,8 +73,8 @@ class IWAE(Method):
         if structure.nonreparam_sites and self.num_particles < 2:
             raise ValueError("IWAE with non-reparameterisable latents (VIMCO) needs num_particles >= 2")
 
-    def step(self, engine: Engine, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        programs = engine.programs
+    def loss(self, programs: ProgramPair, x: torch.Tensor) -> tuple[torch.Tensor, DataSide, torch.Tensor]:
+        """The surrogate loss of one data-side phase, the phase itself, and the bound per datapoint."""
         side = programs.data_side(x, self.num_particles)
         log_w = side.log_weights
         bound = log_mean_exp(log_w, 0)
@@ -84,10 +84,14 @@ class IWAE(Method):
             surrogate = bound.sum()
             if side.log_q_nonreparam is not None:
                 surrogate = surrogate + (vimco_signal(log_w.detach()) * side.log_q_nonreparam).sum()
-        engine.update(-surrogate / x.shape[0], self.players)
-        return {"iwae_bound": bound.detach().mean()}
+        return -surrogate / x.shape[0], side, bound.detach()
 
-    def _dreg_surrogate(self, programs: ProgramPair, side, batch_size: int) -> torch.Tensor:
+    def step(self, engine: Engine, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        loss, _, bound = self.loss(engine.programs, x)
+        engine.update(loss, self.players)
+        return {"iwae_bound": bound.mean()}
+
+    def _dreg_surrogate(self, programs: ProgramPair, side: DataSide, batch_size: int) -> torch.Tensor:
         structure = side.structure
         log_q_stopped = programs.log_prob(
             side.guide_trace, self.num_particles, batch_size, sites=structure.latent_sites, detach_params=True

@@ -23,7 +23,7 @@ import torch
 
 from ppdgm.inference.baselines import NVILBaseline
 from ppdgm.method import Engine, Method, register
-from ppdgm.programs import ProgramPair
+from ppdgm.programs import DataSide, ProgramPair
 
 
 @register
@@ -60,16 +60,21 @@ class VAE(Method):
     def extra_params(self) -> dict[str, list[torch.Tensor]]:
         return {"baseline": self.baseline.parameters()}
 
-    def step(self, engine: Engine, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        side = engine.programs.data_side(x, self.num_particles)
+    def loss(self, programs: ProgramPair, x: torch.Tensor) -> tuple[torch.Tensor, DataSide, torch.Tensor]:
+        """The surrogate loss of one data-side phase, the phase itself, and the ELBO per datapoint."""
+        side = programs.data_side(x, self.num_particles)
         log_w = side.log_weights
         elbo = log_w.mean(0)
         surrogate = elbo.mean()
         if side.log_q_nonreparam is not None:
             signal, baseline_loss = self.baseline.centred(log_w.detach(), x)
             surrogate = surrogate + (signal * side.log_q_nonreparam).mean() - baseline_loss
-        engine.update(-surrogate, self.players)
-        return {"elbo": elbo.detach().mean()}
+        return -surrogate, side, elbo.detach()
+
+    def step(self, engine: Engine, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        loss, _, elbo = self.loss(engine.programs, x)
+        engine.update(loss, self.players)
+        return {"elbo": elbo.mean()}
 
     @torch.no_grad()
     def objective(self, programs: ProgramPair, x: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.trace_struct import Trace
+from pyro.poutine.util import site_is_subsample
 
 PARTICLE_PLATE = "_ppdgm_particles"
 
@@ -65,7 +66,7 @@ def _sample_sites(trace: Trace) -> dict[str, dict]:
     return {
         name: site
         for name, site in trace.nodes.items()
-        if site["type"] == "sample" and not site.get("is_auxiliary", False) and name != PARTICLE_PLATE
+        if site["type"] == "sample" and not site_is_subsample(site) and not site.get("is_auxiliary", False)
     }
 
 

@@ -1,0 +1,5 @@
+import sys
+
+from ppdgm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,221 @@
+"""Command line: ``ppdgm methods | train | evaluate | sample | demo`` (also ``python -m ppdgm``)."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ppdgm import data as data_mod
+from ppdgm import evaluate as evaluate_mod
+from ppdgm.method import available_methods
+from ppdgm.presets import PRESETS, build
+from ppdgm.programs import ProgramPair
+from ppdgm.sampling import generate, save_image_grid
+from ppdgm.train import fit, load_params
+
+CONFIG = "config.json"
+PARAMS = "params.pt"
+
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _options(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--option takes KEY=VALUE, got {pair!r}")
+        out[key.replace("-", "_")] = _literal(value)
+    return out
+
+
+def _hidden(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(h) for h in text.split(",") if h)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--hidden takes sizes like 200,200, got {text!r}") from None
+
+
+def cmd_methods(_: argparse.Namespace) -> int:
+    for name, cls in sorted(available_methods().items()):
+        aliases = f" (alias {', '.join(cls.aliases)})" if cls.aliases else ""
+        summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        print(f"{name:<10}{aliases:<16} {summary}")
+    return 0
+
+
+def _model_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in {"z_dim": args.z_dim, "hidden": args.hidden}.items() if v is not None}
+
+
+def _write_history(history: list[dict], path: Path) -> None:
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    dataset = data_mod.load(args.data, args.data_dir)
+    model_options = _model_options(args)
+    model, guide = build(args.model, dataset.dim, **model_options)
+    method_options = _options(args.option)
+    if args.num_particles is not None:
+        method_options["num_particles"] = args.num_particles
+    if args.guide_gradient is not None:
+        method_options["guide_gradient"] = args.guide_gradient
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {
+        "model": args.model,
+        "model_options": model_options,
+        "data": args.data,
+        "data_dir": args.data_dir,
+        "method": args.method,
+        "method_options": method_options,
+        "epochs": args.epochs,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "device": args.device,
+        "seed": args.seed,
+    }
+    (out / CONFIG).write_text(json.dumps(config, indent=2))
+    budget = {"steps": args.steps} if args.steps is not None else {"epochs": args.epochs}
+    run = fit(
+        model, guide, dataset, args.method, batch_size=args.batch_size, lr=args.lr, device=args.device,
+        seed=args.seed, checkpoint_dir=out, progress=not args.quiet, **budget, **method_options,
+    )
+    run.save(out / PARAMS)
+    _write_history(run.history, out / "history.csv")
+    last = run.history[-1]
+    summary = ", ".join(f"{k}={v:.3f}" for k, v in last.items() if k.startswith(("train_", "valid_")))
+    print(f"trained {args.method} for {last['step']} steps in {run.seconds:.1f}s: {summary}")
+    if dataset.image_shape is not None:
+        with run.params():
+            path = save_image_grid(generate(model, 64), dataset.image_shape, out / "samples.png")
+        print(f"samples: {path}")
+    print(f"run written to {out}")
+    return 0
+
+
+def _load_run(run_dir: Path, device: str = "cpu"):
+    config_path = run_dir / CONFIG
+    if not config_path.exists():
+        raise SystemExit(f"{run_dir} is not a ppdgm run folder (no {CONFIG}); train one with `ppdgm train --out DIR`")
+    config = json.loads(config_path.read_text())
+    dataset = data_mod.load(config["data"], config.get("data_dir"))
+    model, guide = build(config["model"], dataset.dim, **config["model_options"])
+    programs = ProgramPair(model, guide)
+    load_params(run_dir / PARAMS, programs, dataset.train[:100])
+    return config, dataset, model, guide
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run)
+    config, dataset, model, guide = _load_run(run_dir)
+    torch.manual_seed(args.seed)
+    x = dataset.split(args.split)
+    tic = time.perf_counter()
+    estimate = evaluate_mod.log_likelihood(model, guide, x, num_samples=args.num_samples)
+    seconds = time.perf_counter() - tic
+    print(f"{config['method']}: {args.split} log-likelihood ({args.num_samples} IS samples) = {estimate}  [{seconds:.1f}s]")
+    result = {"split": args.split, "num_samples": args.num_samples, "mean": estimate.mean, "stderr": estimate.stderr,
+              "n": int(x.shape[0]), "seed": args.seed}
+    (run_dir / f"eval_{args.split}.json").write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run)
+    _, dataset, model, _ = _load_run(run_dir)
+    if dataset.image_shape is None:
+        raise SystemExit(f"data set {dataset.name!r} is not images; nothing to draw as a grid")
+    torch.manual_seed(args.seed)
+    path = save_image_grid(generate(model, args.n, mean=not args.binary), dataset.image_shape,
+                           args.png or run_dir / "samples.png")
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ppdgm.demo import main as demo_main
+
+    return demo_main(out=Path(args.out), epochs=args.epochs, num_samples=args.num_samples)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ppdgm", description="Train deep generative models written as Pyro programs.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("methods", help="list the registered methods").set_defaults(func=cmd_methods)
+
+    t = sub.add_parser("train", help="train a preset model/guide pair")
+    t.add_argument("--model", default="vae-mlp", choices=sorted(PRESETS))
+    t.add_argument("--data", default="digits-binary", choices=data_mod.available_datasets())
+    t.add_argument("--data-dir", default=None, help="where data sets are read from and cached")
+    t.add_argument("--method", default="vae")
+    t.add_argument("--num-particles", type=int, default=None)
+    t.add_argument("--guide-gradient", choices=["reparam", "dreg"], default=None)
+    t.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="another method option")
+    t.add_argument("--z-dim", type=int, default=None)
+    t.add_argument("--hidden", type=_hidden, default=None, help="hidden sizes, e.g. 200,200")
+    budget = t.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=int, default=10)
+    budget.add_argument("--steps", type=int, default=None)
+    t.add_argument("--batch-size", type=int, default=100)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", required=True, help="run folder (config, checkpoint, params, history, samples)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="importance-sampled log-likelihood of a trained run")
+    e.add_argument("run")
+    e.add_argument("--num-samples", type=int, default=5000)
+    e.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("sample", help="draw from a trained run's model into a PNG grid")
+    s.add_argument("run")
+    s.add_argument("--n", type=int, default=64)
+    s.add_argument("--png", default=None, help="output file (default RUN/samples.png)")
+    s.add_argument("--binary", action="store_true", help="draw binary samples instead of pixel means")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_sample)
+
+    d = sub.add_parser("demo", help="train vae and iwae on digits and print a comparison table")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--epochs", type=int, default=None)
+    d.add_argument("--num-samples", type=int, default=1000)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, RuntimeError, data_mod.DataUnavailableError) as err:
+        print(f"ppdgm: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

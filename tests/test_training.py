@@ -1,0 +1,185 @@
+"""Training contract shared by every method: the same model/guide pair trains under each `method=`."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from torch import nn
+
+import ppdgm
+from ppdgm import evaluate
+from ppdgm.models import BernoulliMLPModel
+from ppdgm.guides import GaussianMLPEncoder
+
+METHODS = [("vae", {}), ("elbo", {}), ("iwae", {"num_particles": 5}), ("iwae", {"num_particles": 5, "guide_gradient": "dreg"})]
+IDS = ["vae", "elbo-alias", "iwae-k5", "iwae-k5-dreg"]
+
+
+def user_pair(x_dim=64, z_dim=4):
+    """A model/guide pair written the way a user would, not taken from ppdgm.models."""
+    decoder = nn.Sequential(nn.Linear(z_dim, 32), nn.Tanh(), nn.Linear(32, x_dim))
+    encoder = nn.Sequential(nn.Linear(x_dim, 32), nn.Tanh(), nn.Linear(32, 2 * z_dim))
+
+    def model(x=None, batch_size=None):
+        pyro.module("decoder", decoder)
+        n = x.shape[0] if x is not None else batch_size
+        with pyro.plate("data", n):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([z_dim]).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=decoder(z)).to_event(1), obs=x)
+
+    def guide(x=None, batch_size=None):
+        pyro.module("encoder", encoder)
+        loc, raw = encoder(x).chunk(2, -1)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc, nn.functional.softplus(raw) + 1e-3).to_event(1))
+
+    return model, guide
+
+
+def test_method_by_name_and_by_class_are_the_same_object():
+    by_name = ppdgm.get_method("iwae", num_particles=50)
+    direct = ppdgm.inference.IWAE(num_particles=50)
+    assert type(by_name) is type(direct) and by_name.options() == direct.options()
+    assert type(ppdgm.get_method("elbo")) is ppdgm.inference.VAE
+    with pytest.raises(ValueError, match="known methods: iwae, vae"):
+        ppdgm.get_method("gann")
+    with pytest.raises(TypeError, match="bad options for method 'iwae'"):
+        ppdgm.get_method("iwae", num_particle=3)
+
+
+@pytest.mark.parametrize(("method", "options"), METHODS, ids=IDS)
+def test_user_written_pair_trains_under_every_method(method, options):
+    data = ppdgm.data.load("digits-binary")
+    model, guide = user_pair()
+    before = evaluate.log_likelihood(model, guide, data.test, num_samples=50).mean
+    run = ppdgm.fit(model, guide, data, method, epochs=8, lr=3e-3, progress=False, **options)
+    after = evaluate.log_likelihood(model, guide, data.test, num_samples=50).mean
+    assert after > before + 5, (before, after)
+    assert len(run.history) == 8 and run.history[-1]["step"] == 8 * 13
+    valid_key = [k for k in run.history[-1] if k.startswith("valid_")]
+    assert len(valid_key) == 1 and math.isfinite(run.history[-1][valid_key[0]])
+
+
+@pytest.mark.parametrize("method", ["vae", "iwae"])
+def test_training_raises_held_out_log_likelihood_clearly(method):
+    data = ppdgm.data.load("digits-binary")
+    model = BernoulliMLPModel(data.dim, 10, (128,))
+    guide = GaussianMLPEncoder(data.dim, 10, (128,))
+    initial = evaluate.log_likelihood(model, guide, data.test, num_samples=100)
+    ppdgm.fit(model, guide, data, method, steps=400, lr=3e-3, progress=False)
+    trained = evaluate.log_likelihood(model, guide, data.test, num_samples=100)
+    assert trained.mean > initial.mean + 15, (initial, trained)
+    assert trained.mean > -30
+
+
+def _discrete_pair(x_dim=64, z_dim=8):
+    decoder = nn.Linear(z_dim, x_dim)
+    encoder = nn.Linear(x_dim, z_dim)
+    prior_logits = nn.Parameter(torch.zeros(z_dim))
+
+    def model(x=None, batch_size=None):
+        pyro.module("decoder", decoder)
+        pyro.param("prior_logits", prior_logits)
+        with pyro.plate("data", x.shape[0] if x is not None else batch_size):
+            z = pyro.sample("z", dist.Bernoulli(logits=prior_logits).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=decoder(z)).to_event(1), obs=x)
+
+    def guide(x=None, batch_size=None):
+        pyro.module("encoder", encoder)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Bernoulli(logits=encoder(x)).to_event(1))
+
+    return model, guide
+
+
+@pytest.mark.parametrize(("method", "options"), [("vae", {}), ("iwae", {"num_particles": 5})], ids=["nvil", "vimco"])
+def test_discrete_latents_train_with_score_function_gradients(method, options):
+    data = ppdgm.data.load("digits-binary")
+    model, guide = _discrete_pair()
+    before = evaluate.log_likelihood(model, guide, data.test, num_samples=100).mean
+    ppdgm.fit(model, guide, data, method, epochs=15, lr=1e-2, progress=False, **options)
+    after = evaluate.log_likelihood(model, guide, data.test, num_samples=100).mean
+    assert after > before + 5, (before, after)
+
+
+def _strip_times(history):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+def _fresh_run(**kwargs):
+    torch.manual_seed(123)  # identical initial networks
+    model = BernoulliMLPModel(64, 5, (32,))
+    guide = GaussianMLPEncoder(64, 5, (32,))
+    run = ppdgm.fit(model, guide, "digits-binary", "iwae", num_particles=3, progress=False, seed=7, **kwargs)
+    params = [p.detach().clone() for p in list(model.parameters()) + list(guide.parameters())]
+    return run, params
+
+
+def test_same_seed_gives_bit_identical_history_and_parameters():
+    run_a, params_a = _fresh_run(epochs=3)
+    run_b, params_b = _fresh_run(epochs=3)
+    assert _strip_times(run_a.history) == _strip_times(run_b.history)
+    assert all(torch.equal(a, b) for a, b in zip(params_a, params_b))
+    run_c, _ = _fresh_run(epochs=3, batch_size=50)
+    assert _strip_times(run_c.history) != _strip_times(run_a.history)
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path):
+    uninterrupted, params_full = _fresh_run(epochs=3, checkpoint_dir=tmp_path / "full")
+
+    def kill_after_first_epoch(run, record):
+        if record["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _fresh_run(epochs=3, checkpoint_dir=tmp_path / "resumed", callbacks=[kill_after_first_epoch])
+    assert (tmp_path / "resumed" / "checkpoint.pt").exists()
+    resumed, params_resumed = _fresh_run(epochs=3, checkpoint_dir=tmp_path / "resumed")
+    assert _strip_times(resumed.history) == _strip_times(uninterrupted.history)
+    assert all(torch.equal(a, b) for a, b in zip(params_full, params_resumed))
+    assert not list((tmp_path / "resumed").glob("*.tmp"))
+
+
+def test_resume_refuses_a_checkpoint_of_another_method(tmp_path):
+    _fresh_run(epochs=1, checkpoint_dir=tmp_path)
+    model, guide = BernoulliMLPModel(64, 5, (32,)), GaussianMLPEncoder(64, 5, (32,))
+    with pytest.raises(ValueError, match="method='iwae'"):
+        ppdgm.fit(model, guide, "digits-binary", "vae", epochs=2, checkpoint_dir=tmp_path, progress=False, seed=7)
+
+
+def test_players_have_their_own_optimizers_and_runs_do_not_share_parameters():
+    data = ppdgm.data.load("digits-binary")
+    model_a, guide_a = user_pair()
+    model_b, guide_b = user_pair()  # same pyro.module names as the first pair
+    run_a = ppdgm.fit(model_a, guide_a, data, "vae", steps=3, progress=False, lr={"model": 1e-3, "guide": 5e-3})
+    run_b = ppdgm.fit(model_b, guide_b, data, "vae", steps=3, progress=False)
+    assert set(run_a.engine.players) == {"model", "guide"}
+    assert run_a.engine.players["guide"].optimizer.param_groups[0]["lr"] == 5e-3
+    model_params = {id(p) for p in run_a.engine.players["model"].params}
+    assert all(id(p) not in model_params for p in run_a.engine.players["guide"].params)
+    ids_a = {id(p) for player in run_a.engine.players.values() for p in player.params}
+    ids_b = {id(p) for player in run_b.engine.players.values() for p in player.params}
+    assert not ids_a & ids_b  # the second run trained its own modules, not the first run's
+
+
+def test_run_save_and_load_params_round_trip(tmp_path):
+    data = ppdgm.data.load("digits-binary")
+    model, guide = BernoulliMLPModel(64, 5, (32,)), GaussianMLPEncoder(64, 5, (32,))
+    run = ppdgm.fit(model, guide, data, "vae", steps=20, progress=False)
+    run.save(tmp_path / "params.pt")
+    fresh_model, fresh_guide = BernoulliMLPModel(64, 5, (32,)), GaussianMLPEncoder(64, 5, (32,))
+    pyro.clear_param_store()
+    ppdgm.load_params(tmp_path / "params.pt", ppdgm.ProgramPair(fresh_model, fresh_guide), data.train[:10])
+    for a, b in zip(list(model.parameters()) + list(guide.parameters()),
+                    list(fresh_model.parameters()) + list(fresh_guide.parameters())):
+        assert torch.equal(a, b)
+
+
+def test_cuda_without_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    model, guide = user_pair()
+    with pytest.raises(RuntimeError, match="no CUDA GPU is available"):
+        ppdgm.fit(model, guide, "digits-binary", "vae", steps=1, device="cuda", progress=False)
