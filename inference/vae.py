@@ -20,8 +20,8 @@ extended so that the guide learns in the wake phase too.
 from __future__ import annotations
 
 import torch
-
 from ppdgm.inference.baselines import NVILBaseline
+
 from ppdgm.method import Engine, Method, register
 from ppdgm.programs import DataSide, ProgramPair
 

@@ -7,9 +7,8 @@ from collections.abc import Sequence
 import pyro
 import pyro.distributions as dist
 import torch
-from torch import nn
-
 from ppdgm.models.nets import mlp
+from torch import nn
 
 
 class BernoulliMLPModel(nn.Module):

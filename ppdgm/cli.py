@@ -97,8 +97,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     (out / CONFIG).write_text(json.dumps(config, indent=2))
     budget = {"steps": args.steps} if args.steps is not None else {"epochs": args.epochs}
     run = fit(
-        model, guide, dataset, args.method, batch_size=args.batch_size, lr=args.lr, device=args.device,
-        seed=args.seed, checkpoint_dir=out, progress=not args.quiet, **budget, **method_options,
+        model,
+        guide,
+        dataset,
+        args.method,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        device=args.device,
+        seed=args.seed,
+        checkpoint_dir=out,
+        progress=not args.quiet,
+        **budget,
+        **method_options,
     )
     run.save(out / PARAMS)
     _write_history(run.history, out / "history.csv")
@@ -133,9 +143,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     tic = time.perf_counter()
     estimate = evaluate_mod.log_likelihood(model, guide, x, num_samples=args.num_samples)
     seconds = time.perf_counter() - tic
-    print(f"{config['method']}: {args.split} log-likelihood ({args.num_samples} IS samples) = {estimate}  [{seconds:.1f}s]")
-    result = {"split": args.split, "num_samples": args.num_samples, "mean": estimate.mean, "stderr": estimate.stderr,
-              "n": int(x.shape[0]), "seed": args.seed}
+    print(
+        f"{config['method']}: {args.split} log-likelihood ({args.num_samples} IS samples) = {estimate}"
+        f"  [{seconds:.1f}s]"
+    )
+    result = {
+        "split": args.split,
+        "num_samples": args.num_samples,
+        "mean": estimate.mean,
+        "stderr": estimate.stderr,
+        "n": int(x.shape[0]),
+        "seed": args.seed,
+    }
     (run_dir / f"eval_{args.split}.json").write_text(json.dumps(result, indent=2))
     return 0
 
@@ -146,8 +165,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if dataset.image_shape is None:
         raise SystemExit(f"data set {dataset.name!r} is not images; nothing to draw as a grid")
     torch.manual_seed(args.seed)
-    path = save_image_grid(generate(model, args.n, mean=not args.binary), dataset.image_shape,
-                           args.png or run_dir / "samples.png")
+    path = save_image_grid(
+        generate(model, args.n, mean=not args.binary), dataset.image_shape, args.png or run_dir / "samples.png"
+    )
     print(f"wrote {path}")
     return 0
 

@@ -25,8 +25,18 @@ def main(out: Path = Path("runs/demo"), epochs: int | None = None, num_samples: 
         model, guide = build("vae-mlp", data.dim, z_dim=10, hidden=(128,))
         label = method + "".join(f" k={v}" for v in options.values())
         print(f"== {label}: {epochs} epochs of digits-binary ({data.train.shape[0]} train, {data.test.shape[0]} test)")
-        run = ppdgm.fit(model, guide, data, method, epochs=epochs, batch_size=100, lr=3e-3, seed=seed,
-                        checkpoint_dir=out / method, **options)
+        run = ppdgm.fit(
+            model,
+            guide,
+            data,
+            method,
+            epochs=epochs,
+            batch_size=100,
+            lr=3e-3,
+            seed=seed,
+            checkpoint_dir=out / method,
+            **options,
+        )
         tic = time.perf_counter()
         ll = ppdgm.evaluate.log_likelihood(model, guide, data.test, num_samples=num_samples)
         eval_seconds = time.perf_counter() - tic

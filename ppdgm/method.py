@@ -118,13 +118,17 @@ class Engine:
         for name, player in self.players.items():
             saved = state[name]
             if len(saved["params"]) != len(player.params):
-                raise ValueError(f"checkpoint has {len(saved['params'])} tensors for player {name!r}, expected "
-                                 f"{len(player.params)}: was it written for another model or guide?")
+                raise ValueError(
+                    f"checkpoint has {len(saved['params'])} tensors for player {name!r}, expected "
+                    f"{len(player.params)}: was it written for another model or guide?"
+                )
             with torch.no_grad():
                 for p, v in zip(player.params, saved["params"]):
                     if p.shape != v.shape:
-                        raise ValueError(f"checkpoint tensor of shape {tuple(v.shape)} for player {name!r} does "
-                                         f"not fit a parameter of shape {tuple(p.shape)}")
+                        raise ValueError(
+                            f"checkpoint tensor of shape {tuple(v.shape)} for player {name!r} does "
+                            f"not fit a parameter of shape {tuple(p.shape)}"
+                        )
                     p.copy_(v)
             player.optimizer.load_state_dict(saved["optimizer"])
 
@@ -208,7 +212,9 @@ def get_method(method: str | Method, **options: Any) -> Method:
     """A method instance from a registered name (with options) or an instance (options must be empty)."""
     if isinstance(method, Method):
         if options:
-            raise TypeError(f"options {sorted(options)} were given with a method instance; pass them to its constructor")
+            raise TypeError(
+                f"options {sorted(options)} were given with a method instance; pass them to its constructor"
+            )
         return method
     if not isinstance(method, str):
         raise TypeError(f"method must be a name or a ppdgm Method, got {type(method).__name__}")

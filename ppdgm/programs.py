@@ -261,11 +261,17 @@ class ProgramPair:
             "name the data plate 'data' or pass data_plate=..."
         )
 
+    def check_finite(self, data: torch.Tensor) -> None:
+        """Refuse data with NaN or infinite values, naming the observed site and the first bad rows."""
+        bad = ~torch.isfinite(data).reshape(data.shape[0], -1).all(-1)
+        if bad.any():
+            rows = torch.nonzero(bad).flatten()[:5].tolist()
+            kind = "NaN" if torch.isnan(data).any() else "infinite values"
+            raise ValueError(f"the data for site {self.obs_site!r} contain {kind} (first rows: {rows})")
+
     def check_support(self, data: torch.Tensor) -> None:
         """Check every value of ``data`` lies in the support of the observed site's distribution."""
-        if torch.isnan(data).any():
-            rows = torch.nonzero(torch.isnan(data).reshape(data.shape[0], -1).any(-1)).flatten()[:5].tolist()
-            raise ValueError(f"the data for site {self.obs_site!r} contain NaN (first rows: {rows})")
+        self.check_finite(data)
         fn = self.obs_distribution
         support = fn.support
         ok = support.check(data)
@@ -353,9 +359,7 @@ class ProgramPair:
             if detach_params:
                 fn = pyro.distributions.util.detach(fn)
             lp = scale_and_mask(fn.log_prob(site["value"]), site["scale"], site["mask"])
-            total = _reduce_to_particles_by_data(
-                lp, site, structure.data_plate, rank, num_particles, batch_size, total
-            )
+            total = _reduce_to_particles_by_data(lp, site, structure.data_plate, rank, num_particles, batch_size, total)
         if total is None:
             return torch.zeros(num_particles, batch_size)
         return total

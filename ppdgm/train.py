@@ -195,7 +195,9 @@ def load_params(path: str | Path, programs: ProgramPair, example: torch.Tensor) 
             for name, value in found.items():
                 target = store._params[name]
                 if target.shape != value.shape:
-                    raise ValueError(f"parameter {name!r}: saved shape {tuple(value.shape)}, model has {tuple(target.shape)}")
+                    raise ValueError(
+                        f"parameter {name!r}: saved shape {tuple(value.shape)}, model has {tuple(target.shape)}"
+                    )
                 target.copy_(value.to(target.device))
     pyro.get_param_store().set_state(state)
     return saved
@@ -296,6 +298,8 @@ def fit(
     pyro.set_rng_seed(seed)
     programs = ProgramPair(model, guide, obs_site=obs_site, data_plate=data_plate)
     store = pyro.get_param_store()
+    for split in ("train", "valid", "test"):
+        programs.check_finite(dataset.split(split))
     with store.scope() as scope_state:
         structure = programs.inspect(dataset.train[:batch_size])
         for split in ("train", "valid", "test"):
@@ -313,8 +317,20 @@ def fit(
             extra_params=method_obj.extra_params(),
         )
         run = Run(model, guide, method_obj, programs, engine, dataset, dev, config, param_state=scope_state)
-        _train(run, total_steps, batches_per_epoch, batch_size, seed, callbacks, checkpoint_dir, resume,
-               validate_every, progress, log_every, validate)
+        _train(
+            run,
+            total_steps,
+            batches_per_epoch,
+            batch_size,
+            seed,
+            callbacks,
+            checkpoint_dir,
+            resume,
+            validate_every,
+            progress,
+            log_every,
+            validate,
+        )
     store.set_state(scope_state)
     return run
 
@@ -346,8 +362,15 @@ def _train(
     if checkpoint is not None and resume and checkpoint.exists():
         start_epoch, step = _restore(run, checkpoint)
     num_epochs = math.ceil(total_steps / batches_per_epoch)
-    bar = tqdm(total=total_steps, initial=step, disable=not progress, desc=f"{method.name}", unit="step",
-               dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(
+        total=total_steps,
+        initial=step,
+        disable=not progress,
+        desc=f"{method.name}",
+        unit="step",
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
     first_step = True
     try:
         for epoch in range(start_epoch, num_epochs):

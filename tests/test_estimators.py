@@ -5,10 +5,9 @@ import math
 import pyro
 import pytest
 import torch
+from ppdgm.inference import IWAE, VAE
 
 from ppdgm import evaluate
-from ppdgm.inference import IWAE, VAE
-from ppdgm.programs import log_mean_exp
 
 from .helpers import inspected, linear_gaussian, poor_guide
 

@@ -6,14 +6,19 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from ppdgm.guides import GaussianMLPEncoder
+from ppdgm.models import BernoulliMLPModel
 from torch import nn
 
 import ppdgm
 from ppdgm import evaluate
-from ppdgm.models import BernoulliMLPModel
-from ppdgm.guides import GaussianMLPEncoder
 
-METHODS = [("vae", {}), ("elbo", {}), ("iwae", {"num_particles": 5}), ("iwae", {"num_particles": 5, "guide_gradient": "dreg"})]
+METHODS = [
+    ("vae", {}),
+    ("elbo", {}),
+    ("iwae", {"num_particles": 5}),
+    ("iwae", {"num_particles": 5, "guide_gradient": "dreg"}),
+]
 IDS = ["vae", "elbo-alias", "iwae-k5", "iwae-k5-dreg"]
 
 
@@ -172,8 +177,10 @@ def test_run_save_and_load_params_round_trip(tmp_path):
     fresh_model, fresh_guide = BernoulliMLPModel(64, 5, (32,)), GaussianMLPEncoder(64, 5, (32,))
     pyro.clear_param_store()
     ppdgm.load_params(tmp_path / "params.pt", ppdgm.ProgramPair(fresh_model, fresh_guide), data.train[:10])
-    for a, b in zip(list(model.parameters()) + list(guide.parameters()),
-                    list(fresh_model.parameters()) + list(fresh_guide.parameters())):
+    for a, b in zip(
+        list(model.parameters()) + list(guide.parameters()),
+        list(fresh_model.parameters()) + list(fresh_guide.parameters()),
+    ):
         assert torch.equal(a, b)
 
 
