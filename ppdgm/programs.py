@@ -35,11 +35,39 @@ from dataclasses import dataclass, field
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.distributions import constraints
 from pyro.distributions.util import scale_and_mask
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 
 PARTICLE_PLATE = "_ppdgm_particles"
+
+
+class StoreParams(Messenger):
+    """Answer ``pyro.param`` (and so ``pyro.module``) straight from the param store, unrecorded.
+
+    Once :meth:`ProgramPair.inspect` has fixed the players, the hot loop need not send every
+    parameter through the whole handler stack (trace, replay, plates) on every call: as the
+    innermost handler this one answers known parameters and stops the message. A parameter the
+    store does not hold yet falls through to Pyro's default behaviour.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._store = pyro.get_param_store()
+
+    def _pyro_param(self, msg: dict) -> None:
+        name = msg["name"]
+        unconstrained = self._store._params.get(name)
+        if unconstrained is None:
+            return
+        if self._store._constraints[name] is constraints.real:
+            msg["value"] = unconstrained
+        else:
+            msg["value"] = self._store[name]
+        msg["done"] = True
+        msg["stop"] = True
 
 
 class ConventionError(ValueError):
@@ -158,10 +186,14 @@ class ProgramPair:
         return kwargs
 
     def _particles(self, fn: Callable, num_particles: int) -> Callable:
+        """``fn`` run inside the particle plate (none when K = 1), serving known parameters from the store."""
         dim = self.structure.particle_dim if self.structure is not None else None
 
         def vectorised(**kwargs):
-            with pyro.plate(PARTICLE_PLATE, num_particles, dim=dim):
+            if num_particles == 1:
+                with StoreParams():
+                    return fn(**kwargs)
+            with pyro.plate(PARTICLE_PLATE, num_particles, dim=dim), StoreParams():
                 return fn(**kwargs)
 
         return vectorised
@@ -290,12 +322,9 @@ class ProgramPair:
         """Run the guide on ``x`` and replay the model on its latents, K particles at once."""
         structure = self._require_structure()
         batch_size = x.shape[0]
-        guide_trace = poutine.trace(self._particles(self.guide, num_particles)).get_trace(
-            **self._guide_kwargs(x, batch_size)
-        )
-        model_trace = poutine.trace(
-            poutine.replay(self._particles(self.model, num_particles), trace=guide_trace)
-        ).get_trace(**self._model_kwargs(x, batch_size))
+        guide_trace = _trace(self._particles(self.guide, num_particles), self._guide_kwargs(x, batch_size))
+        replayed = poutine.replay(self._particles(self.model, num_particles), trace=guide_trace)
+        model_trace = _trace(replayed, self._model_kwargs(x, batch_size))
         log_p = self.log_prob(model_trace, num_particles, batch_size)
         log_q = self.log_prob(guide_trace, num_particles, batch_size, sites=structure.latent_sites)
         log_q_nonreparam = (
@@ -312,9 +341,7 @@ class ProgramPair:
                 "generating from the model needs its batch size: give the model a `batch_size=None` keyword "
                 f"and use it when {self.obs_site}=None"
             )
-        return poutine.trace(self._particles(self.model, num_particles)).get_trace(
-            **self._model_kwargs(None, batch_size)
-        )
+        return _trace(self._particles(self.model, num_particles), self._model_kwargs(None, batch_size))
 
     def score_guide(self, dream: Trace) -> tuple[Trace, torch.Tensor]:
         """Score the dreamt latents under the guide given the dreamt ``x``: log q(z | x), shape ``(1, B)``.
@@ -396,6 +423,13 @@ def _reduce_to_particles_by_data(
             lp = lp.sum(other)
     lp = lp.expand(num_particles, batch_size)
     return lp if total is None else total + lp
+
+
+def _trace(fn: Callable, kwargs: dict) -> Trace:
+    """Run ``fn`` under a trace handler and return its trace (without the copy ``get_trace`` makes)."""
+    handler = poutine.trace(fn)
+    handler(**kwargs)
+    return handler.msngr.trace
 
 
 def _param_names(trace: Trace | None) -> tuple[str, ...]:
