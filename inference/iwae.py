@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import torch
 
+from ppdgm.combine import log_mean_exp, self_normalised_weights
 from ppdgm.method import Engine, Method, register
-from ppdgm.programs import DataSide, ProgramPair, log_mean_exp
+from ppdgm.programs import DataSide, ProgramPair
 
 _GUIDE_GRADIENTS = ("reparam", "dreg")
 
@@ -97,7 +98,7 @@ class IWAE(Method):
             side.guide_trace, self.num_particles, batch_size, sites=structure.latent_sites, detach_params=True
         )
         log_w = side.log_p - log_q_stopped
-        weights = torch.softmax(log_w.detach(), 0)
+        weights = self_normalised_weights(log_w.detach())
         rank = structure.max_plate_nesting + 1
         for name in structure.reparam_sites if self.num_particles > 1 else ():
             site = side.guide_trace.nodes[name]

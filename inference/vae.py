@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from ppdgm.inference.baselines import NVILBaseline
 
+from ppdgm.combine import mean
 from ppdgm.method import Engine, Method, register
 from ppdgm.programs import DataSide, ProgramPair
 
@@ -64,7 +65,7 @@ class VAE(Method):
         """The surrogate loss of one data-side phase, the phase itself, and the ELBO per datapoint."""
         side = programs.data_side(x, self.num_particles)
         log_w = side.log_weights
-        elbo = log_w.mean(0)
+        elbo = mean(log_w)
         surrogate = elbo.mean()
         if side.log_q_nonreparam is not None:
             signal, baseline_loss = self.baseline.centred(log_w.detach(), x)
@@ -78,7 +79,7 @@ class VAE(Method):
 
     @torch.no_grad()
     def objective(self, programs: ProgramPair, x: torch.Tensor) -> torch.Tensor:
-        return programs.data_side(x, self.num_particles).log_weights.mean(0)
+        return mean(programs.data_side(x, self.num_particles).log_weights)
 
     def state_dict(self) -> dict:
         return {"baseline": self.baseline.state_dict()}

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import pyro
 import torch
 
-from ppdgm.programs import ProgramPair, log_mean_exp
+from ppdgm.combine import log_mean_exp, mean
+from ppdgm.programs import ProgramPair
 
 
 @dataclass
@@ -140,7 +141,7 @@ def elbo(
     """The ELBO per datapoint, a Monte Carlo average over ``num_samples`` guide samples."""
 
     def per_batch(programs: ProgramPair, x: torch.Tensor) -> torch.Tensor:
-        return programs.data_side(x, num_samples).log_weights.mean(0)
+        return mean(programs.data_side(x, num_samples).log_weights)
 
     return _batched(model, guide, data, per_batch, batch_size, obs_site, data_plate)
 

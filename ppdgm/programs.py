@@ -28,7 +28,6 @@ plate the programs use, so per-datapoint quantities have shape ``(K, B)``.
 from __future__ import annotations
 
 import inspect as _inspect
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -436,8 +435,3 @@ def _param_names(trace: Trace | None) -> tuple[str, ...]:
     if trace is None:
         return ()
     return tuple(name for name, site in trace.nodes.items() if site["type"] == "param")
-
-
-def log_mean_exp(log_weights: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    """log (1/K) sum_k exp(w_k) along ``dim``, computed stably."""
-    return torch.logsumexp(log_weights, dim) - math.log(log_weights.shape[dim])

@@ -1,0 +1,16 @@
+"""The README's example runs as written (with a shorter budget)."""
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_example_runs():
+    block = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[0]
+    assert 'method="iwae"' in block
+    short = block.replace("epochs=50", "epochs=2").replace("num_samples=5000", "num_samples=20")
+    short = short.replace("seed=0)", "seed=0, progress=False)")
+    namespace: dict = {}
+    exec(compile(short, str(README), "exec"), namespace)
+    assert namespace["run"].history[-1]["epoch"] == 2
