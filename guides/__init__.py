@@ -1,5 +1,6 @@
 """Recognition networks (and, later, discriminators) written as plain Pyro guide programs."""
 
 from ppdgm.guides.encoders import AffineGaussianGuide, ExactLinearGaussianGuide, GaussianMLPEncoder
+from ppdgm.guides.sbn import SBNRecognition
 
-__all__ = ["AffineGaussianGuide", "ExactLinearGaussianGuide", "GaussianMLPEncoder"]
+__all__ = ["AffineGaussianGuide", "ExactLinearGaussianGuide", "GaussianMLPEncoder", "SBNRecognition"]

@@ -43,7 +43,9 @@ _GUIDE_GRADIENTS = ("reparam", "dreg")
 
 @register
 class IWAE(Method):
-    """IWAE training (``method="iwae"``).
+    """Importance weighted bound L_K, weights per datapoint; pathwise or DReG guide gradients.
+
+    ``method="iwae"``.
 
     Args:
         num_particles: K, the number of importance samples per datapoint.

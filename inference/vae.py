@@ -29,7 +29,9 @@ from ppdgm.programs import DataSide, ProgramPair
 
 @register
 class VAE(Method):
-    """ELBO training of a model/guide pair (``method="vae"``, alias ``"elbo"``).
+    """ELBO (AEVB); NVIL score-function gradients for discrete latents.
+
+    ``method="vae"`` (alias ``"elbo"``).
 
     Args:
         num_particles: K samples of the guide per datapoint, averaged.

@@ -2,6 +2,7 @@
 
 from ppdgm.models.linear_gaussian import LinearGaussianModel
 from ppdgm.models.nets import mlp
+from ppdgm.models.sbn import SigmoidBeliefNet
 from ppdgm.models.vae import BernoulliMLPModel
 
-__all__ = ["BernoulliMLPModel", "LinearGaussianModel", "mlp"]
+__all__ = ["BernoulliMLPModel", "LinearGaussianModel", "SigmoidBeliefNet", "mlp"]

@@ -42,23 +42,24 @@ def _options(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def _hidden(text: str) -> tuple[int, ...]:
+def _sizes(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(h) for h in text.split(",") if h)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--hidden takes sizes like 200,200, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"takes sizes like 200,200, got {text!r}") from None
 
 
 def cmd_methods(_: argparse.Namespace) -> int:
     for name, cls in sorted(available_methods().items()):
-        aliases = f" (alias {', '.join(cls.aliases)})" if cls.aliases else ""
         summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        print(f"{name:<10}{aliases:<16} {summary}")
+        aliases = f" [alias: {', '.join(cls.aliases)}]" if cls.aliases else ""
+        print(f"{name:<8}{summary}{aliases}")
     return 0
 
 
 def _model_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: v for k, v in {"z_dim": args.z_dim, "hidden": args.hidden}.items() if v is not None}
+    options = {"z_dim": args.z_dim, "hidden": args.hidden, "layers": args.layers}
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def _write_history(history: list[dict], path: Path) -> None:
@@ -193,7 +194,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--guide-gradient", choices=["reparam", "dreg"], default=None)
     t.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="another method option")
     t.add_argument("--z-dim", type=int, default=None)
-    t.add_argument("--hidden", type=_hidden, default=None, help="hidden sizes, e.g. 200,200")
+    t.add_argument("--hidden", type=_sizes, default=None, help="hidden sizes, e.g. 200,200 (empty: linear)")
+    t.add_argument("--layers", type=_sizes, default=None, help="latent layer sizes of sbn/helmholtz, data upwards")
     budget = t.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=int, default=10)
     budget.add_argument("--steps", type=int, default=None)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pyro
+import pyro.poutine as poutine
 import torch
 
 from ppdgm.combine import log_mean_exp, mean
@@ -147,9 +148,66 @@ def elbo(
 
 
 @torch.no_grad()
-def exact_log_likelihood(model: Callable, data: torch.Tensor) -> Estimate:
-    """Exact log p(x) per datapoint, for models that offer it (``model.log_marginal(x)``)."""
+def exact_log_likelihood(
+    model: Callable,
+    data: torch.Tensor,
+    *,
+    batch_size: int = 100,
+    max_elements: int = 1 << 24,
+    max_latents: int = 20,
+    obs_site: str = "x",
+    data_plate: str | None = None,
+) -> Estimate:
+    """Exact log p(x) per datapoint.
+
+    Uses ``model.log_marginal(x)`` when the model offers one (e.g. the linear-Gaussian model);
+    otherwise sums p(x, h) over every configuration of the latents, which must all be Bernoulli
+    (possibly ``.to_event``) inside the data plate, at most ``max_latents`` binary units in all.
+    Configurations run as the particle dimension of the model, in chunks bounded by ``max_elements``.
+    """
     log_marginal = getattr(model, "log_marginal", None)
-    if log_marginal is None:
-        raise TypeError(f"{type(model).__name__} has no exact likelihood (it defines no log_marginal(x))")
-    return Estimate(log_marginal(data).detach().cpu())
+    if log_marginal is not None:
+        return Estimate(log_marginal(data).detach().cpu())
+
+    def per_batch(programs: ProgramPair, x: torch.Tensor) -> torch.Tensor:
+        return _enumerate(programs, x, max_elements, max_latents)
+
+    return _batched(model, None, data, per_batch, batch_size, obs_site, data_plate)
+
+
+def _enumerate(programs: ProgramPair, x: torch.Tensor, max_elements: int, max_latents: int) -> torch.Tensor:
+    structure = programs.structure
+    batch_size = x.shape[0]
+    trace = poutine.trace(programs.model).get_trace(**programs._model_kwargs(x, batch_size))
+    shapes = {}
+    for name in structure.latent_sites:
+        site = trace.nodes[name]
+        base = site["fn"]
+        while hasattr(base, "base_dist"):
+            base = base.base_dist
+        if not isinstance(base, torch.distributions.Bernoulli):
+            raise TypeError(f"exact enumeration needs Bernoulli latents; site {name!r} is {type(base).__name__}")
+        if [f.name for f in site["cond_indep_stack"] if f.vectorized] != [structure.data_plate]:
+            raise TypeError(f"exact enumeration needs latents in the data plate only; site {name!r} is not")
+        shapes[name] = tuple(site["fn"].event_shape)
+    sizes = [math.prod(shape) for shape in shapes.values()]
+    total = sum(sizes)
+    if total > max_latents:
+        raise ValueError(f"{total} binary latents make 2^{total} configurations; at most {max_latents} are enumerated")
+    if total == 0:
+        return programs.log_prob(trace, 1, batch_size)[0]
+    configs = torch.cartesian_prod(*[torch.tensor([0.0, 1.0], dtype=x.dtype, device=x.device)] * total)
+    configs = configs.reshape(-1, total)
+    chunk = 2 ** max(0, int(math.log2(max(1, max_elements // max(1, batch_size * x[0].numel())))))
+    running = None
+    for block in configs.split(max(2, chunk)):
+        c = block.shape[0]
+        values = {
+            name: part.reshape(c, 1, *shape).expand(c, batch_size, *shape)
+            for (name, shape), part in zip(shapes.items(), block.split(sizes, -1))
+        }
+        conditioned = poutine.condition(programs._particles(programs.model, c), data=values)
+        tr = poutine.trace(conditioned).get_trace(**programs._model_kwargs(x, batch_size))
+        lse = torch.logsumexp(programs.log_prob(tr, c, batch_size), 0)
+        running = lse if running is None else torch.logaddexp(running, lse)
+    return running

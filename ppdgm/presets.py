@@ -6,8 +6,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ppdgm.guides import AffineGaussianGuide, GaussianMLPEncoder
-from ppdgm.models import BernoulliMLPModel, LinearGaussianModel
+from ppdgm.guides import AffineGaussianGuide, GaussianMLPEncoder, SBNRecognition
+from ppdgm.models import BernoulliMLPModel, LinearGaussianModel, SigmoidBeliefNet
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,21 @@ def _linear_gaussian(x_dim: int, z_dim: int, noise_scale: float) -> tuple[Callab
     return LinearGaussianModel(x_dim, z_dim, noise_scale), AffineGaussianGuide(x_dim, z_dim)
 
 
+def _sbn(x_dim: int, layers: Sequence[int], hidden: Sequence[int]) -> tuple[Callable, Callable]:
+    return SigmoidBeliefNet(x_dim, layers), SBNRecognition(x_dim, layers, hidden)
+
+
 PRESETS: dict[str, Preset] = {
+    "sbn": Preset(
+        "sigmoid belief net (binary latents, layers from the data up) + MLP Bernoulli recognition per layer",
+        _sbn,
+        {"layers": (200,), "hidden": (200,)},
+    ),
+    "helmholtz": Preset(
+        "Helmholtz machine: sigmoid belief net + linear-sigmoid recognition per layer (Dayan et al. 1995)",
+        _sbn,
+        {"layers": (200, 200), "hidden": ()},
+    ),
     "vae-mlp": Preset(
         "Bernoulli MLP decoder + Gaussian MLP encoder (binary data)",
         _mlp_vae,

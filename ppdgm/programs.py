@@ -317,11 +317,36 @@ class ProgramPair:
             )
 
     # ------------------------------------------------------------------ the two sides
-    def data_side(self, x: torch.Tensor, num_particles: int = 1) -> DataSide:
-        """Run the guide on ``x`` and replay the model on its latents, K particles at once."""
+    def data_side(
+        self,
+        x: torch.Tensor,
+        num_particles: int = 1,
+        *,
+        guide_grad: bool = True,
+        detach_latents: bool = False,
+    ) -> DataSide:
+        """Run the guide on ``x`` and replay the model on its latents, K particles at once.
+
+        Args:
+            guide_grad: build the guide's autograd graph (``False``: the guide runs under ``no_grad``,
+                as in the wake-θ phase of wake-sleep, where only the model learns).
+            detach_latents: score the latents at fixed values: no pathwise gradient flows through
+                them into the guide or the model (reweighted wake-sleep's wake-φ phase, score-function
+                estimators). Reparameterisable guides are re-run conditioned on the detached values so
+                that later latents depend on earlier ones only through fixed values.
+        """
         structure = self._require_structure()
         batch_size = x.shape[0]
-        guide_trace = _trace(self._particles(self.guide, num_particles), self._guide_kwargs(x, batch_size))
+        guide = self._particles(self.guide, num_particles)
+        guide_kwargs = self._guide_kwargs(x, batch_size)
+        if guide_grad:
+            guide_trace = _trace(guide, guide_kwargs)
+        else:
+            with torch.no_grad():
+                guide_trace = _trace(guide, guide_kwargs)
+        if detach_latents and guide_grad and structure.reparam_sites:
+            values = {name: guide_trace.nodes[name]["value"].detach() for name in structure.latent_sites}
+            guide_trace = _trace(poutine.condition(guide, data=values), guide_kwargs)
         replayed = poutine.replay(self._particles(self.model, num_particles), trace=guide_trace)
         model_trace = _trace(replayed, self._model_kwargs(x, batch_size))
         log_p = self.log_prob(model_trace, num_particles, batch_size)
@@ -342,6 +367,32 @@ class ProgramPair:
             )
         return _trace(self._particles(self.model, num_particles), self._model_kwargs(None, batch_size))
 
+    def check_sleep(self, batch_size: int = 3) -> None:
+        """Check the guide can score dreamt latents: dream once and compare shapes site by site.
+
+        Raises :class:`ConventionError` naming the first latent whose dreamt value does not have the
+        shape of the guide's own sample for the dreamt ``x``.
+        """
+        self._require_structure()
+        with poutine.block(), torch.no_grad():
+            dream = self.model_side(batch_size)
+            x = self._dreamt_x(dream)
+            guide_trace = _trace(self._particles(self.guide, 1), self._guide_kwargs(x, batch_size))
+        for name in self.structure.latent_sites:
+            dreamt = tuple(dream.nodes[name]["value"].shape)
+            guided = tuple(guide_trace.nodes[name]["value"].shape)
+            if dreamt != guided:
+                raise ConventionError(
+                    f"the sleep phase cannot score latent site {name!r}: the model dreams values of shape {dreamt} "
+                    f"but the guide samples shape {guided} for the dreamt {self.obs_site!r}"
+                )
+
+    def _dreamt_x(self, dream: Trace) -> torch.Tensor:
+        x = dream.nodes[self.obs_site]["value"].detach()
+        while x.dim() > self._data_ndim and x.shape[0] == 1:
+            x = x.squeeze(0)
+        return x
+
     def score_guide(self, dream: Trace) -> tuple[Trace, torch.Tensor]:
         """Score the dreamt latents under the guide given the dreamt ``x``: log q(z | x), shape ``(1, B)``.
 
@@ -349,9 +400,7 @@ class ProgramPair:
         dreamt ``x`` (the sleep-phase convention) with its latent sites conditioned on the dream.
         """
         structure = self._require_structure()
-        x = dream.nodes[self.obs_site]["value"].detach()
-        while x.dim() > self._data_ndim and x.shape[0] == 1:
-            x = x.squeeze(0)
+        x = self._dreamt_x(dream)
         batch_size = x.shape[0]
         values = {name: dream.nodes[name]["value"].detach() for name in structure.latent_sites}
         conditioned = poutine.condition(self._particles(self.guide, 1), data=values)

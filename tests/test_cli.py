@@ -8,8 +8,8 @@ from ppdgm.cli import main
 def test_methods_lists_one_line_per_method(capsys):
     assert main(["methods"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert [line.split()[0] for line in lines] == ["iwae", "vae"]
-    assert "alias elbo" in lines[1]
+    assert [line.split()[0] for line in lines] == ["iwae", "rws", "vae", "ws"]
+    assert lines[2].endswith("[alias: elbo]") and lines[3].endswith("[alias: wake-sleep]")
 
 
 def test_train_evaluate_sample_round_trip(tmp_path, capsys):
@@ -52,7 +52,7 @@ def test_train_evaluate_sample_round_trip(tmp_path, capsys):
 
 def test_errors_are_reported_without_a_traceback(tmp_path, capsys):
     assert main(["train", "--method", "nope", "--out", str(tmp_path), "--quiet"]) == 2
-    assert "unknown method 'nope'; known methods: iwae, vae" in capsys.readouterr().err
+    assert "unknown method 'nope'; known methods: iwae, rws, vae, ws" in capsys.readouterr().err
     assert main(["train", "--data", "digits", "--steps", "1", "--out", str(tmp_path), "--quiet"]) == 2
     assert "outside the support of the Bernoulli likelihood" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="not a ppdgm run folder"):
