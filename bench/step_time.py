@@ -1,8 +1,10 @@
-"""Per-step time of ppdgm's ``vae`` and ``iwae`` against a hand-written PyTorch loop.
+"""Per-step time of ppdgm's methods against hand-written PyTorch loops.
 
-Same networks (the ``iwae-1layer`` preset: 784-200-200-50, tanh), same estimator, same batch,
-measured in the same process, interleaved in rounds so that drifts of the machine hit both alike.
-Prints the median step time of each and their ratio.
+``vae`` and ``iwae`` on the ``iwae-1layer`` networks (784-200-200-50, tanh); ``ws`` and ``rws`` on a
+784-200 sigmoid belief net with linear recognition. Same networks, same estimator, same batch,
+measured in the same process, the implementations stepped in turn so that drifts of the machine
+hit all alike. Prints the median step time of each, their ratio, and the spread of the ratio over
+rounds.
 
     python bench/step_time.py [--data-dir ../shared/data] [--steps 60] [--rounds 3] [--device cpu]
 """
@@ -77,6 +79,58 @@ class HandWrittenDistributions(HandWritten):
         return objective.detach()
 
 
+def _bernoulli_log_prob(logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    logits, value = torch.broadcast_tensors(logits, value)
+    return -F.binary_cross_entropy_with_logits(logits, value, reduction="none").sum(-1)
+
+
+class HandWrittenSBN:
+    """Wake-sleep / reweighted wake-sleep for a one-layer SBN and its linear recognition net, by hand."""
+
+    def __init__(self, model, guide, method: str, num_particles: int = 1, sleep_fraction: float = 0.5) -> None:
+        self.top, self.gen, self.rec = model.top_logits, model.generative[0], guide.recognition[0]
+        self.method, self.k, self.s = method, num_particles, sleep_fraction
+        self.opt_model = torch.optim.Adam([self.top, *self.gen.parameters()], lr=1e-3)
+        self.opt_guide = torch.optim.Adam(list(self.rec.parameters()), lr=1e-3)
+
+    def _log_p(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return _bernoulli_log_prob(self.top.expand_as(h), h) + _bernoulli_log_prob(self.gen(h), x)
+
+    def _dream(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            h = torch.bernoulli(torch.sigmoid(self.top).expand(n, -1))
+            return h, torch.bernoulli(torch.sigmoid(self.gen(h)))
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        if self.method == "ws":
+            with torch.no_grad():
+                h = torch.bernoulli(torch.sigmoid(self.rec(x)))
+            wake = self._log_p(h, x).mean()
+            self.opt_model.zero_grad(set_to_none=True)
+            (-wake).backward()
+            self.opt_model.step()
+            h_d, x_d = self._dream(x.shape[0])
+            sleep = _bernoulli_log_prob(self.rec(x_d), h_d).mean()
+            self.opt_guide.zero_grad(set_to_none=True)
+            (-sleep).backward()
+            self.opt_guide.step()
+            return wake.detach()
+        logits = self.rec(x)
+        h = torch.bernoulli(torch.sigmoid(logits).expand(self.k, *logits.shape))
+        log_q = _bernoulli_log_prob(logits, h)
+        log_p = self._log_p(h, x)
+        weights = torch.softmax((log_p - log_q).detach(), 0)
+        surrogate = (weights * log_p).sum(0).mean() + (1 - self.s) * (weights * log_q).sum(0).mean()
+        h_d, x_d = self._dream(x.shape[0])
+        surrogate = surrogate + self.s * _bernoulli_log_prob(self.rec(x_d), h_d).mean()
+        self.opt_model.zero_grad(set_to_none=True)
+        self.opt_guide.zero_grad(set_to_none=True)
+        (-surrogate).backward()
+        self.opt_model.step()
+        self.opt_guide.step()
+        return surrogate.detach()
+
+
 class Ppdgm:
     """ppdgm's hot loop: exactly what ``ppdgm.fit`` runs per step (validation off after step one)."""
 
@@ -94,16 +148,33 @@ class Ppdgm:
             return next(iter(self.method.step(self.engine, x).values()))
 
 
-def _time_steps(step, batches, n: int, sync) -> list[float]:
-    times = []
-    for i in range(n):
-        x = batches[i % len(batches)]
-        sync()
-        tic = time.perf_counter()
-        step(x)
-        sync()
-        times.append(time.perf_counter() - tic)
-    return times
+def _time_interleaved(contenders: dict, batches: list[torch.Tensor], args: argparse.Namespace, sync) -> tuple:
+    """Median step time per contender, stepping them in turn so that machine drift hits all alike.
+
+    Returns the medians over all timed steps and, per round, the ratio of each contender's median
+    to the first contender's (the reference), to show the spread.
+    """
+    names = list(contenders)
+    for i in range(args.warmup):
+        for name in names:
+            contenders[name](batches[i % len(batches)])
+    times: dict[str, list[float]] = {name: [] for name in names}
+    round_ratios: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(args.rounds):
+        this_round: dict[str, list[float]] = {name: [] for name in names}
+        for i in range(args.steps):
+            x = batches[i % len(batches)]
+            for name in names:
+                sync()
+                tic = time.perf_counter()
+                contenders[name](x)
+                sync()
+                this_round[name].append(time.perf_counter() - tic)
+        reference = statistics.median(this_round[names[0]])
+        for name in names:
+            times[name] += this_round[name]
+            round_ratios[name].append(statistics.median(this_round[name]) / reference)
+    return {name: statistics.median(t) for name, t in times.items()}, round_ratios
 
 
 def load_batches(data_dir: str | None, batch_size: int, device: torch.device, count: int = 20) -> list[torch.Tensor]:
@@ -124,13 +195,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--steps", type=int, default=60, help="timed steps per round and implementation")
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--suite", choices=["all", "vae", "sbn"], default="all")
     args = parser.parse_args()
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     batches = load_batches(args.data_dir, args.batch_size, device)
     cases = [("vae", {}, 1), ("iwae", {"num_particles": 5}, 5), ("iwae", {"num_particles": 50}, 50)]
+    if args.suite == "sbn":
+        cases = []
     rows = []
     for method, options, k in cases:
         pyro.clear_param_store()
@@ -144,23 +218,54 @@ def main() -> None:
             "hand_dist": HandWrittenDistributions(model, guide, k).step,
             "ppdgm": ours.step,
         }
-        times: dict[str, list[float]] = {name: [] for name in contenders}
-        for _ in range(args.rounds):
-            for name, step in contenders.items():
-                _time_steps(step, batches, args.warmup, sync)
-                times[name] += _time_steps(step, batches, args.steps, sync)
-        med = {name: statistics.median(t) for name, t in times.items()}
+        med, spread = _time_interleaved(contenders, batches, args, sync)
         label = method + (f" K={k}" if method == "iwae" else "")
-        rows.append((label, med, len(times["ppdgm"])))
+        rows.append((label, med, spread["ppdgm"], args.rounds * args.steps))
+    if rows:
+        _print_vae_table(rows)
+    if args.suite != "vae":
+        _sbn_table(args, batches, sync)
+
+
+def _print_vae_table(rows: list) -> None:
     print()
+    print("VAE / IWAE, iwae-1layer networks (784-200-200-50 tanh):")
     print(
         "| method | hand-written ms/step | hand-written (torch.distributions) ms/step | ppdgm ms/step "
-        "| ratio ppdgm / hand-written | ratio ppdgm / hand (distributions) | steps timed each |"
+        "| ratio ppdgm / hand-written (rounds: min-max) | ratio ppdgm / hand (distributions) | steps timed each |"
     )
     print("|---|---|---|---|---|---|---|")
-    for label, med, n in rows:
+    for label, med, spread, n in rows:
         h, hd, o = med["hand"], med["hand_dist"], med["ppdgm"]
-        print(f"| {label} | {1e3 * h:.2f} | {1e3 * hd:.2f} | {1e3 * o:.2f} | {o / h:.3f} | {o / hd:.3f} | {n} |")
+        span = f"{min(spread):.3f}-{max(spread):.3f}"
+        print(
+            f"| {label} | {1e3 * h:.2f} | {1e3 * hd:.2f} | {1e3 * o:.2f} | {o / h:.3f} ({span}) | {o / hd:.3f} | {n} |"
+        )
+
+
+def _sbn_table(args: argparse.Namespace, batches: list[torch.Tensor], sync) -> None:
+    sbn_rows = []
+    for method, options in (("ws", {}), ("rws", {"num_particles": 5})):
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        model, guide = build("helmholtz", 784, layers=(200,))
+        contenders = {
+            "hand": HandWrittenSBN(model, guide, method, options.get("num_particles", 1)).step,
+            "ppdgm": Ppdgm(model, guide, method, batches[0], **options).step,
+        }
+        med, spread = _time_interleaved(contenders, batches, args, sync)
+        label = method + "".join(f" K={v}" for v in options.values())
+        sbn_rows.append((label, med, spread["ppdgm"], args.rounds * args.steps))
+    print()
+    print("Wake-sleep family, helmholtz preset with layers 200 (784-200 SBN, linear recognition):")
+    print(
+        "| method | hand-written ms/step | ppdgm ms/step | ratio ppdgm / hand-written (rounds: min-max) "
+        "| steps timed each |"
+    )
+    print("|---|---|---|---|---|")
+    for label, med, spread, n in sbn_rows:
+        h, o = med["hand"], med["ppdgm"]
+        print(f"| {label} | {1e3 * h:.2f} | {1e3 * o:.2f} | {o / h:.3f} ({min(spread):.3f}-{max(spread):.3f}) | {n} |")
 
 
 if __name__ == "__main__":

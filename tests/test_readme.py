@@ -6,6 +6,16 @@ from pathlib import Path
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+def _runnable_blocks() -> list[str]:
+    return [b for b in re.findall(r"```python\n(.*?)```", README.read_text(), re.S) if "import ppdgm" in b]
+
+
+def test_readme_sbn_example_runs():
+    block = next(b for b in _runnable_blocks() if "SigmoidBeliefNet" in b)
+    short = block.replace("epochs=30", "epochs=1").replace("num_samples=1000", "num_samples=10")
+    exec(compile(short, str(README), "exec"), {})
+
+
 def test_readme_example_runs():
     block = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[0]
     assert 'method="iwae"' in block
