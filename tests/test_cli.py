@@ -57,3 +57,32 @@ def test_errors_are_reported_without_a_traceback(tmp_path, capsys):
     assert "outside the support of the Bernoulli likelihood" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="not a ppdgm run folder"):
         main(["evaluate", str(tmp_path / "missing")])
+
+
+def test_train_a_sigmoid_belief_net_with_rws(tmp_path, capsys):
+    out = tmp_path / "sbn"
+    args = [
+        "train",
+        "--model",
+        "sbn",
+        "--method",
+        "rws",
+        "--num-particles",
+        "5",
+        "--layers",
+        "20,5",
+        "--hidden",
+        "",
+        "--steps",
+        "20",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    assert main(args) == 0
+    assert "trained rws for 20 steps" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_options"] == {"hidden": [], "layers": [20, 5]}
+    assert main(["evaluate", str(out), "--num-samples", "10"]) == 0
+    assert main(["train", "--model", "sbn", "--z-dim", "3", "--out", str(tmp_path / "bad"), "--quiet"]) == 2
+    assert "model 'sbn' takes no option(s) ['z_dim']" in capsys.readouterr().err

@@ -182,3 +182,16 @@ def test_guide_missing_an_upper_layer_is_named():
 def test_rws_options_are_checked():
     with pytest.raises(ValueError, match="sleep_fraction must be in"):
         RWS(sleep_fraction=1.5)
+
+
+@pytest.mark.parametrize("method", ["ws", "rws"])
+def test_three_layer_sbn_trains_in_every_phase(method):
+    _, data = teacher()
+    model = SigmoidBeliefNet(X_DIM, (4, 3, 2))
+    guide = SBNRecognition(X_DIM, (4, 3, 2), hidden=(16,))
+    assert ProgramPair(model, guide).inspect(data.train[:5]).latent_sites == ("h3", "h2", "h1")
+    before = evaluate.exact_log_likelihood(model, data.test).mean
+    ppdgm.fit(model, guide, data, method, epochs=20, lr=1e-2, progress=False)
+    after = evaluate.exact_log_likelihood(model, data.test).mean
+    print(f"\n{method}: 3-layer exact log-likelihood {before:.3f} -> {after:.3f}")
+    assert after > before + 0.8, (before, after)
