@@ -268,7 +268,7 @@ class ProgramPair:
         if shared:
             raise ConventionError(
                 f"parameters {shared} are used by both the model and the guide; each player owns its own parameters "
-                "(give the guide's modules other names in pyro.module)"
+                "(rename the guide's: the name given to pyro.module, or for a PyroModule its attribute names)"
             )
         self.structure = Structure(
             latent_sites=latents,

@@ -190,3 +190,46 @@ def test_cuda_without_gpu_is_a_clear_error():
     model, guide = user_pair()
     with pytest.raises(RuntimeError, match="no CUDA GPU is available"):
         ppdgm.fit(model, guide, "digits-binary", "vae", steps=1, device="cuda", progress=False)
+
+
+def _pyro_module_pair(guide_attribute: str = "enc"):
+    from pyro.nn import PyroModule
+
+    class Decoder(PyroModule):
+        def __init__(self):
+            super().__init__()
+            self.net = PyroModule[nn.Linear](4, 64)
+
+        def forward(self, x=None, batch_size=None):
+            with pyro.plate("data", x.shape[0] if x is not None else batch_size):
+                z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([4]).to_event(1))
+                return pyro.sample("x", dist.Bernoulli(logits=self.net(z)).to_event(1), obs=x)
+
+    class Encoder(PyroModule):
+        def __init__(self):
+            super().__init__()
+            setattr(self, guide_attribute, PyroModule[nn.Linear](64, 8))
+
+        def forward(self, x=None, batch_size=None):
+            loc, raw = getattr(self, guide_attribute)(x).chunk(2, -1)
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("z", dist.Normal(loc, nn.functional.softplus(raw) + 1e-3).to_event(1))
+
+    return Decoder(), Encoder()
+
+
+@pytest.mark.parametrize("method", ["vae", "iwae"])
+def test_pyro_module_programs_train(method):
+    data = ppdgm.data.load("digits-binary")
+    model, guide = _pyro_module_pair()
+    before = evaluate.log_likelihood(model, guide, data.test, num_samples=50).mean
+    run = ppdgm.fit(model, guide, data, method, epochs=5, lr=1e-2, progress=False)
+    assert run.engine.players["model"].param_names == ("net.weight", "net.bias")
+    after = evaluate.log_likelihood(model, guide, data.test, num_samples=50).mean
+    assert after > before + 5, (before, after)
+
+
+def test_pyro_modules_with_clashing_names_are_refused_with_a_hint():
+    model, guide = _pyro_module_pair(guide_attribute="net")
+    with pytest.raises(ppdgm.ConventionError, match="for a PyroModule its attribute names"):
+        ppdgm.fit(model, guide, "digits-binary", "vae", steps=1, progress=False)
