@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import csv
 import json
 import sys
 import time
@@ -62,14 +61,6 @@ def _model_options(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in options.items() if v is not None}
 
 
-def _write_history(history: list[dict], path: Path) -> None:
-    keys = list(dict.fromkeys(k for row in history for k in row))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(history)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     dataset = data_mod.load(args.data, args.data_dir)
     model_options = _model_options(args)
@@ -112,7 +103,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         **method_options,
     )
     run.save(out / PARAMS)
-    _write_history(run.history, out / "history.csv")
+    run.save_history(out / "history.csv")
     last = run.history[-1]
     summary = ", ".join(f"{k}={v:.3f}" for k, v in last.items() if k.startswith(("train_", "valid_")))
     print(f"trained {args.method} for {last['step']} steps in {run.seconds:.1f}s: {summary}")
@@ -173,6 +164,36 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from ppdgm.compare import compare, parse_spec, spec_from_record
+    from ppdgm.comparisons import preset_spec
+
+    sources = [args.spec is not None, args.preset is not None, args.rerun is not None]
+    if sum(sources) != 1:
+        raise ValueError("give exactly one of SPEC.toml, --preset NAME or --rerun RECORD")
+    if args.rerun is not None:
+        spec = spec_from_record(args.rerun, output=args.out)
+    else:
+        raw = preset_spec(args.preset, args.budget) if args.preset else args.spec
+        spec = parse_spec(raw, output=args.out)
+    if args.data_dir is not None:
+        from dataclasses import replace
+
+        spec = replace(spec, data_dir=args.data_dir)
+    compare(spec, jobs=args.jobs, progress=not args.quiet)
+    print(f"results, figures and record in {spec.output}")
+    return 0
+
+
+def cmd_presets(_: argparse.Namespace) -> int:
+    from ppdgm.comparisons import PRESETS as COMPARISONS
+
+    for name, preset in sorted(COMPARISONS.items()):
+        runtime = ", ".join(f"{b}: {t}" for b, t in preset["runtime"].items())
+        print(f"{name:<12}{preset['description']} ({runtime} on 2 CPU cores)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ppdgm.demo import main as demo_main
 
@@ -222,6 +243,19 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_sample)
 
+    c = sub.add_parser("compare", help="run a comparison (methods x seeds) from a spec, a preset or a record")
+    c.add_argument("spec", nargs="?", default=None, help="a comparison spec (TOML)")
+    c.add_argument("--preset", default=None, help="a shipped comparison (`ppdgm presets` lists them)")
+    c.add_argument("--budget", default="small", choices=["small", "full"], help="budget of a preset")
+    c.add_argument("--rerun", default=None, metavar="RECORD", help="repeat the comparison of a record.json")
+    c.add_argument("--out", default=None, help="output folder (default: the spec's)")
+    c.add_argument("--data-dir", default=None, help="where data sets are read from")
+    c.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
+    c.add_argument("--quiet", action="store_true")
+    c.set_defaults(func=cmd_compare)
+
+    sub.add_parser("presets", help="list the shipped comparisons").set_defaults(func=cmd_presets)
+
     d = sub.add_parser("demo", help="train vae and iwae on digits and print a comparison table")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--epochs", type=int, default=None)
@@ -234,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, RuntimeError, data_mod.DataUnavailableError) as err:
+    except (ValueError, TypeError, RuntimeError, data_mod.DataUnavailableError) as err:  # SpecError is a ValueError
         print(f"ppdgm: error: {err}", file=sys.stderr)
         return 2
 

@@ -211,3 +211,36 @@ def _enumerate(programs: ProgramPair, x: torch.Tensor, max_elements: int, max_la
         lse = torch.logsumexp(programs.log_prob(tr, c, batch_size), 0)
         running = lse if running is None else torch.logaddexp(running, lse)
     return running
+
+
+@torch.no_grad()
+def active_units(
+    model: Callable,
+    guide: Callable,
+    data: torch.Tensor,
+    *,
+    threshold: float = 1e-2,
+    num_samples: int = 10,
+    batch_size: int = 200,
+    obs_site: str = "x",
+    data_plate: str | None = None,
+) -> int:
+    """Number of active latent units (Burda et al. 2016): unit u is active when Cov_x(E_q[u | x]) > threshold.
+
+    E_q[u | x] is the mean of the guide's distribution at each latent site (exact for a one-layer
+    guide; for later layers of a hierarchical guide it is averaged over ``num_samples`` draws of the
+    layers below). All latent units of all sites are counted.
+    """
+    if data.shape[0] < 2:
+        raise ValueError("active units need at least two datapoints")
+    programs = _programs(model, guide, data[:batch_size], obs_site, data_plate)
+    means = []
+    with pyro.validation_enabled(False):
+        for x in data.split(batch_size):
+            side = programs.data_side(x, num_samples)
+            per_site = [
+                side.guide_trace.nodes[name]["fn"].mean.reshape(num_samples, x.shape[0], -1).mean(0)
+                for name in programs.structure.latent_sites
+            ]
+            means.append(torch.cat(per_site, -1))
+    return int((torch.cat(means).var(0) > threshold).sum())

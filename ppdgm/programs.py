@@ -360,8 +360,11 @@ class ProgramPair:
             with torch.no_grad():
                 guide_trace = _trace(guide, guide_kwargs)
         if detach_latents and guide_grad and structure.reparam_sites:
-            values = {name: guide_trace.nodes[name]["value"].detach() for name in structure.latent_sites}
-            guide_trace = _trace(poutine.condition(guide, data=values), guide_kwargs)
+            fixed = Trace()
+            for name in structure.latent_sites:
+                site = guide_trace.nodes[name]
+                fixed.add_node(name, **{**site, "value": site["value"].detach()})
+            guide_trace = _trace(poutine.replay(guide, trace=fixed), guide_kwargs)
         replayed = poutine.replay(self._particles(self.model, num_particles), trace=guide_trace)
         model_trace = _trace(replayed, self._model_kwargs(x, batch_size))
         return DataSide(self, guide_trace, model_trace, num_particles, batch_size)

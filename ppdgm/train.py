@@ -18,6 +18,7 @@ Design points:
 from __future__ import annotations
 
 import contextlib
+import csv
 import math
 import os
 import random
@@ -173,6 +174,14 @@ class Run:
     def save(self, path: str | Path) -> None:
         """Write the trained parameters, config and history to ``path`` (atomically)."""
         atomic_save(self.state(), path)
+
+    def save_history(self, path: str | Path) -> None:
+        """Write the per-epoch history as CSV (one row per epoch)."""
+        keys = list(dict.fromkeys(k for row in self.history for k in row))
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(self.history)
 
 
 def load_params(path: str | Path, programs: ProgramPair, example: torch.Tensor) -> dict:

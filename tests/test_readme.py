@@ -24,3 +24,13 @@ def test_readme_example_runs():
     namespace: dict = {}
     exec(compile(short, str(README), "exec"), namespace)
     assert namespace["run"].history[-1]["epoch"] == 2
+
+
+def test_readme_comparison_spec_is_valid():
+    import tomllib
+
+    from ppdgm.compare import parse_spec
+
+    block = re.findall(r"```toml\n(.*?)```", README.read_text(), re.S)[0]
+    spec = parse_spec(tomllib.loads(block))
+    assert [m.label for m in spec.methods] == ["vae", "iwae k=5"] and spec.seeds == (0, 1, 2)

@@ -18,8 +18,10 @@ METHODS = [
     ("elbo", {}),
     ("iwae", {"num_particles": 5}),
     ("iwae", {"num_particles": 5, "guide_gradient": "dreg"}),
+    ("ws", {}),
+    ("rws", {"num_particles": 5}),
 ]
-IDS = ["vae", "elbo-alias", "iwae-k5", "iwae-k5-dreg"]
+IDS = ["vae", "elbo-alias", "iwae-k5", "iwae-k5-dreg", "ws", "rws-k5"]
 
 
 def user_pair(x_dim=64, z_dim=4):

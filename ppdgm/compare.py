@@ -1,0 +1,542 @@
+"""Paper-style comparisons: methods x seeds on one model and data set -> a table, figures, a record.
+
+A comparison is described by a spec (a TOML file, or the same structure as a dict)::
+
+    name = "digits"
+    output = "runs/compare-digits"
+    seeds = [0, 1, 2]
+
+    [data]
+    name = "digits-binary"          # any ppdgm.data name; `dir = "..."` for a data directory
+
+    [model]
+    preset = "vae-mlp"              # a ppdgm.presets name, or `factory = "module:function"`
+    options = { z_dim = 10, hidden = [128] }   # returning (model, guide) from (x_dim, **options)
+
+    [budget]
+    epochs = 100                    # or steps = ...
+    batch_size = 100
+    lr = 3e-3
+
+    [evaluation]
+    metrics = ["log_likelihood", "elbo", "active_units"]
+    num_samples = 1000              # importance samples for log_likelihood
+    iwae_k = 50                     # k of the iwae_bound metric
+
+    [[methods]]
+    name = "vae"
+
+    [[methods]]
+    name = "iwae"
+    label = "iwae k=5"
+    options = { num_particles = 5 }
+
+Every method x seed is an independent run (its own folder with config, history CSV, checkpoint,
+parameters, samples and metrics), skipped when already complete, so an interrupted comparison
+resumes where it stopped. ``--jobs N`` runs N at once in separate processes. The results table
+(rows methods, columns metrics, mean ± std over seeds) is printed and written as Markdown, CSV and
+JSON, beside learning curves, sample grids and a record (spec, spec hash, package versions, device,
+git commit) that ``ppdgm compare --rerun RECORD`` repeats.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib
+import json
+import platform
+import subprocess
+import sys
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+METRICS = ("log_likelihood", "elbo", "iwae_bound", "exact_log_likelihood", "active_units", "seconds_per_epoch")
+RESULT = "result.json"
+
+
+class SpecError(ValueError):
+    """A comparison spec has bad fields; the message lists every one."""
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    label: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A validated comparison spec (see the module docstring for the format)."""
+
+    name: str
+    output: str
+    seeds: tuple[int, ...]
+    data: str
+    data_dir: str | None
+    model: str
+    model_options: dict[str, Any]
+    methods: tuple[MethodSpec, ...]
+    epochs: int | None
+    steps: int | None
+    batch_size: int
+    lr: float
+    metrics: tuple[str, ...]
+    num_samples: int
+    iwae_k: int
+    device: str = "cpu"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def digest(self) -> str:
+        """A hash of everything that determines the results (the output folder excluded)."""
+        content = {k: v for k, v in self.to_dict().items() if k != "output"}
+        return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def parse_spec(raw: Mapping[str, Any] | str | Path, output: str | Path | None = None) -> Spec:
+    """Validate a spec given as a dict or a TOML file; raise :class:`SpecError` listing every bad field."""
+    from ppdgm.data import available_datasets
+    from ppdgm.method import get_method
+    from ppdgm.presets import PRESETS
+
+    if not isinstance(raw, Mapping):
+        path = Path(raw)
+        if not path.exists():
+            raise SpecError(f"spec file {path} does not exist")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise SpecError(f"{path} is not valid TOML: {err}") from None
+    errors: list[str] = []
+    known = {"name", "output", "seeds", "data", "model", "budget", "evaluation", "methods", "device"}
+    errors += [f"{key}: unknown field (known: {', '.join(sorted(known))})" for key in raw if key not in known]
+
+    def table(key: str) -> Mapping[str, Any]:
+        value = raw.get(key, {})
+        if not isinstance(value, Mapping):
+            errors.append(f"{key}: must be a table")
+            return {}
+        return value
+
+    name = raw.get("name", "comparison")
+    if not isinstance(name, str) or not name:
+        errors.append("name: must be a non-empty string")
+    seeds = raw.get("seeds", [0])
+    integers = isinstance(seeds, list) and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    if not integers or not seeds:
+        errors.append("seeds: must be a non-empty list of integers")
+        seeds = []
+    elif any(s < 0 for s in seeds):
+        errors.append(f"seeds: must not be negative, got {seeds}")
+    elif len(set(seeds)) != len(seeds):
+        errors.append(f"seeds: repeated seeds {seeds}")
+    data = table("data")
+    data_name = data.get("name")
+    if data_name not in available_datasets():
+        errors.append(f"data.name: unknown data set {data_name!r}; known: {', '.join(available_datasets())}")
+    data_dir = data.get("dir")
+    if data_dir is not None and not isinstance(data_dir, str):
+        errors.append("data.dir: must be a path string")
+    model = table("model")
+    model_name = model.get("preset") or model.get("factory")
+    if model.get("preset") and model.get("factory"):
+        errors.append("model: give preset or factory, not both")
+    elif model.get("factory"):
+        if not isinstance(model_name, str) or ":" not in model_name:
+            errors.append("model.factory: must be 'module:function'")
+    elif model_name not in PRESETS:
+        errors.append(f"model.preset: unknown model {model_name!r}; known: {', '.join(sorted(PRESETS))}")
+    model_options = model.get("options", {})
+    if not isinstance(model_options, Mapping):
+        errors.append("model.options: must be a table")
+        model_options = {}
+    budget = table("budget")
+    epochs, steps = budget.get("epochs"), budget.get("steps")
+    if (epochs is None) == (steps is None):
+        errors.append("budget: give exactly one of epochs or steps")
+    for key, value in (("epochs", epochs), ("steps", steps)):
+        if value is not None and not _positive_int(value):
+            errors.append(f"budget.{key}: must be a positive integer, got {value!r}")
+    batch_size = budget.get("batch_size", 100)
+    if not _positive_int(batch_size):
+        errors.append(f"budget.batch_size: must be a positive integer, got {batch_size!r}")
+    lr = budget.get("lr", 1e-3)
+    if not isinstance(lr, int | float) or isinstance(lr, bool) or lr <= 0:
+        errors.append(f"budget.lr: must be a positive number, got {lr!r}")
+    evaluation = table("evaluation")
+    metrics = evaluation.get("metrics", ["log_likelihood"])
+    if not isinstance(metrics, list) or not metrics:
+        errors.append("evaluation.metrics: must be a non-empty list")
+        metrics = []
+    bad = [m for m in metrics if m not in METRICS]
+    if bad:
+        errors.append(f"evaluation.metrics: unknown {bad}; known: {', '.join(METRICS)}")
+    num_samples = evaluation.get("num_samples", 1000)
+    if not _positive_int(num_samples):
+        errors.append(f"evaluation.num_samples: must be a positive integer, got {num_samples!r}")
+    iwae_k = evaluation.get("iwae_k", 50)
+    if not _positive_int(iwae_k):
+        errors.append(f"evaluation.iwae_k: must be a positive integer, got {iwae_k!r}")
+    methods_raw = raw.get("methods", [])
+    methods: list[MethodSpec] = []
+    if not isinstance(methods_raw, list) or not methods_raw:
+        errors.append("methods: must be a non-empty list of [[methods]] tables")
+        methods_raw = []
+    for i, entry in enumerate(methods_raw):
+        where = f"methods[{i}]"
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
+            errors.append(f"{where}.name: must be a method name")
+            continue
+        options = entry.get("options", {})
+        if not isinstance(options, Mapping):
+            errors.append(f"{where}.options: must be a table")
+            continue
+        try:
+            get_method(entry["name"], **options)
+        except (ValueError, TypeError) as err:
+            errors.append(f"{where}: {err}")
+            continue
+        label = entry.get("label", entry["name"])
+        methods.append(MethodSpec(entry["name"], str(label), dict(options)))
+    labels = [m.label for m in methods]
+    if len(set(labels)) != len(labels):
+        errors.append(f"methods: labels must be unique, got {labels} (set label = ...)")
+    device = raw.get("device", "cpu")
+    if not isinstance(device, str):
+        errors.append("device: must be a string")
+    if errors:
+        raise SpecError("bad comparison spec:\n  " + "\n  ".join(errors))
+    return Spec(
+        name=name,
+        output=str(output or raw.get("output") or Path("runs") / f"compare-{name}"),
+        seeds=tuple(seeds),
+        data=data_name,
+        data_dir=data_dir,
+        model=model_name,
+        model_options=dict(model_options),
+        methods=tuple(methods),
+        epochs=epochs,
+        steps=steps,
+        batch_size=batch_size,
+        lr=float(lr),
+        metrics=tuple(metrics),
+        num_samples=num_samples,
+        iwae_k=iwae_k,
+        device=device,
+    )
+
+
+def build_pair(spec: Spec, x_dim: int) -> tuple[Callable, Callable]:
+    """A fresh (model, guide) pair for the spec: a preset, or a user factory ``module:function``."""
+    if ":" in spec.model:
+        module_name, function_name = spec.model.split(":", 1)
+        factory = getattr(importlib.import_module(module_name), function_name)
+        return factory(x_dim, **spec.model_options)
+    from ppdgm.presets import build
+
+    return build(spec.model, x_dim, **spec.model_options)
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+def evaluate_run(spec: Spec, model: Callable, guide: Callable, test: torch.Tensor, history: Sequence[dict]) -> dict:
+    """The spec's metrics for one trained run, on the test split."""
+    from ppdgm import evaluate
+
+    out: dict[str, float] = {}
+    for metric in spec.metrics:
+        if metric == "log_likelihood":
+            out[metric] = evaluate.log_likelihood(model, guide, test, num_samples=spec.num_samples).mean
+        elif metric == "elbo":
+            out[metric] = evaluate.elbo(model, guide, test).mean
+        elif metric == "iwae_bound":
+            out[metric] = evaluate.iwae_bound(model, guide, test, k=spec.iwae_k).mean
+        elif metric == "exact_log_likelihood":
+            out[metric] = evaluate.exact_log_likelihood(model, test).mean
+        elif metric == "active_units":
+            out[metric] = float(evaluate.active_units(model, guide, test))
+        elif metric == "seconds_per_epoch":
+            out[metric] = float(np.mean([row["seconds"] for row in history]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- runs
+def run_dir(spec: Spec, method: MethodSpec, seed: int) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in method.label)
+    return Path(spec.output) / "runs" / f"{safe}-seed{seed}"
+
+
+def run_one(spec_dict: dict, method_index: int, seed: int) -> dict:
+    """Train and evaluate one method x seed (in this process); skip it when its result exists."""
+    spec = Spec(**{**spec_dict, "methods": tuple(MethodSpec(**m) for m in spec_dict["methods"])})
+    method = spec.methods[method_index]
+    folder = run_dir(spec, method, seed)
+    done = folder / RESULT
+    if done.exists():
+        result = json.loads(done.read_text())
+        if result.get("spec_hash") == spec.digest():
+            return result
+    folder.mkdir(parents=True, exist_ok=True)
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        return _train_and_evaluate(spec, method, seed, folder)
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+def _train_and_evaluate(spec: Spec, method: MethodSpec, seed: int, folder: Path) -> dict:
+    import ppdgm
+    from ppdgm.sampling import generate, save_image_grid
+
+    done = folder / RESULT
+    dataset = ppdgm.data.load(spec.data, spec.data_dir)
+    torch.manual_seed(seed)  # the same initial networks for every method of a seed
+    model, guide = build_pair(spec, dataset.dim)
+    config = {
+        "method": method.name,
+        "label": method.label,
+        "options": method.options,
+        "seed": seed,
+        "spec_hash": spec.digest(),
+    }
+    (folder / "config.json").write_text(json.dumps(config, indent=2, default=str))
+    budget = {"epochs": spec.epochs} if spec.epochs is not None else {"steps": spec.steps}
+    run = ppdgm.fit(
+        model,
+        guide,
+        dataset,
+        method.name,
+        batch_size=spec.batch_size,
+        lr=spec.lr,
+        seed=seed,
+        device=spec.device,
+        checkpoint_dir=folder,
+        progress=False,
+        **budget,
+        **method.options,
+    )
+    run.save(folder / "params.pt")
+    run.save_history(folder / "history.csv")
+    torch.manual_seed(seed)
+    metrics = evaluate_run(spec, model, guide, dataset.test, run.history)
+    if dataset.image_shape is not None:
+        torch.manual_seed(seed)
+        save_image_grid(generate(model, 64), dataset.image_shape, folder / "samples.png")
+    result = {
+        "label": method.label,
+        "seed": seed,
+        "metrics": metrics,
+        "history": run.history,
+        "spec_hash": spec.digest(),
+    }
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(done)
+    return result
+
+
+def compare(
+    spec: Spec | Mapping[str, Any] | str | Path,
+    *,
+    jobs: int = 1,
+    progress: bool = True,
+    on_run_done: Callable[[dict], Any] | None = None,
+) -> dict:
+    """Run every method x seed of ``spec`` (skipping completed runs) and write the results.
+
+    Returns the results dict that is also written as ``results.json``.
+    """
+    spec = spec if isinstance(spec, Spec) else parse_spec(spec)
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    out = Path(spec.output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "record.json").write_text(json.dumps(run_record(spec), indent=2))
+    grid = [(i, seed) for i in range(len(spec.methods)) for seed in spec.seeds]
+    spec_dict = spec.to_dict()
+    results: list[dict] = []
+    bar = tqdm(total=len(grid), desc=f"compare {spec.name}", unit="run", disable=not progress, file=sys.stderr)
+    if jobs == 1:
+        for i, seed in grid:
+            bar.set_postfix_str(f"{spec.methods[i].label} seed {seed}")
+            results.append(run_one(spec_dict, i, seed))
+            bar.update(1)
+            if on_run_done is not None:
+                on_run_done(results[-1])
+    else:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(run_one, spec_dict, i, seed) for i, seed in grid]
+            for future in futures:
+                results.append(future.result())
+                bar.update(1)
+                if on_run_done is not None:
+                    on_run_done(results[-1])
+    bar.close()
+    summary = summarise(spec, results)
+    write_results(spec, summary, results)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------- results
+def summarise(spec: Spec, results: Sequence[dict]) -> dict:
+    """Mean and standard deviation (ddof=1; 0 for one seed) of every metric per method, over seeds."""
+    rows = []
+    for method in spec.methods:
+        runs = sorted((r for r in results if r["label"] == method.label), key=lambda r: r["seed"])
+        row: dict[str, Any] = {"method": method.label, "seeds": [r["seed"] for r in runs]}
+        for metric in spec.metrics:
+            values = np.array([r["metrics"][metric] for r in runs], dtype=np.float64)
+            std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            row[metric] = {"mean": float(values.mean()), "std": std, "values": values.tolist()}
+        rows.append(row)
+    return {"name": spec.name, "spec_hash": spec.digest(), "metrics": list(spec.metrics), "rows": rows}
+
+
+def format_table(summary: dict) -> str:
+    metrics = summary["metrics"]
+    lines = ["| method | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    for row in summary["rows"]:
+        cells = [f"{row[m]['mean']:.3f} ± {row[m]['std']:.3f}" for m in metrics]
+        lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_results(spec: Spec, summary: dict, results: Sequence[dict]) -> None:
+    out = Path(spec.output)
+    table = format_table(summary)
+    print(f"\n{spec.name} ({len(spec.seeds)} seed(s), mean ± std)\n{table}")
+    (out / "results.md").write_text(table + "\n")
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["method"] + [f"{m}_{s}" for m in summary["metrics"] for s in ("mean", "std")])
+        for row in summary["rows"]:
+            writer.writerow([row["method"]] + [row[m][s] for m in summary["metrics"] for s in ("mean", "std")])
+    plot_learning_curves(spec, results, out / "learning_curves.png")
+    plot_sample_grids(spec, out / "samples.png")
+
+
+def plot_learning_curves(spec: Spec, results: Sequence[dict], path: Path) -> None:
+    """The validation (or training) objective per method: mean over seeds with a min-max band,
+    against steps and against wall-clock seconds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for method in spec.methods:
+        runs = [r for r in results if r["label"] == method.label]
+        key = next((k for k in runs[0]["history"][-1] if k.startswith("valid_")), None)
+        key = key or next(k for k in runs[0]["history"][-1] if k.startswith("train_"))
+        length = min(len(r["history"]) for r in runs)
+        values = np.array([[row[key] for row in r["history"][:length]] for r in runs])
+        steps = np.array([row["step"] for row in runs[0]["history"][:length]])
+        seconds = np.cumsum(np.array([[row["seconds"] for row in r["history"][:length]] for r in runs]), 1).mean(0)
+        for ax, x in zip(axes, (steps, seconds)):
+            ax.plot(x, values.mean(0), label=f"{method.label} ({key})")
+            ax.fill_between(x, values.min(0), values.max(0), alpha=0.25)
+    axes[0].set_xlabel("steps")
+    axes[1].set_xlabel("wall-clock seconds")
+    for ax in axes:
+        ax.set_ylabel("objective (nats)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{spec.name}: mean over {len(spec.seeds)} seed(s), band min-max")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_sample_grids(spec: Spec, path: Path) -> None:
+    """One row of sample images per method (from each method's first seed), when the data are images."""
+    import matplotlib.image as mpimg
+    import matplotlib.pyplot as plt
+
+    grids = [(m.label, run_dir(spec, m, spec.seeds[0]) / "samples.png") for m in spec.methods]
+    grids = [(label, p) for label, p in grids if p.exists()]
+    if not grids:
+        return
+    fig, axes = plt.subplots(1, len(grids), figsize=(3.2 * len(grids), 3.4), squeeze=False)
+    for ax, (label, p) in zip(axes[0], grids):
+        ax.imshow(mpimg.imread(p))
+        ax.set_title(label, fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------- record
+def _git_state() -> dict[str, Any]:
+    """The commit of the checkout ppdgm runs from, and whether it had uncommitted changes."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"git_commit": commit or None, "git_dirty": bool(status) if status is not None else None}
+
+
+def run_record(spec: Spec) -> dict:
+    """Everything needed to rerun the comparison and to know what it ran on."""
+    import pyro
+
+    import ppdgm
+
+    device = spec.device
+    if device.startswith("cuda") and torch.cuda.is_available():
+        device_name = torch.cuda.get_device_name(torch.device(device))
+    else:
+        device_name = platform.processor() or platform.machine()
+    return {
+        "spec": spec.to_dict(),
+        "spec_hash": spec.digest(),
+        "versions": {
+            "ppdgm": ppdgm.__version__,
+            "pyro": pyro.__version__,
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+        },
+        "device": {"name": device, "detail": device_name, "torch_threads": torch.get_num_threads()},
+        **_git_state(),
+        "seeds": list(spec.seeds),
+    }
+
+
+def spec_from_record(path: str | Path, output: str | Path | None = None) -> Spec:
+    """The spec stored in a ``record.json``, for ``ppdgm compare --rerun``."""
+    record = json.loads(Path(path).read_text())
+    raw = dict(record["spec"])
+    raw["methods"] = tuple(MethodSpec(**m) for m in raw["methods"])
+    for key in ("seeds", "metrics"):
+        raw[key] = tuple(raw[key])
+    spec = Spec(**raw)
+    if output is not None:
+        spec = Spec(**{**spec.to_dict(), "output": str(output), "methods": spec.methods})
+    if spec.digest() != record["spec_hash"]:
+        raise SpecError(f"{path}: the stored spec does not match its hash; the record was edited")
+    return spec

@@ -1,0 +1,159 @@
+"""Comparisons: spec validation, the runner, resume, results, record and rerun."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ppdgm.cli import main
+from ppdgm.compare import SpecError, compare, parse_spec, run_dir, spec_from_record
+
+
+def tiny_spec(output, metrics=("log_likelihood", "elbo", "active_units", "seconds_per_epoch")):
+    return {
+        "name": "tiny",
+        "output": str(output),
+        "seeds": [0, 1],
+        "data": {"name": "digits-binary"},
+        "model": {"preset": "vae-mlp", "options": {"z_dim": 3, "hidden": [16]}},
+        "budget": {"steps": 26, "batch_size": 100, "lr": 3e-3},
+        "evaluation": {"metrics": list(metrics), "num_samples": 20},
+        "methods": [{"name": "vae"}, {"name": "iwae", "label": "iwae k=3", "options": {"num_particles": 3}}],
+    }
+
+
+def test_two_methods_two_seeds_end_to_end(tmp_path):
+    out = tmp_path / "cmp"
+    summary = compare(tiny_spec(out), progress=False)
+    for name in ("results.md", "results.csv", "results.json", "record.json", "learning_curves.png", "samples.png"):
+        assert (out / name).exists(), name
+    spec = parse_spec(tiny_spec(out))
+    for row, method in zip(summary["rows"], spec.methods):
+        per_run = [json.loads((run_dir(spec, method, s) / "result.json").read_text())["metrics"] for s in (0, 1)]
+        for metric in spec.metrics:
+            values = np.array([r[metric] for r in per_run])
+            assert row[metric]["mean"] == pytest.approx(values.mean(), abs=0, rel=1e-12)
+            assert row[metric]["std"] == pytest.approx(values.std(ddof=1), abs=1e-12)
+        history = json.loads((run_dir(spec, method, 0) / "result.json").read_text())["history"]
+        assert history[-1]["step"] == 26 and (run_dir(spec, method, 0) / "history.csv").exists()
+    table = (out / "results.md").read_text()
+    assert "| iwae k=3 |" in table and "±" in table
+    record = json.loads((out / "record.json").read_text())
+    assert record["spec_hash"] == spec.digest() and set(record["versions"]) >= {"ppdgm", "pyro", "torch", "numpy"}
+
+
+DETERMINISTIC = ("log_likelihood", "elbo", "active_units")  # wall-clock metrics cannot repeat bit for bit
+
+
+def test_same_spec_twice_gives_an_identical_table_and_interrupted_comparisons_resume(tmp_path):
+    first = compare(tiny_spec(tmp_path / "a", DETERMINISTIC), progress=False)
+    second = compare(tiny_spec(tmp_path / "b", DETERMINISTIC), progress=False)
+    assert first == second
+    assert (tmp_path / "a" / "results.md").read_text() == (tmp_path / "b" / "results.md").read_text()
+
+    done = []
+
+    def stop_after_first(result):
+        done.append(result)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        compare(tiny_spec(tmp_path / "c", DETERMINISTIC), progress=False, on_run_done=stop_after_first)
+    spec = parse_spec(tiny_spec(tmp_path / "c", DETERMINISTIC))
+    finished = run_dir(spec, spec.methods[0], 0) / "result.json"
+    stamp = finished.stat().st_mtime_ns
+    resumed = compare(spec, progress=False)
+    assert finished.stat().st_mtime_ns == stamp  # the finished run was skipped, not redone
+    assert resumed == first
+
+
+def test_parallel_jobs_give_the_same_table(tmp_path):
+    sequential = compare(tiny_spec(tmp_path / "seq", DETERMINISTIC), progress=False)
+    parallel = compare(tiny_spec(tmp_path / "par", DETERMINISTIC), jobs=2, progress=False)
+    assert parallel == sequential
+
+
+def test_a_bad_spec_names_every_bad_field_and_runs_nothing(tmp_path):
+    raw = tiny_spec(tmp_path / "never")
+    raw["seeds"] = [0, -1]
+    raw["data"] = {"name": "mnist-typo"}
+    raw["budget"] = {"epochs": "ten", "batch_size": 100}
+    raw["methods"] = [{"name": "gann"}, {"name": "iwae", "options": {"num_particles": 0}}]
+    raw["evaluation"]["metrics"] = ["log_likelihood", "fid"]
+    raw["colour"] = "blue"
+    with pytest.raises(SpecError) as err:
+        compare(raw, progress=False)
+    message = str(err.value)
+    for expected in (
+        "seeds: must not be negative",
+        "data.name: unknown data set 'mnist-typo'",
+        "budget.epochs: must be a positive integer, got 'ten'",
+        "methods[0]: unknown method 'gann'",
+        "methods[1]: num_particles must be a positive integer",
+        "evaluation.metrics: unknown ['fid']",
+        "colour: unknown field",
+    ):
+        assert expected in message, (expected, message)
+    assert not (tmp_path / "never").exists()
+
+
+def test_spec_from_toml_file_and_the_cli_with_rerun(tmp_path, capsys):
+    spec_file = tmp_path / "spec.toml"
+    spec_file.write_text(
+        f"""
+name = "toml"
+output = "{tmp_path / "toml"}"
+seeds = [3]
+
+[data]
+name = "digits-binary"
+
+[model]
+preset = "vae-mlp"
+options = {{ z_dim = 2, hidden = [8] }}
+
+[budget]
+steps = 13
+
+[evaluation]
+metrics = ["elbo"]
+
+[[methods]]
+name = "vae"
+
+[[methods]]
+name = "rws"
+options = {{ num_particles = 2 }}
+"""
+    )
+    assert main(["compare", str(spec_file), "--quiet"]) == 0
+    table = (tmp_path / "toml" / "results.md").read_text()
+    assert (
+        main(
+            ["compare", "--rerun", str(tmp_path / "toml" / "record.json"), "--out", str(tmp_path / "again"), "--quiet"]
+        )
+        == 0
+    )
+    assert (tmp_path / "again" / "results.md").read_text() == table
+    spec = spec_from_record(tmp_path / "again" / "record.json")
+    assert spec.seeds == (3,) and [m.name for m in spec.methods] == ["vae", "rws"]
+    assert main(["compare", "--preset", "nope", "--quiet"]) == 2
+    assert "unknown comparison preset 'nope'" in capsys.readouterr().err
+
+
+def test_presets_are_listed_and_valid():
+    from ppdgm.comparisons import PRESETS, preset_spec
+
+    for name in PRESETS:
+        for budget in ("small", "full"):
+            parse_spec(preset_spec(name, budget))
+    assert main(["presets"]) == 0
+
+
+@pytest.mark.parametrize("preset", ["digits", "wake-sleep"])
+def test_every_preset_runs_in_its_small_budget(tmp_path, preset):
+    from ppdgm.comparisons import preset_spec
+
+    summary = compare(parse_spec(preset_spec(preset, "small"), output=tmp_path), progress=False)
+    assert len(summary["rows"]) == len(preset_spec(preset)["methods"])
+    assert all(np.isfinite(row[m]["mean"]) for row in summary["rows"] for m in summary["metrics"])
