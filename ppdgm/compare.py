@@ -95,6 +95,10 @@ class Spec:
     num_samples: int
     iwae_k: int
     device: str = "cpu"
+    lr_schedule: str | None = None
+    optimizer_options: dict[str, Any] = field(default_factory=dict)
+    test_size: int | None = None
+    reference: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -124,7 +128,7 @@ def parse_spec(raw: Mapping[str, Any] | str | Path, output: str | Path | None = 
         except tomllib.TOMLDecodeError as err:
             raise SpecError(f"{path} is not valid TOML: {err}") from None
     errors: list[str] = []
-    known = {"name", "output", "seeds", "data", "model", "budget", "evaluation", "methods", "device"}
+    known = {"name", "output", "seeds", "data", "model", "budget", "evaluation", "methods", "device", "reference"}
     errors += [f"{key}: unknown field (known: {', '.join(sorted(known))})" for key in raw if key not in known]
 
     def table(key: str) -> Mapping[str, Any]:
@@ -179,7 +183,20 @@ def parse_spec(raw: Mapping[str, Any] | str | Path, output: str | Path | None = 
     lr = budget.get("lr", 1e-3)
     if not isinstance(lr, int | float) or isinstance(lr, bool) or lr <= 0:
         errors.append(f"budget.lr: must be a positive number, got {lr!r}")
+    lr_schedule = budget.get("lr_schedule")
+    if lr_schedule is not None:
+        from ppdgm.train import LR_SCHEDULES
+
+        if lr_schedule not in LR_SCHEDULES:
+            errors.append(f"budget.lr_schedule: unknown {lr_schedule!r}; known: {', '.join(sorted(LR_SCHEDULES))}")
+    optimizer_options = budget.get("optimizer_options", {})
+    if not isinstance(optimizer_options, Mapping):
+        errors.append("budget.optimizer_options: must be a table")
+        optimizer_options = {}
     evaluation = table("evaluation")
+    test_size = evaluation.get("test_size")
+    if test_size is not None and not _positive_int(test_size):
+        errors.append(f"evaluation.test_size: must be a positive integer, got {test_size!r}")
     metrics = evaluation.get("metrics", ["log_likelihood"])
     if not isinstance(metrics, list) or not metrics:
         errors.append("evaluation.metrics: must be a non-empty list")
@@ -220,6 +237,17 @@ def parse_spec(raw: Mapping[str, Any] | str | Path, output: str | Path | None = 
     device = raw.get("device", "cpu")
     if not isinstance(device, str):
         errors.append("device: must be a string")
+    reference = table("reference")
+    if reference:
+        ref_values = reference.get("values", {})
+        if reference.get("metric") not in metrics:
+            errors.append(f"reference.metric: must be one of the evaluated metrics {metrics}")
+        if not isinstance(reference.get("source"), str):
+            errors.append("reference.source: must say where the reference numbers come from")
+        if not isinstance(ref_values, Mapping) or not all(isinstance(v, int | float) for v in ref_values.values()):
+            errors.append("reference.values: must be a table of method label = number")
+        elif set(ref_values) - set(labels):
+            errors.append(f"reference.values: labels {sorted(set(ref_values) - set(labels))} are no method's label")
     if errors:
         raise SpecError("bad comparison spec:\n  " + "\n  ".join(errors))
     return Spec(
@@ -239,6 +267,10 @@ def parse_spec(raw: Mapping[str, Any] | str | Path, output: str | Path | None = 
         num_samples=num_samples,
         iwae_k=iwae_k,
         device=device,
+        lr_schedule=lr_schedule,
+        optimizer_options=dict(optimizer_options),
+        test_size=test_size,
+        reference=dict(reference),
     )
 
 
@@ -328,13 +360,16 @@ def _train_and_evaluate(spec: Spec, method: MethodSpec, seed: int, folder: Path)
         device=spec.device,
         checkpoint_dir=folder,
         progress=False,
+        lr_schedule=spec.lr_schedule,
+        optimizer_options=spec.optimizer_options or None,
         **budget,
         **method.options,
     )
     run.save(folder / "params.pt")
     run.save_history(folder / "history.csv")
     torch.manual_seed(seed)
-    metrics = evaluate_run(spec, model, guide, dataset.test, run.history)
+    test = dataset.test if spec.test_size is None else dataset.test[: spec.test_size]
+    metrics = evaluate_run(spec, model, guide, test, run.history)
     if dataset.image_shape is not None:
         torch.manual_seed(seed)
         save_image_grid(generate(model, 64), dataset.image_shape, folder / "samples.png")
@@ -405,14 +440,22 @@ def summarise(spec: Spec, results: Sequence[dict]) -> dict:
             std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
             row[metric] = {"mean": float(values.mean()), "std": std, "values": values.tolist()}
         rows.append(row)
-    return {"name": spec.name, "spec_hash": spec.digest(), "metrics": list(spec.metrics), "rows": rows}
+    summary = {"name": spec.name, "spec_hash": spec.digest(), "metrics": list(spec.metrics), "rows": rows}
+    if spec.reference:
+        summary["reference"] = spec.reference
+    return summary
 
 
 def format_table(summary: dict) -> str:
     metrics = summary["metrics"]
-    lines = ["| method | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    reference = summary.get("reference")
+    header = list(metrics) + ([f"{reference['metric']}: {reference['source']}"] if reference else [])
+    lines = ["| method | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
     for row in summary["rows"]:
         cells = [f"{row[m]['mean']:.3f} ± {row[m]['std']:.3f}" for m in metrics]
+        if reference:
+            value = reference.get("values", {}).get(row["method"])
+            cells.append("—" if value is None else f"{value:.2f}")
         lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -97,6 +97,13 @@ class Engine:
                 _per_player_options(optimizer_options, name),
             )
             self.players[name] = Player(name, param_names, params, opt)
+        self._base_lrs = {name: [g["lr"] for g in p.optimizer.param_groups] for name, p in self.players.items()}
+
+    def scale_learning_rates(self, factor: float) -> None:
+        """Set every player's learning rates to ``factor`` times their initial values."""
+        for name, player in self.players.items():
+            for group, base in zip(player.optimizer.param_groups, self._base_lrs[name]):
+                group["lr"] = base * factor
 
     def update(self, loss: torch.Tensor, players: Iterable[str]) -> None:
         """Back-propagate ``loss`` and step the optimizers of ``players`` only."""

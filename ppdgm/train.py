@@ -43,6 +43,27 @@ CHECKPOINT_NAME = "checkpoint.pt"
 Callback = Callable[["Run", dict], Any]
 
 
+def burda2016_schedule(epoch: int) -> float:
+    """Burda et al. (2016): 3^i epochs at learning rate lr * 10^(-i/7), i = 0..7 (3,280 epochs in all)."""
+    stage, end = 0, 1
+    while epoch >= end and stage < 7:
+        stage += 1
+        end += 3**stage
+    return 10 ** (-stage / 7)
+
+
+LR_SCHEDULES: dict[str, Callable[[int], float]] = {"burda2016": burda2016_schedule}
+
+
+def resolve_schedule(schedule: str | Callable[[int], float] | None) -> Callable[[int], float] | None:
+    if schedule is None or callable(schedule):
+        return schedule
+    try:
+        return LR_SCHEDULES[schedule]
+    except KeyError:
+        raise ValueError(f"unknown lr_schedule {schedule!r}; known: {sorted(LR_SCHEDULES)}") from None
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; a clear error without a GPU."""
     if device is None or device == "auto":
@@ -247,6 +268,7 @@ def fit(
     progress: bool = True,
     log_every: int = 25,
     validate: bool = False,
+    lr_schedule: str | Callable[[int], float] | None = None,
     **method_options: Any,
 ) -> Run:
     """Train ``model`` and ``guide`` on ``data`` with the algorithm ``method``.
@@ -272,11 +294,14 @@ def fit(
         data_dir: where named data sets are read from / cached.
         progress: show a tqdm progress bar with the live objective (refreshed every ``log_every`` steps).
         validate: keep Pyro's argument validation on in every step (it is always on in the first).
+        lr_schedule: a function from the epoch index (from 0) to a factor on every player's learning
+            rate, or a name: ``"burda2016"`` (3^i epochs at 10^(-i/7), i = 0..7).
 
     Returns:
         A :class:`Run` with the trained programs, per-epoch history, timings and save/load.
     """
     method_obj = get_method(method, **method_options)
+    schedule = resolve_schedule(lr_schedule)
     if method_obj.requires_guide and guide is None:
         raise ValueError(f"method {method_obj.name!r} needs a guide; got guide=None")
     if epochs is not None and steps is not None:
@@ -303,6 +328,7 @@ def fit(
         "seed": seed,
         "device": str(dev),
         "obs_site": obs_site,
+        "lr_schedule": lr_schedule if isinstance(lr_schedule, str) or lr_schedule is None else repr(lr_schedule),
     }
     pyro.set_rng_seed(seed)
     programs = ProgramPair(model, guide, obs_site=obs_site, data_plate=data_plate)
@@ -339,6 +365,7 @@ def fit(
             progress,
             log_every,
             validate,
+            schedule,
         )
     store.set_state(scope_state)
     return run
@@ -361,6 +388,7 @@ def _train(
     progress: bool,
     log_every: int,
     validate: bool,
+    schedule: Callable[[int], float] | None = None,
 ) -> None:
     method, engine, programs, dev = run.method, run.engine, run.programs, run.device
     train_x = run.dataset.train.to(dev)
@@ -386,6 +414,8 @@ def _train(
             if step >= total_steps:
                 break
             loader.sampler.set_epoch(epoch)
+            if schedule is not None:
+                engine.scale_learning_rates(schedule(epoch))
             sums: dict[str, torch.Tensor] = {}
             count = 0
             tic = time.perf_counter()

@@ -81,6 +81,7 @@ def test_a_bad_spec_names_every_bad_field_and_runs_nothing(tmp_path):
     raw["methods"] = [{"name": "gann"}, {"name": "iwae", "options": {"num_particles": 0}}]
     raw["evaluation"]["metrics"] = ["log_likelihood", "fid"]
     raw["colour"] = "blue"
+    raw["reference"] = {"metric": "elbo", "source": "a paper", "values": {"iwae k=7": -80.0}}
     with pytest.raises(SpecError) as err:
         compare(raw, progress=False)
     message = str(err.value)
@@ -92,6 +93,7 @@ def test_a_bad_spec_names_every_bad_field_and_runs_nothing(tmp_path):
         "methods[1]: num_particles must be a positive integer",
         "evaluation.metrics: unknown ['fid']",
         "colour: unknown field",
+        "reference.values: labels ['iwae k=7'] are no method's label",
     ):
         assert expected in message, (expected, message)
     assert not (tmp_path / "never").exists()
@@ -150,10 +152,18 @@ def test_presets_are_listed_and_valid():
     assert main(["presets"]) == 0
 
 
-@pytest.mark.parametrize("preset", ["digits", "wake-sleep"])
-def test_every_preset_runs_in_its_small_budget(tmp_path, preset):
+@pytest.mark.parametrize("preset", ["digits", "wake-sleep", "iwae-table"])
+def test_every_preset_runs_in_its_small_budget(tmp_path, preset, request):
+    from dataclasses import replace
+
     from ppdgm.comparisons import preset_spec
 
-    summary = compare(parse_spec(preset_spec(preset, "small"), output=tmp_path), progress=False)
+    spec = parse_spec(preset_spec(preset, "small"), output=tmp_path)
+    if spec.data == "binarized-mnist":
+        spec = replace(spec, data_dir=str(request.getfixturevalue("shared_data_dir")))
+    summary = compare(spec, progress=False)
     assert len(summary["rows"]) == len(preset_spec(preset)["methods"])
     assert all(np.isfinite(row[m]["mean"]) for row in summary["rows"] for m in summary["metrics"])
+    if spec.reference:
+        table = (tmp_path / "results.md").read_text()
+        assert "Burda et al. 2016" in table and "| iwae k=50 |" in table and "-87.10 |" in table

@@ -235,3 +235,34 @@ def test_pyro_modules_with_clashing_names_are_refused_with_a_hint():
     model, guide = _pyro_module_pair(guide_attribute="net")
     with pytest.raises(ppdgm.ConventionError, match="for a PyroModule its attribute names"):
         ppdgm.fit(model, guide, "digits-binary", "vae", steps=1, progress=False)
+
+
+def test_burda_schedule_sets_each_players_learning_rate_per_epoch():
+    from ppdgm.train import burda2016_schedule
+
+    assert [burda2016_schedule(e) for e in (0, 1, 3, 4, 12, 13, 1092, 1093, 3279, 10_000)] == pytest.approx(
+        [1, 10 ** (-1 / 7), 10 ** (-1 / 7), 10 ** (-2 / 7), 10 ** (-2 / 7), 10 ** (-3 / 7), 10 ** (-6 / 7)]
+        + [10 ** (-7 / 7)] * 3
+    )
+    seen = []
+
+    def record_lr(run, record):
+        seen.append({name: p.optimizer.param_groups[0]["lr"] for name, p in run.engine.players.items()})
+
+    model, guide = user_pair()
+    ppdgm.fit(
+        model,
+        guide,
+        "digits-binary",
+        "vae",
+        epochs=5,
+        lr={"model": 1e-3, "guide": 2e-3},
+        lr_schedule="burda2016",
+        callbacks=[record_lr],
+        progress=False,
+    )
+    factors = [burda2016_schedule(e) for e in range(5)]
+    assert [s["model"] for s in seen] == pytest.approx([1e-3 * f for f in factors])
+    assert [s["guide"] for s in seen] == pytest.approx([2e-3 * f for f in factors])
+    with pytest.raises(ValueError, match="unknown lr_schedule 'cosine'"):
+        ppdgm.fit(model, guide, "digits-binary", "vae", epochs=1, lr_schedule="cosine")
