@@ -60,7 +60,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-METRICS = ("log_likelihood", "elbo", "iwae_bound", "exact_log_likelihood", "active_units", "seconds_per_epoch")
+METRICS = (
+    "log_likelihood",
+    "elbo",
+    "iwae_bound",
+    "exact_log_likelihood",
+    "active_units",
+    "seconds_per_epoch",
+    "mode_coverage",
+    "high_quality_fraction",
+)
+MIXTURE_METRICS = ("mode_coverage", "high_quality_fraction")
+MIXTURE_SAMPLES = 2500
 RESULT = "result.json"
 
 
@@ -204,6 +215,8 @@ def parse_spec(raw: Mapping[str, Any] | str | Path, output: str | Path | None = 
     bad = [m for m in metrics if m not in METRICS]
     if bad:
         errors.append(f"evaluation.metrics: unknown {bad}; known: {', '.join(METRICS)}")
+    if set(metrics) & set(MIXTURE_METRICS) and data_name not in ("ring8", "grid25"):
+        errors.append(f"evaluation.metrics: {list(MIXTURE_METRICS)} need a mixture data set (ring8, grid25)")
     num_samples = evaluation.get("num_samples", 1000)
     if not _positive_int(num_samples):
         errors.append(f"evaluation.num_samples: must be a positive integer, got {num_samples!r}")
@@ -289,8 +302,14 @@ def build_pair(spec: Spec, x_dim: int) -> tuple[Callable, Callable]:
 def evaluate_run(spec: Spec, model: Callable, guide: Callable, test: torch.Tensor, history: Sequence[dict]) -> dict:
     """The spec's metrics for one trained run, on the test split."""
     from ppdgm import evaluate
+    from ppdgm.data import mixture_centres
+    from ppdgm.sampling import generate
 
     out: dict[str, float] = {}
+    if set(spec.metrics) & set(MIXTURE_METRICS):
+        centres, std = mixture_centres(spec.data)
+        samples = generate(model, MIXTURE_SAMPLES, mean=False).reshape(MIXTURE_SAMPLES, -1)
+        out.update(evaluate.mixture_quality(samples, centres, std))
     for metric in spec.metrics:
         if metric == "log_likelihood":
             out[metric] = evaluate.log_likelihood(model, guide, test, num_samples=spec.num_samples).mean
@@ -304,7 +323,7 @@ def evaluate_run(spec: Spec, model: Callable, guide: Callable, test: torch.Tenso
             out[metric] = float(evaluate.active_units(model, guide, test))
         elif metric == "seconds_per_epoch":
             out[metric] = float(np.mean([row["seconds"] for row in history]))
-    return out
+    return {metric: out[metric] for metric in spec.metrics}
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -370,9 +389,11 @@ def _train_and_evaluate(spec: Spec, method: MethodSpec, seed: int, folder: Path)
     torch.manual_seed(seed)
     test = dataset.test if spec.test_size is None else dataset.test[: spec.test_size]
     metrics = evaluate_run(spec, model, guide, test, run.history)
+    torch.manual_seed(seed)
     if dataset.image_shape is not None:
-        torch.manual_seed(seed)
         save_image_grid(generate(model, 64), dataset.image_shape, folder / "samples.png")
+    elif dataset.dim == 2:
+        np.save(folder / "samples.npy", generate(model, 1000, mean=False).reshape(1000, 2).cpu().numpy())
     result = {
         "label": method.label,
         "seed": seed,
@@ -473,6 +494,7 @@ def write_results(spec: Spec, summary: dict, results: Sequence[dict]) -> None:
             writer.writerow([row["method"]] + [row[m][s] for m in summary["metrics"] for s in ("mean", "std")])
     plot_learning_curves(spec, results, out / "learning_curves.png")
     plot_sample_grids(spec, out / "samples.png")
+    plot_samples_over_density(spec, out / "samples_2d.png")
 
 
 def plot_learning_curves(spec: Spec, results: Sequence[dict], path: Path) -> None:
@@ -521,6 +543,37 @@ def plot_sample_grids(spec: Spec, path: Path) -> None:
         ax.imshow(mpimg.imread(p))
         ax.set_title(label, fontsize=9)
         ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_samples_over_density(spec: Spec, path: Path) -> None:
+    """For 2-D data with a known density: each method's samples (first seed) over the true log density."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ppdgm.data import load
+
+    runs = [(m.label, run_dir(spec, m, spec.seeds[0]) / "samples.npy") for m in spec.methods]
+    runs = [(label, p) for label, p in runs if p.exists()]
+    dataset = load(spec.data, spec.data_dir)
+    if not runs or dataset.log_density is None:
+        return
+    lo, hi = dataset.test.min(0).values - 1.0, dataset.test.max(0).values + 1.0
+    gx, gy = torch.meshgrid(torch.linspace(lo[0], hi[0], 300), torch.linspace(lo[1], hi[1], 300), indexing="xy")
+    density = dataset.log_density(torch.stack([gx, gy], -1).reshape(-1, 2)).exp().reshape(300, 300)
+    fig, axes = plt.subplots(1, len(runs), figsize=(3.6 * len(runs), 3.6), squeeze=False)
+    for ax, (label, p) in zip(axes[0], runs):
+        ax.contourf(gx.numpy(), gy.numpy(), density.numpy(), levels=20, cmap="Blues")
+        xy = np.load(p)
+        ax.scatter(xy[:, 0], xy[:, 1], s=2, c="tab:red", alpha=0.5)
+        ax.set_xlim(float(lo[0]), float(hi[0]))
+        ax.set_ylim(float(lo[1]), float(hi[1]))
+        ax.set_title(label, fontsize=9)
+    fig.suptitle(f"{spec.name}: samples (red) over the true density")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

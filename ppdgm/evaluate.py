@@ -244,3 +244,20 @@ def active_units(
             ]
             means.append(torch.cat(per_site, -1))
     return int((torch.cat(means).var(0) > threshold).sum())
+
+
+def mixture_quality(
+    samples: torch.Tensor, centres: torch.Tensor, std: float, *, k: float = 3.0, min_count: int = 1
+) -> dict[str, float]:
+    """Mode coverage and sample quality for a mixture of isotropic Gaussians with known modes.
+
+    A sample is *high quality* when it lies within ``k`` standard deviations of its nearest mode;
+    a mode is *covered* when at least ``min_count`` high-quality samples have it as nearest mode.
+    Returns ``{"mode_coverage": covered modes, "high_quality_fraction": fraction of samples}``.
+    """
+    if samples.dim() != 2 or samples.shape[-1] != centres.shape[-1]:
+        raise ValueError(f"samples must be (n, {centres.shape[-1]}), got {tuple(samples.shape)}")
+    distance, nearest = torch.cdist(samples.double(), centres.double()).min(-1)
+    good = distance <= k * std
+    counts = torch.bincount(nearest[good], minlength=len(centres))
+    return {"mode_coverage": float((counts >= min_count).sum()), "high_quality_fraction": float(good.double().mean())}

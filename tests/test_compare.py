@@ -167,3 +167,45 @@ def test_every_preset_runs_in_its_small_budget(tmp_path, preset, request):
     if spec.reference:
         table = (tmp_path / "results.md").read_text()
         assert "Burda et al. 2016" in table and "| iwae k=50 |" in table and "-87.10 |" in table
+
+
+def test_mixture_quality_counts_modes_and_high_quality_samples_exactly():
+    import torch
+
+    from ppdgm.data import mixture_centres
+    from ppdgm.evaluate import mixture_quality
+
+    centres, std = mixture_centres("ring8")
+    samples = torch.stack(
+        [
+            centres[0],
+            centres[0] + torch.tensor([2.9 * std, 0.0]),  # inside 3 sigma
+            centres[0] + torch.tensor([0.0, -1.0 * std]),
+            centres[1] + torch.tensor([0.5 * std, 0.5 * std]),
+            centres[2] + torch.tensor([3.1 * std, 0.0]),  # just outside: not high quality, mode 2 not covered
+        ]
+    )
+    assert mixture_quality(samples, centres, std) == {"mode_coverage": 2.0, "high_quality_fraction": 0.8}
+    assert mixture_quality(samples, centres, std, min_count=2)["mode_coverage"] == 1.0
+    with pytest.raises(ValueError, match="samples must be"):
+        mixture_quality(samples[:, :1], centres, std)
+
+
+def test_two_dimensional_comparison_with_mixture_metrics_and_density_plot(tmp_path):
+    raw = {
+        "name": "ring",
+        "output": str(tmp_path),
+        "seeds": [0],
+        "data": {"name": "ring8"},
+        "model": {"preset": "linear-gaussian", "options": {"z_dim": 2}},
+        "budget": {"steps": 30, "batch_size": 200, "lr": 1e-2},
+        "evaluation": {"metrics": ["mode_coverage", "high_quality_fraction", "elbo"]},
+        "methods": [{"name": "vae"}, {"name": "iwae", "options": {"num_particles": 4}}],
+    }
+    summary = compare(raw, progress=False)
+    for row in summary["rows"]:
+        assert 0 <= row["mode_coverage"]["mean"] <= 8 and 0 <= row["high_quality_fraction"]["mean"] <= 1
+    assert (tmp_path / "samples_2d.png").exists()
+    raw["data"] = {"name": "digits-binary"}
+    with pytest.raises(SpecError, match=r"need a mixture data set"):
+        parse_spec(raw)
