@@ -180,7 +180,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         spec = replace(spec, data_dir=args.data_dir)
-    compare(spec, jobs=args.jobs, progress=not args.quiet)
+    compare(spec, jobs=args.jobs, progress=not args.quiet, tensorboard=args.tensorboard)
     print(f"results, figures and record in {spec.output}")
     return 0
 
@@ -251,6 +251,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default=None, help="output folder (default: the spec's)")
     c.add_argument("--data-dir", default=None, help="where data sets are read from")
     c.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
+    c.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files per run")
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=cmd_compare)
 

@@ -332,7 +332,7 @@ def run_dir(spec: Spec, method: MethodSpec, seed: int) -> Path:
     return Path(spec.output) / "runs" / f"{safe}-seed{seed}"
 
 
-def run_one(spec_dict: dict, method_index: int, seed: int) -> dict:
+def run_one(spec_dict: dict, method_index: int, seed: int, tensorboard: bool = False) -> dict:
     """Train and evaluate one method x seed (in this process); skip it when its result exists."""
     spec = Spec(**{**spec_dict, "methods": tuple(MethodSpec(**m) for m in spec_dict["methods"])})
     method = spec.methods[method_index]
@@ -346,12 +346,12 @@ def run_one(spec_dict: dict, method_index: int, seed: int) -> dict:
     previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        return _train_and_evaluate(spec, method, seed, folder)
+        return _train_and_evaluate(spec, method, seed, folder, tensorboard)
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
-def _train_and_evaluate(spec: Spec, method: MethodSpec, seed: int, folder: Path) -> dict:
+def _train_and_evaluate(spec: Spec, method: MethodSpec, seed: int, folder: Path, tensorboard: bool) -> dict:
     import ppdgm
     from ppdgm.sampling import generate, save_image_grid
 
@@ -368,6 +368,11 @@ def _train_and_evaluate(spec: Spec, method: MethodSpec, seed: int, folder: Path)
     }
     (folder / "config.json").write_text(json.dumps(config, indent=2, default=str))
     budget = {"epochs": spec.epochs} if spec.epochs is not None else {"steps": spec.steps}
+    callbacks = []
+    if tensorboard:
+        from ppdgm.tensorboard import TensorBoardLogger
+
+        callbacks.append(TensorBoardLogger(folder / "tensorboard", model=model, image_shape=dataset.image_shape))
     run = ppdgm.fit(
         model,
         guide,
@@ -381,9 +386,12 @@ def _train_and_evaluate(spec: Spec, method: MethodSpec, seed: int, folder: Path)
         progress=False,
         lr_schedule=spec.lr_schedule,
         optimizer_options=spec.optimizer_options or None,
+        callbacks=callbacks,
         **budget,
         **method.options,
     )
+    for callback in callbacks:
+        callback.close()
     run.save(folder / "params.pt")
     run.save_history(folder / "history.csv")
     torch.manual_seed(seed)
@@ -413,6 +421,7 @@ def compare(
     jobs: int = 1,
     progress: bool = True,
     on_run_done: Callable[[dict], Any] | None = None,
+    tensorboard: bool = False,
 ) -> dict:
     """Run every method x seed of ``spec`` (skipping completed runs) and write the results.
 
@@ -431,13 +440,13 @@ def compare(
     if jobs == 1:
         for i, seed in grid:
             bar.set_postfix_str(f"{spec.methods[i].label} seed {seed}")
-            results.append(run_one(spec_dict, i, seed))
+            results.append(run_one(spec_dict, i, seed, tensorboard))
             bar.update(1)
             if on_run_done is not None:
                 on_run_done(results[-1])
     else:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(run_one, spec_dict, i, seed) for i, seed in grid]
+            futures = [pool.submit(run_one, spec_dict, i, seed, tensorboard) for i, seed in grid]
             for future in futures:
                 results.append(future.result())
                 bar.update(1)
