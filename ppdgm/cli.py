@@ -197,7 +197,7 @@ def cmd_presets(_: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from ppdgm.demo import main as demo_main
 
-    return demo_main(out=Path(args.out), epochs=args.epochs, num_samples=args.num_samples)
+    return demo_main(out=Path(args.out), budget=args.budget)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -246,7 +246,7 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="run a comparison (methods x seeds) from a spec, a preset or a record")
     c.add_argument("spec", nargs="?", default=None, help="a comparison spec (TOML)")
     c.add_argument("--preset", default=None, help="a shipped comparison (`ppdgm presets` lists them)")
-    c.add_argument("--budget", default="small", choices=["small", "full"], help="budget of a preset")
+    c.add_argument("--budget", default="small", help="budget of a preset: small, full (digits also: demo)")
     c.add_argument("--rerun", default=None, metavar="RECORD", help="repeat the comparison of a record.json")
     c.add_argument("--out", default=None, help="output folder (default: the spec's)")
     c.add_argument("--data-dir", default=None, help="where data sets are read from")
@@ -257,10 +257,9 @@ def parser() -> argparse.ArgumentParser:
 
     sub.add_parser("presets", help="list the shipped comparisons").set_defaults(func=cmd_presets)
 
-    d = sub.add_parser("demo", help="train vae and iwae on digits and print a comparison table")
+    d = sub.add_parser("demo", help="the digits comparison preset (vae vs iwae), about a minute")
     d.add_argument("--out", default="runs/demo")
-    d.add_argument("--epochs", type=int, default=None)
-    d.add_argument("--num-samples", type=int, default=1000)
+    d.add_argument("--budget", default="demo", help="budget of the digits preset (demo, small, full)")
     d.set_defaults(func=cmd_demo)
     return p
 

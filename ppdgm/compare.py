@@ -299,31 +299,36 @@ def build_pair(spec: Spec, x_dim: int) -> tuple[Callable, Callable]:
 
 
 # ---------------------------------------------------------------------------------------------- metrics
-def evaluate_run(spec: Spec, model: Callable, guide: Callable, test: torch.Tensor, history: Sequence[dict]) -> dict:
-    """The spec's metrics for one trained run, on the test split."""
+def evaluate_run(
+    spec: Spec, model: Callable, guide: Callable, test: torch.Tensor, history: Sequence[dict]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """The spec's metrics for one trained run on the test split, and the standard errors (over the
+    test datapoints) of those that are averages over it."""
     from ppdgm import evaluate
     from ppdgm.data import mixture_centres
     from ppdgm.sampling import generate
 
     out: dict[str, float] = {}
+    stderr: dict[str, float] = {}
     if set(spec.metrics) & set(MIXTURE_METRICS):
         centres, std = mixture_centres(spec.data)
         samples = generate(model, MIXTURE_SAMPLES, mean=False).reshape(MIXTURE_SAMPLES, -1)
         out.update(evaluate.mixture_quality(samples, centres, std))
+    estimators = {
+        "log_likelihood": lambda: evaluate.log_likelihood(model, guide, test, num_samples=spec.num_samples),
+        "elbo": lambda: evaluate.elbo(model, guide, test),
+        "iwae_bound": lambda: evaluate.iwae_bound(model, guide, test, k=spec.iwae_k),
+        "exact_log_likelihood": lambda: evaluate.exact_log_likelihood(model, test),
+    }
     for metric in spec.metrics:
-        if metric == "log_likelihood":
-            out[metric] = evaluate.log_likelihood(model, guide, test, num_samples=spec.num_samples).mean
-        elif metric == "elbo":
-            out[metric] = evaluate.elbo(model, guide, test).mean
-        elif metric == "iwae_bound":
-            out[metric] = evaluate.iwae_bound(model, guide, test, k=spec.iwae_k).mean
-        elif metric == "exact_log_likelihood":
-            out[metric] = evaluate.exact_log_likelihood(model, test).mean
+        if metric in estimators:
+            estimate = estimators[metric]()
+            out[metric], stderr[metric] = estimate.mean, estimate.stderr
         elif metric == "active_units":
             out[metric] = float(evaluate.active_units(model, guide, test))
         elif metric == "seconds_per_epoch":
             out[metric] = float(np.mean([row["seconds"] for row in history]))
-    return {metric: out[metric] for metric in spec.metrics}
+    return {metric: out[metric] for metric in spec.metrics}, stderr
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -396,7 +401,7 @@ def _train_and_evaluate(spec: Spec, method: MethodSpec, seed: int, folder: Path,
     run.save_history(folder / "history.csv")
     torch.manual_seed(seed)
     test = dataset.test if spec.test_size is None else dataset.test[: spec.test_size]
-    metrics = evaluate_run(spec, model, guide, test, run.history)
+    metrics, stderr = evaluate_run(spec, model, guide, test, run.history)
     torch.manual_seed(seed)
     if dataset.image_shape is not None:
         save_image_grid(generate(model, 64), dataset.image_shape, folder / "samples.png")
@@ -406,6 +411,7 @@ def _train_and_evaluate(spec: Spec, method: MethodSpec, seed: int, folder: Path,
         "label": method.label,
         "seed": seed,
         "metrics": metrics,
+        "stderr": stderr,
         "history": run.history,
         "spec_hash": spec.digest(),
     }
@@ -469,6 +475,9 @@ def summarise(spec: Spec, results: Sequence[dict]) -> dict:
             values = np.array([r["metrics"][metric] for r in runs], dtype=np.float64)
             std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
             row[metric] = {"mean": float(values.mean()), "std": std, "values": values.tolist()}
+            errors = [r.get("stderr", {}).get(metric) for r in runs]
+            if len(runs) == 1 and errors[0] is not None:
+                row[metric]["stderr"] = errors[0]
         rows.append(row)
     summary = {"name": spec.name, "spec_hash": spec.digest(), "metrics": list(spec.metrics), "rows": rows}
     if spec.reference:
@@ -482,7 +491,7 @@ def format_table(summary: dict) -> str:
     header = list(metrics) + ([f"{reference['metric']}: {reference['source']}"] if reference else [])
     lines = ["| method | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
     for row in summary["rows"]:
-        cells = [f"{row[m]['mean']:.3f} ± {row[m]['std']:.3f}" for m in metrics]
+        cells = [_cell(row[m]) for m in metrics]
         if reference:
             value = reference.get("values", {}).get(row["method"])
             cells.append("—" if value is None else f"{value:.2f}")
@@ -490,10 +499,26 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _cell(entry: dict) -> str:
+    """mean ± std over seeds; with one seed, mean ± standard error over the test set (or the mean alone)."""
+    if len(entry["values"]) > 1:
+        return f"{entry['mean']:.3f} ± {entry['std']:.3f}"
+    if "stderr" in entry:
+        return f"{entry['mean']:.3f} ± {entry['stderr']:.3f}"
+    return f"{entry['mean']:.3f}"
+
+
+def table_caption(spec: Spec) -> str:
+    if len(spec.seeds) > 1:
+        return f"{spec.name}: mean ± standard deviation over {len(spec.seeds)} seeds"
+    subset = f"first {spec.test_size} " if spec.test_size else ""
+    return f"{spec.name}: one seed; ± standard error over the {subset}test datapoints"
+
+
 def write_results(spec: Spec, summary: dict, results: Sequence[dict]) -> None:
     out = Path(spec.output)
     table = format_table(summary)
-    print(f"\n{spec.name} ({len(spec.seeds)} seed(s), mean ± std)\n{table}")
+    print(f"\n{table_caption(spec)}\n{table}")
     (out / "results.md").write_text(table + "\n")
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     with open(out / "results.csv", "w", newline="") as f:

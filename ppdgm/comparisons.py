@@ -12,7 +12,7 @@ from typing import Any
 PRESETS: dict[str, dict[str, Any]] = {
     "digits": {
         "description": "VAE vs IWAE (k=5) vs IWAE-DReG on the embedded binary digits, vae-mlp networks",
-        "runtime": {"small": "about 15 s", "full": "about 4 minutes"},
+        "runtime": {"small": "about 15 s", "demo": "about 1 minute", "full": "about 4 minutes"},
         "spec": {
             "name": "digits",
             "data": {"name": "digits-binary"},
@@ -27,6 +27,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "budgets": {
             "small": {"seeds": [0, 1], "budget": {"epochs": 5}, "evaluation": {"num_samples": 100}},
+            "demo": {"seeds": [0], "budget": {"epochs": 200}, "evaluation": {"num_samples": 1000}},
             "full": {"seeds": [0, 1, 2], "budget": {"epochs": 200}, "evaluation": {"num_samples": 1000}},
         },
     },

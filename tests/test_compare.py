@@ -209,3 +209,24 @@ def test_two_dimensional_comparison_with_mixture_metrics_and_density_plot(tmp_pa
     raw["data"] = {"name": "digits-binary"}
     with pytest.raises(SpecError, match=r"need a mixture data set"):
         parse_spec(raw)
+
+
+def test_single_seed_tables_show_the_standard_error_over_the_test_set(tmp_path):
+    raw = tiny_spec(tmp_path, metrics=("log_likelihood", "active_units"))
+    raw["seeds"] = [4]
+    summary = compare(raw, progress=False)
+    spec = parse_spec(raw)
+    stored = json.loads((run_dir(spec, spec.methods[0], 4) / "result.json").read_text())
+    row = summary["rows"][0]
+    assert row["log_likelihood"]["stderr"] == stored["stderr"]["log_likelihood"] > 0
+    line = (tmp_path / "results.md").read_text().splitlines()[2]
+    ll = stored["metrics"]["log_likelihood"]
+    assert line.startswith(f"| vae | {ll:.3f} ± {stored['stderr']['log_likelihood']:.3f} | ")
+    assert line.endswith(f"| {stored['metrics']['active_units']:.3f} |")  # no error bar where none is defined
+
+
+def test_demo_command_runs_the_digits_preset(tmp_path, capsys):
+    assert main(["demo", "--budget", "small", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "digits-small: mean ± standard deviation over 2 seeds" in out and "| iwae k=5 dreg |" in out
+    assert (tmp_path / "samples.png").exists() and (tmp_path / "learning_curves.png").exists()
