@@ -51,7 +51,7 @@ import sys
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -114,6 +114,14 @@ class Spec:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Spec:
+        """Inverse of :meth:`to_dict`, also after a JSON round trip (lists back to tuples)."""
+        values = dict(data)
+        values["methods"] = tuple(m if isinstance(m, MethodSpec) else MethodSpec(**m) for m in values["methods"])
+        values["seeds"], values["metrics"] = tuple(values["seeds"]), tuple(values["metrics"])
+        return cls(**values)
+
     def digest(self) -> str:
         """A hash of everything that determines the results (the output folder excluded)."""
         content = {k: v for k, v in self.to_dict().items() if k != "output"}
@@ -141,6 +149,16 @@ def parse_spec(raw: Mapping[str, Any] | str | Path, output: str | Path | None = 
     errors: list[str] = []
     known = {"name", "output", "seeds", "data", "model", "budget", "evaluation", "methods", "device", "reference"}
     errors += [f"{key}: unknown field (known: {', '.join(sorted(known))})" for key in raw if key not in known]
+
+    def positive_int(where: str, value: Any) -> None:
+        if not _positive_int(value):
+            errors.append(f"{where}: must be a positive integer, got {value!r}")
+
+    def options_table(where: str, value: Any) -> Mapping[str, Any] | None:
+        if isinstance(value, Mapping):
+            return value
+        errors.append(f"{where}: must be a table")
+        return None
 
     def table(key: str) -> Mapping[str, Any]:
         value = raw.get(key, {})
@@ -177,20 +195,16 @@ def parse_spec(raw: Mapping[str, Any] | str | Path, output: str | Path | None = 
             errors.append("model.factory: must be 'module:function'")
     elif model_name not in PRESETS:
         errors.append(f"model.preset: unknown model {model_name!r}; known: {', '.join(sorted(PRESETS))}")
-    model_options = model.get("options", {})
-    if not isinstance(model_options, Mapping):
-        errors.append("model.options: must be a table")
-        model_options = {}
+    model_options = options_table("model.options", model.get("options", {})) or {}
     budget = table("budget")
     epochs, steps = budget.get("epochs"), budget.get("steps")
     if (epochs is None) == (steps is None):
         errors.append("budget: give exactly one of epochs or steps")
     for key, value in (("epochs", epochs), ("steps", steps)):
-        if value is not None and not _positive_int(value):
-            errors.append(f"budget.{key}: must be a positive integer, got {value!r}")
+        if value is not None:
+            positive_int(f"budget.{key}", value)
     batch_size = budget.get("batch_size", 100)
-    if not _positive_int(batch_size):
-        errors.append(f"budget.batch_size: must be a positive integer, got {batch_size!r}")
+    positive_int("budget.batch_size", batch_size)
     lr = budget.get("lr", 1e-3)
     if not isinstance(lr, int | float) or isinstance(lr, bool) or lr <= 0:
         errors.append(f"budget.lr: must be a positive number, got {lr!r}")
@@ -200,14 +214,11 @@ def parse_spec(raw: Mapping[str, Any] | str | Path, output: str | Path | None = 
 
         if lr_schedule not in LR_SCHEDULES:
             errors.append(f"budget.lr_schedule: unknown {lr_schedule!r}; known: {', '.join(sorted(LR_SCHEDULES))}")
-    optimizer_options = budget.get("optimizer_options", {})
-    if not isinstance(optimizer_options, Mapping):
-        errors.append("budget.optimizer_options: must be a table")
-        optimizer_options = {}
+    optimizer_options = options_table("budget.optimizer_options", budget.get("optimizer_options", {})) or {}
     evaluation = table("evaluation")
     test_size = evaluation.get("test_size")
-    if test_size is not None and not _positive_int(test_size):
-        errors.append(f"evaluation.test_size: must be a positive integer, got {test_size!r}")
+    if test_size is not None:
+        positive_int("evaluation.test_size", test_size)
     metrics = evaluation.get("metrics", ["log_likelihood"])
     if not isinstance(metrics, list) or not metrics:
         errors.append("evaluation.metrics: must be a non-empty list")
@@ -218,11 +229,9 @@ def parse_spec(raw: Mapping[str, Any] | str | Path, output: str | Path | None = 
     if set(metrics) & set(MIXTURE_METRICS) and data_name not in ("ring8", "grid25"):
         errors.append(f"evaluation.metrics: {list(MIXTURE_METRICS)} need a mixture data set (ring8, grid25)")
     num_samples = evaluation.get("num_samples", 1000)
-    if not _positive_int(num_samples):
-        errors.append(f"evaluation.num_samples: must be a positive integer, got {num_samples!r}")
+    positive_int("evaluation.num_samples", num_samples)
     iwae_k = evaluation.get("iwae_k", 50)
-    if not _positive_int(iwae_k):
-        errors.append(f"evaluation.iwae_k: must be a positive integer, got {iwae_k!r}")
+    positive_int("evaluation.iwae_k", iwae_k)
     methods_raw = raw.get("methods", [])
     methods: list[MethodSpec] = []
     if not isinstance(methods_raw, list) or not methods_raw:
@@ -233,9 +242,8 @@ def parse_spec(raw: Mapping[str, Any] | str | Path, output: str | Path | None = 
         if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
             errors.append(f"{where}.name: must be a method name")
             continue
-        options = entry.get("options", {})
-        if not isinstance(options, Mapping):
-            errors.append(f"{where}.options: must be a table")
+        options = options_table(f"{where}.options", entry.get("options", {}))
+        if options is None:
             continue
         try:
             get_method(entry["name"], **options)
@@ -339,7 +347,7 @@ def run_dir(spec: Spec, method: MethodSpec, seed: int) -> Path:
 
 def run_one(spec_dict: dict, method_index: int, seed: int, tensorboard: bool = False) -> dict:
     """Train and evaluate one method x seed (in this process); skip it when its result exists."""
-    spec = Spec(**{**spec_dict, "methods": tuple(MethodSpec(**m) for m in spec_dict["methods"])})
+    spec = Spec.from_dict(spec_dict)
     method = spec.methods[method_index]
     folder = run_dir(spec, method, seed)
     done = folder / RESULT
@@ -660,13 +668,9 @@ def run_record(spec: Spec) -> dict:
 def spec_from_record(path: str | Path, output: str | Path | None = None) -> Spec:
     """The spec stored in a ``record.json``, for ``ppdgm compare --rerun``."""
     record = json.loads(Path(path).read_text())
-    raw = dict(record["spec"])
-    raw["methods"] = tuple(MethodSpec(**m) for m in raw["methods"])
-    for key in ("seeds", "metrics"):
-        raw[key] = tuple(raw[key])
-    spec = Spec(**raw)
+    spec = Spec.from_dict(record["spec"])
     if output is not None:
-        spec = Spec(**{**spec.to_dict(), "output": str(output), "methods": spec.methods})
+        spec = replace(spec, output=str(output))
     if spec.digest() != record["spec_hash"]:
         raise SpecError(f"{path}: the stored spec does not match its hash; the record was edited")
     return spec

@@ -316,8 +316,10 @@ class ProgramPair:
             raise ValueError(f"the data for site {self.obs_site!r} contain {kind} (first rows: {rows})")
 
     def check_support(self, data: torch.Tensor) -> None:
-        """Check every value of ``data`` lies in the support of the observed site's distribution."""
-        self.check_finite(data)
+        """Check every value of ``data`` lies in the support of the observed site's distribution.
+
+        NaN and infinite values are :meth:`check_finite`'s to report (it runs before tracing).
+        """
         fn = self.obs_distribution
         support = fn.support
         ok = support.check(data)
