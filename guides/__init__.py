@@ -1,6 +1,15 @@
-"""Recognition networks (and, later, discriminators) written as plain Pyro guide programs."""
+"""Recognition networks and discriminators written as plain Pyro guide programs."""
 
+from ppdgm.guides.discriminators import ConvDiscriminator, Discriminator, MLPDiscriminator
 from ppdgm.guides.encoders import AffineGaussianGuide, ExactLinearGaussianGuide, GaussianMLPEncoder
 from ppdgm.guides.sbn import SBNRecognition
 
-__all__ = ["AffineGaussianGuide", "ExactLinearGaussianGuide", "GaussianMLPEncoder", "SBNRecognition"]
+__all__ = [
+    "AffineGaussianGuide",
+    "ConvDiscriminator",
+    "Discriminator",
+    "ExactLinearGaussianGuide",
+    "GaussianMLPEncoder",
+    "MLPDiscriminator",
+    "SBNRecognition",
+]

@@ -1,8 +1,9 @@
 """Generative models written as plain Pyro model functions (``model(x=None, batch_size=None)``)."""
 
+from ppdgm.models.gan import DCGANGenerator, MLPGenerator
 from ppdgm.models.linear_gaussian import LinearGaussianModel
 from ppdgm.models.nets import mlp
 from ppdgm.models.sbn import SigmoidBeliefNet
 from ppdgm.models.vae import BernoulliMLPModel
 
-__all__ = ["BernoulliMLPModel", "LinearGaussianModel", "SigmoidBeliefNet", "mlp"]
+__all__ = ["BernoulliMLPModel", "DCGANGenerator", "LinearGaussianModel", "MLPGenerator", "SigmoidBeliefNet", "mlp"]

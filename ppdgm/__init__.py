@@ -4,7 +4,7 @@
 pair; the algorithm is the ``method`` argument. See README.md and DESIGN.md.
 """
 
-from ppdgm import data, evaluate
+from ppdgm import adversarial, data, evaluate, sampling
 from ppdgm.method import Engine, Method, available_methods, get_method, register
 from ppdgm.programs import ConventionError, DataSide, ProgramPair
 from ppdgm.train import Run, fit, load_params
@@ -18,6 +18,7 @@ __all__ = [
     "Method",
     "ProgramPair",
     "Run",
+    "adversarial",
     "available_methods",
     "data",
     "evaluate",
@@ -25,4 +26,5 @@ __all__ = [
     "get_method",
     "load_params",
     "register",
+    "sampling",
 ]

@@ -17,7 +17,7 @@ from ppdgm import evaluate as evaluate_mod
 from ppdgm.method import available_methods
 from ppdgm.presets import PRESETS, build
 from ppdgm.programs import ProgramPair
-from ppdgm.sampling import generate, save_image_grid
+from ppdgm.sampling import generate, plot_samples_2d, save_image_grid
 from ppdgm.train import fit, load_params
 
 CONFIG = "config.json"
@@ -111,6 +111,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         with run.params():
             path = save_image_grid(generate(model, 64), dataset.image_shape, out / "samples.png")
         print(f"samples: {path}")
+    elif dataset.dim == 2 and dataset.log_density is not None:
+        with run.params():
+            samples = generate(model, 1000, mean=False)
+        path = plot_samples_2d(
+            [(args.method, samples)], dataset, out / "samples.png", title=f"{args.method} on {dataset.name}"
+        )
+        print(f"samples over the true density: {path}")
     print(f"run written to {out}")
     return 0
 

@@ -69,8 +69,9 @@ METRICS = (
     "seconds_per_epoch",
     "mode_coverage",
     "high_quality_fraction",
+    "kl_true_model",
 )
-MIXTURE_METRICS = ("mode_coverage", "high_quality_fraction")
+MIXTURE_METRICS = ("mode_coverage", "high_quality_fraction", "kl_true_model")
 MIXTURE_SAMPLES = 2500
 RESULT = "result.json"
 
@@ -322,6 +323,10 @@ def evaluate_run(
         centres, std = mixture_centres(spec.data)
         samples = generate(model, MIXTURE_SAMPLES, mean=False).reshape(MIXTURE_SAMPLES, -1)
         out.update(evaluate.mixture_quality(samples, centres, std))
+        if "kl_true_model" in spec.metrics:
+            from ppdgm.data import mixture_log_density
+
+            out["kl_true_model"] = evaluate.mixture_kl(samples, test, mixture_log_density(spec.data), bandwidth=std)
     estimators = {
         "log_likelihood": lambda: evaluate.log_likelihood(model, guide, test, num_samples=spec.num_samples),
         "elbo": lambda: evaluate.elbo(model, guide, test),
@@ -592,33 +597,15 @@ def plot_sample_grids(spec: Spec, path: Path) -> None:
 
 def plot_samples_over_density(spec: Spec, path: Path) -> None:
     """For 2-D data with a known density: each method's samples (first seed) over the true log density."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from ppdgm.data import load
+    from ppdgm.sampling import plot_samples_2d
 
     runs = [(m.label, run_dir(spec, m, spec.seeds[0]) / "samples.npy") for m in spec.methods]
-    runs = [(label, p) for label, p in runs if p.exists()]
+    panels = [(label, torch.from_numpy(np.load(p))) for label, p in runs if p.exists()]
     dataset = load(spec.data, spec.data_dir)
-    if not runs or dataset.log_density is None:
+    if not panels or dataset.log_density is None:
         return
-    lo, hi = dataset.test.min(0).values - 1.0, dataset.test.max(0).values + 1.0
-    gx, gy = torch.meshgrid(torch.linspace(lo[0], hi[0], 300), torch.linspace(lo[1], hi[1], 300), indexing="xy")
-    density = dataset.log_density(torch.stack([gx, gy], -1).reshape(-1, 2)).exp().reshape(300, 300)
-    fig, axes = plt.subplots(1, len(runs), figsize=(3.6 * len(runs), 3.6), squeeze=False)
-    for ax, (label, p) in zip(axes[0], runs):
-        ax.contourf(gx.numpy(), gy.numpy(), density.numpy(), levels=20, cmap="Blues")
-        xy = np.load(p)
-        ax.scatter(xy[:, 0], xy[:, 1], s=2, c="tab:red", alpha=0.5)
-        ax.set_xlim(float(lo[0]), float(hi[0]))
-        ax.set_ylim(float(lo[1]), float(hi[1]))
-        ax.set_title(label, fontsize=9)
-    fig.suptitle(f"{spec.name}: samples (red) over the true density")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plot_samples_2d(panels, dataset, path, title=f"{spec.name}: samples (red) over the true density")
 
 
 # ---------------------------------------------------------------------------------------------- record

@@ -93,6 +93,38 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def _modes_preset(data: str, noise_scale: float, runtime_full: str) -> dict[str, Any]:
+    """Mode missing vs mode covering (Hu et al. 2018): six methods, one generator network, a 2-D mixture."""
+    return {
+        "description": f"mode missing vs covering on {data}: vae, gan, wgan-gp, bigan, iwgan, aavae with one "
+        "generator network (gan-mlp, Normal x site); modes covered, high-quality samples, KL(true || model)",
+        "runtime": {"small": "about 1 minute", "full": runtime_full},
+        "spec": {
+            "name": f"modes-{data}",
+            "data": {"name": data},
+            "model": {"preset": "gan-mlp", "options": {"z_dim": 2, "hidden": [256, 256], "noise_scale": noise_scale}},
+            "budget": {"batch_size": 256, "lr": 1e-3, "optimizer_options": {"betas": [0.5, 0.999]}},
+            "evaluation": {"metrics": ["mode_coverage", "high_quality_fraction", "kl_true_model"]},
+            "methods": [
+                {"name": "vae"},
+                {"name": "gan"},
+                {"name": "wgan-gp", "options": {"gradient_penalty": 0.1}},
+                {"name": "bigan"},
+                {"name": "iwgan", "label": "iwgan k=5", "options": {"num_particles": 5}},
+                {"name": "aavae"},
+            ],
+        },
+        "budgets": {
+            "small": {"seeds": [0], "budget": {"steps": 200}},
+            "full": {"seeds": [0, 1, 2], "budget": {"steps": 6000}},
+        },
+    }
+
+
+PRESETS["modes-ring8"] = _modes_preset("ring8", 0.02, "about 25 minutes with --jobs 2")
+PRESETS["modes-grid25"] = _modes_preset("grid25", 0.05, "about 25 minutes with --jobs 2")
+
+
 def _merge(base: dict, override: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in override.items():

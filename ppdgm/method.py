@@ -108,9 +108,12 @@ class Engine:
     def update(self, loss: torch.Tensor, players: Iterable[str]) -> None:
         """Back-propagate ``loss`` and step the optimizers of ``players`` only."""
         moving = [self.players[p] for p in players if p in self.players]
+        if not moving:
+            return
         for player in moving:
             player.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # gradients only for the players that move: a generator's loss need not fill the discriminator's
+        loss.backward(inputs=[p for player in moving for p in player.params])
         for player in moving:
             player.optimizer.step()
 
@@ -162,6 +165,7 @@ class Method:
     aliases: ClassVar[tuple[str, ...]] = ()
     players: ClassVar[tuple[str, ...]] = ("model", "guide")
     requires_guide: ClassVar[bool] = True
+    partial_guide: ClassVar[bool] = False
     objective_name: ClassVar[str] = "objective"
 
     def setup(self, programs: ProgramPair) -> None:
@@ -170,6 +174,14 @@ class Method:
     def extra_params(self) -> dict[str, list[torch.Tensor]]:
         """Parameters the method itself owns (e.g. a baseline network), per player."""
         return {}
+
+    def extra_players(self) -> dict[str, tuple[str, ...]]:
+        """Players of Pyro programs the method brings (e.g. a discriminator): param-store names per player."""
+        return {}
+
+    def modules(self) -> list[torch.nn.Module]:
+        """Modules the method owns, moved to the training device with the programs."""
+        return []
 
     def step(self, engine: Engine, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """One training step on a batch ``x``; returns detached scalar metrics (kept on device)."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ppdgm.guides import AffineGaussianGuide, GaussianMLPEncoder, SBNRecognition
-from ppdgm.models import BernoulliMLPModel, LinearGaussianModel, SigmoidBeliefNet
+from ppdgm.models import BernoulliMLPModel, DCGANGenerator, LinearGaussianModel, MLPGenerator, SigmoidBeliefNet
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,40 @@ def _sbn(x_dim: int, layers: Sequence[int], hidden: Sequence[int]) -> tuple[Call
     return SigmoidBeliefNet(x_dim, layers), SBNRecognition(x_dim, layers, hidden)
 
 
+def _mlp_gan(
+    x_dim: int, z_dim: int, hidden: Sequence[int], output: str, noise_scale: float | None
+) -> tuple[Callable, Callable]:
+    return (
+        MLPGenerator(x_dim, z_dim, hidden, "relu", output, noise_scale),
+        GaussianMLPEncoder(x_dim, z_dim, tuple(reversed(hidden)), "relu"),
+    )
+
+
+def _dcgan(x_dim: int, z_dim: int, hidden: Sequence[int]) -> tuple[Callable, Callable]:
+    side = round(x_dim**0.5)
+    if side * side != x_dim:
+        raise ValueError(f"dcgan needs square single-channel images, got {x_dim} pixels")
+    return DCGANGenerator(z_dim, side), GaussianMLPEncoder(x_dim, z_dim, hidden, "relu")
+
+
 PRESETS: dict[str, Preset] = {
+    "gan-mlp": Preset(
+        "MLP generator x = G(z) (Delta x site, linear output; 2-D and real data) + Gaussian MLP encoder for "
+        "bigan/aae/infogan; discriminator: the method's default MLP",
+        _mlp_gan,
+        {"z_dim": 2, "hidden": (256, 256), "output": "identity", "noise_scale": None},
+    ),
+    "gan-image": Preset(
+        "MLP generator with sigmoid pixels (Delta x site) + Gaussian MLP encoder; for images in [0, 1]",
+        _mlp_gan,
+        {"z_dim": 64, "hidden": (256, 256), "output": "sigmoid", "noise_scale": None},
+    ),
+    "dcgan": Preset(
+        "DCGAN-style convolutional generator of square images + Gaussian MLP encoder; x-discriminators default "
+        "to the matching convolutional discriminator",
+        _dcgan,
+        {"z_dim": 64, "hidden": (256,)},
+    ),
     "sbn": Preset(
         "sigmoid belief net (binary latents, layers from the data up) + MLP Bernoulli recognition per layer",
         _sbn,

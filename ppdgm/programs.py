@@ -164,12 +164,15 @@ class ProgramPair:
             methods that need no guide.
         obs_site: name of the observed site, and of the keyword that carries the data.
         data_plate: name of the plate over datapoints (found automatically when ``None``).
+        partial_guide: the guide may sample only some of the model's latents (InfoGAN's q(c | x) of a
+            code c beside the noise z); the others are then not scored by the guide.
     """
 
     model: Callable
     guide: Callable | None
     obs_site: str = "x"
     data_plate: str | None = None
+    partial_guide: bool = False
     structure: Structure | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -220,6 +223,7 @@ class ProgramPair:
         """
         batch_size = x.shape[0]
         self._data_ndim = x.dim()
+        self.example = x
         with poutine.block(), torch.no_grad():
             model_only = poutine.trace(self.model).get_trace(**self._model_kwargs(x, batch_size))
             model_sites = _sample_sites(model_only)
@@ -238,7 +242,14 @@ class ProgramPair:
                 guide_trace = poutine.trace(self.guide).get_trace(**self._guide_kwargs(x, batch_size))
                 guide_sites = _sample_sites(guide_trace)
                 missing = [n for n in latents if n not in guide_sites]
-                if missing:
+                if self.partial_guide:
+                    latents = tuple(n for n in latents if n in guide_sites)
+                    if not latents:
+                        raise ConventionError(
+                            f"the guide samples none of the model's latent sites {missing}; name its sites as the "
+                            "model's"
+                        )
+                elif missing:
                     raise ConventionError(
                         f"the guide has no sample site for the model's latent site(s) {missing}; "
                         "every latent of the model must be sampled by the guide"
@@ -309,7 +320,8 @@ class ProgramPair:
 
     def check_finite(self, data: torch.Tensor) -> None:
         """Refuse data with NaN or infinite values, naming the observed site and the first bad rows."""
-        bad = ~torch.isfinite(data).reshape(data.shape[0], -1).all(-1)
+        finite = torch.isfinite(data)
+        bad = ~(finite.flatten(1).all(-1) if data.dim() > 1 else finite)
         if bad.any():
             rows = torch.nonzero(bad).flatten()[:5].tolist()
             kind = "NaN" if torch.isnan(data).any() else "infinite values"
@@ -362,11 +374,7 @@ class ProgramPair:
             with torch.no_grad():
                 guide_trace = _trace(guide, guide_kwargs)
         if detach_latents and guide_grad and structure.reparam_sites:
-            fixed = Trace()
-            for name in structure.latent_sites:
-                site = guide_trace.nodes[name]
-                fixed.add_node(name, **{**site, "value": site["value"].detach()})
-            guide_trace = _trace(poutine.replay(guide, trace=fixed), guide_kwargs)
+            guide_trace = _trace(poutine.replay(guide, trace=self.detached(guide_trace)), guide_kwargs)
         replayed = poutine.replay(self._particles(self.model, num_particles), trace=guide_trace)
         model_trace = _trace(replayed, self._model_kwargs(x, batch_size))
         return DataSide(self, guide_trace, model_trace, num_particles, batch_size)
@@ -400,20 +408,51 @@ class ProgramPair:
                     f"but the guide samples shape {guided} for the dreamt {self.obs_site!r}"
                 )
 
-    def _dreamt_x(self, dream: Trace) -> torch.Tensor:
-        x = dream.nodes[self.obs_site]["value"].detach()
+    def unparticle(self, x: torch.Tensor) -> torch.Tensor:
+        """Drop leading singleton dimensions that a single-particle run adds beyond the data's shape."""
         while x.dim() > self._data_ndim and x.shape[0] == 1:
             x = x.squeeze(0)
         return x
 
-    def score_guide(self, dream: Trace) -> tuple[Trace, torch.Tensor]:
+    def _dreamt_x(self, dream: Trace) -> torch.Tensor:
+        return self.unparticle(dream.nodes[self.obs_site]["value"].detach())
+
+    def encode(self, x: torch.Tensor) -> Trace:
+        """One run of the guide on ``x`` (a single particle, with its autograd graph): the data side's latents."""
+        self._require_structure()
+        return _trace(self._particles(self.guide, 1), self._guide_kwargs(x, x.shape[0]))
+
+    def detached(self, trace: Trace) -> Trace:
+        """A trace holding the latent sites of ``trace`` at their values cut from the graph (for replay)."""
+        fixed = Trace()
+        for name in self._require_structure().latent_sites:
+            site = trace.nodes[name]
+            fixed.add_node(name, **{**site, "value": site["value"].detach()})
+        return fixed
+
+    def reconstruct(self, guide_trace: Trace, batch_size: int) -> Trace:
+        """The model replayed on the latents of ``guide_trace`` with x unobserved: x generated from q's z."""
+        return _trace(
+            poutine.replay(self._particles(self.model, 1), trace=guide_trace), self._model_kwargs(None, batch_size)
+        )
+
+    def latent_values(self, trace: Trace, batch_size: int) -> torch.Tensor:
+        """The latents of ``trace`` (the guide's sites), flattened per datapoint and concatenated: ``(B, D)``."""
+        values = [
+            self.unparticle(trace.nodes[n]["value"]).reshape(batch_size, -1)
+            for n in self._require_structure().latent_sites
+        ]
+        return values[0] if len(values) == 1 else torch.cat(values, -1)
+
+    def score_guide(self, dream: Trace, x: torch.Tensor | None = None) -> tuple[Trace, torch.Tensor]:
         """Score the dreamt latents under the guide given the dreamt ``x``: log q(z | x), shape ``(1, B)``.
 
         ``dream`` is a single-particle :meth:`model_side` trace. The guide runs unchanged on the
         dreamt ``x`` (the sleep-phase convention) with its latent sites conditioned on the dream.
+        ``x`` overrides the dreamt x (e.g. the generated x *with* its graph, for InfoGAN's generator).
         """
         structure = self._require_structure()
-        x = self._dreamt_x(dream)
+        x = self._dreamt_x(dream) if x is None else x
         batch_size = x.shape[0]
         values = {name: dream.nodes[name]["value"].detach() for name in structure.latent_sites}
         conditioned = poutine.condition(self._particles(self.guide, 1), data=values)

@@ -48,3 +48,31 @@ def save_image_grid(images: torch.Tensor, shape: tuple[int, int], path: str | Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     imsave(path, image_grid(images, shape, ncols), cmap="gray", vmin=0.0, vmax=1.0)
     return path
+
+
+def plot_samples_2d(panels: list[tuple[str, torch.Tensor]], dataset, path: str | Path, title: str = "") -> Path:
+    """One panel per (label, samples (n, 2)): the samples (red) over the data set's true density (blue)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lo, hi = dataset.test.min(0).values - 1.0, dataset.test.max(0).values + 1.0
+    gx, gy = torch.meshgrid(torch.linspace(lo[0], hi[0], 300), torch.linspace(lo[1], hi[1], 300), indexing="xy")
+    density = dataset.log_density(torch.stack([gx, gy], -1).reshape(-1, 2)).exp().reshape(300, 300)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6), squeeze=False)
+    for ax, (label, xy) in zip(axes[0], panels):
+        xy = xy.detach().cpu().reshape(-1, 2).numpy()
+        ax.contourf(gx.numpy(), gy.numpy(), density.numpy(), levels=20, cmap="Blues")
+        ax.scatter(xy[:, 0], xy[:, 1], s=2, c="tab:red", alpha=0.5)
+        ax.set_xlim(float(lo[0]), float(hi[0]))
+        ax.set_ylim(float(lo[1]), float(hi[1]))
+        ax.set_title(label, fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

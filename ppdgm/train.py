@@ -233,8 +233,10 @@ def load_params(path: str | Path, programs: ProgramPair, example: torch.Tensor) 
     return saved
 
 
-def _move_programs(programs: ProgramPair, names: Sequence[str], device: torch.device) -> None:
-    for fn in (programs.model, programs.guide):
+def _move_programs(
+    programs: ProgramPair, names: Sequence[str], device: torch.device, modules: Sequence[torch.nn.Module] = ()
+) -> None:
+    for fn in (programs.model, programs.guide, *modules):
         if isinstance(fn, torch.nn.Module):
             fn.to(device)
     store = pyro.get_param_store()
@@ -331,7 +333,9 @@ def fit(
         "lr_schedule": lr_schedule if isinstance(lr_schedule, str) or lr_schedule is None else repr(lr_schedule),
     }
     pyro.set_rng_seed(seed)
-    programs = ProgramPair(model, guide, obs_site=obs_site, data_plate=data_plate)
+    programs = ProgramPair(
+        model, guide, obs_site=obs_site, data_plate=data_plate, partial_guide=method_obj.partial_guide
+    )
     store = pyro.get_param_store()
     for split in ("train", "valid", "test"):
         programs.check_finite(dataset.split(split))
@@ -342,10 +346,16 @@ def fit(
             if rows.shape[0]:
                 programs.check_support(rows)
         method_obj.setup(programs)
-        _move_programs(programs, structure.model_param_names + structure.guide_param_names, dev)
+        extra_players = method_obj.extra_players()
+        _move_programs(
+            programs,
+            structure.model_param_names + structure.guide_param_names + sum(extra_players.values(), ()),
+            dev,
+            method_obj.modules(),
+        )
         engine = Engine(
             programs,
-            {"model": structure.model_param_names, "guide": structure.guide_param_names},
+            {"model": structure.model_param_names, "guide": structure.guide_param_names, **extra_players},
             optimizer=optimizer,
             lr=lr,
             optimizer_options=optimizer_options,

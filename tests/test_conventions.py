@@ -90,7 +90,8 @@ def test_observed_site_outside_a_data_plate_is_refused():
 
 def test_unknown_method_lists_the_known_ones():
     model, guide = user_pair()
-    with pytest.raises(ValueError, match=r"unknown method 'wake-sleepy'; known methods: iwae, rws, vae, ws"):
+    known = "aae, aavae, bigan, gan, gmmn, infogan, iwae, iwgan, rws, vae, vaegan, wgan-gp, ws"
+    with pytest.raises(ValueError, match=f"unknown method 'wake-sleepy'; known methods: {known}"):
         ppdgm.fit(model, guide, "digits-binary", "wake-sleepy")
 
 

@@ -34,3 +34,11 @@ def test_readme_comparison_spec_is_valid():
     block = re.findall(r"```toml\n(.*?)```", README.read_text(), re.S)[0]
     spec = parse_spec(tomllib.loads(block))
     assert [m.label for m in spec.methods] == ["vae", "iwae k=5"] and spec.seeds == (0, 1, 2)
+
+
+def test_readme_gan_example_runs():
+    block = next(b for b in _runnable_blocks() if 'method="gan"' in b)
+    short = block.replace("steps=6000", "steps=30").replace("seed=0)", "seed=0, progress=False)")
+    namespace: dict = {}
+    exec(compile(short, str(README), "exec"), namespace)
+    assert namespace["run"].history[-1]["step"] == 30 and namespace["samples"].shape == (2000, 2)

@@ -50,7 +50,10 @@ def test_method_by_name_and_by_class_are_the_same_object():
     direct = ppdgm.inference.IWAE(num_particles=50)
     assert type(by_name) is type(direct) and by_name.options() == direct.options()
     assert type(ppdgm.get_method("elbo")) is ppdgm.inference.VAE
-    with pytest.raises(ValueError, match="known methods: iwae, rws, vae, ws"):
+    with pytest.raises(
+        ValueError,
+        match="known methods: aae, aavae, bigan, gan, gmmn, infogan, iwae, iwgan, rws, vae, vaegan, wgan-gp, ws",
+    ):
         ppdgm.get_method("gann")
     with pytest.raises(TypeError, match="bad options for method 'iwae'"):
         ppdgm.get_method("iwae", num_particle=3)
