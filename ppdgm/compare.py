@@ -45,6 +45,7 @@ import csv
 import hashlib
 import importlib
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -70,8 +71,12 @@ METRICS = (
     "mode_coverage",
     "high_quality_fraction",
     "kl_true_model",
+    "inception_score",
+    "class_coverage",
 )
 MIXTURE_METRICS = ("mode_coverage", "high_quality_fraction", "kl_true_model")
+CLASSIFIER_METRICS = ("inception_score", "class_coverage")
+CLASSIFIER_SAMPLES = 2000
 MIXTURE_SAMPLES = 2500
 RESULT = "result.json"
 
@@ -229,6 +234,10 @@ def parse_spec(raw: Mapping[str, Any] | str | Path, output: str | Path | None = 
         errors.append(f"evaluation.metrics: unknown {bad}; known: {', '.join(METRICS)}")
     if set(metrics) & set(MIXTURE_METRICS) and data_name not in ("ring8", "grid25"):
         errors.append(f"evaluation.metrics: {list(MIXTURE_METRICS)} need a mixture data set (ring8, grid25)")
+    if set(metrics) & set(CLASSIFIER_METRICS) and data_name not in ("digits", "digits-binary"):
+        errors.append(
+            f"evaluation.metrics: {list(CLASSIFIER_METRICS)} need a labelled data set (digits, digits-binary)"
+        )
     num_samples = evaluation.get("num_samples", 1000)
     positive_int("evaluation.num_samples", num_samples)
     iwae_k = evaluation.get("iwae_k", 50)
@@ -327,6 +336,13 @@ def evaluate_run(
             from ppdgm.data import mixture_log_density
 
             out["kl_true_model"] = evaluate.mixture_kl(samples, test, mixture_log_density(spec.data), bandwidth=std)
+    if set(spec.metrics) & set(CLASSIFIER_METRICS):
+        from ppdgm.data import load
+
+        labelled = load(spec.data, spec.data_dir)
+        classifier = evaluate.train_classifier(labelled.train, labelled.labels["train"])
+        samples = generate(model, CLASSIFIER_SAMPLES).reshape(CLASSIFIER_SAMPLES, -1).cpu()
+        out.update(evaluate.classifier_scores(classifier, samples))
     estimators = {
         "log_likelihood": lambda: evaluate.log_likelihood(model, guide, test, num_samples=spec.num_samples),
         "elbo": lambda: evaluate.elbo(model, guide, test),
@@ -464,7 +480,10 @@ def compare(
             if on_run_done is not None:
                 on_run_done(results[-1])
     else:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        threads = max(1, (os.cpu_count() or 1) // jobs)  # jobs x threads within the cores: no oversubscription
+        with ProcessPoolExecutor(
+            max_workers=jobs, mp_context=get_context("spawn"), initializer=torch.set_num_threads, initargs=(threads,)
+        ) as pool:
             futures = [pool.submit(run_one, spec_dict, i, seed, tensorboard) for i, seed in grid]
             for future in futures:
                 results.append(future.result())

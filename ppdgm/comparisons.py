@@ -121,6 +121,40 @@ def _modes_preset(data: str, noise_scale: float, runtime_full: str) -> dict[str,
     }
 
 
+PRESETS["iwgan-digits"] = {
+    "description": "IWGAN (k=5) vs GAN on the embedded digits: classifier (inception) score and classes covered",
+    "runtime": {"small": "about 1 minute", "full": "about 10 minutes with --jobs 2"},
+    "spec": {
+        "name": "iwgan-digits",
+        "data": {"name": "digits"},
+        "model": {"preset": "gan-image", "options": {"z_dim": 16, "hidden": [128, 128]}},
+        "budget": {"batch_size": 64, "lr": 1e-3, "optimizer_options": {"betas": [0.5, 0.999]}},
+        "evaluation": {"metrics": ["inception_score", "class_coverage"]},
+        "methods": [{"name": "gan"}, {"name": "iwgan", "label": "iwgan k=5", "options": {"num_particles": 5}}],
+    },
+    "budgets": {
+        "small": {"seeds": [0], "budget": {"steps": 200}},
+        "full": {"seeds": [0, 1, 2], "budget": {"steps": 4000}},
+    },
+}
+
+PRESETS["aavae-mnist"] = {
+    "description": "AAVAE vs VAE on statically binarized MNIST, iwae-1layer networks, test log-likelihood (IS)",
+    "runtime": {"small": "about 1 minute", "full": "about 25 minutes with --jobs 2"},
+    "spec": {
+        "name": "aavae-mnist",
+        "data": {"name": "binarized-mnist"},
+        "model": {"preset": "iwae-1layer"},
+        "budget": {"batch_size": 100, "lr": 1e-3},
+        "evaluation": {"metrics": ["log_likelihood", "elbo"]},
+        "methods": [{"name": "vae"}, {"name": "aavae"}],
+    },
+    "budgets": {
+        "small": {"seeds": [0], "budget": {"steps": 100}, "evaluation": {"num_samples": 50, "test_size": 200}},
+        "full": {"seeds": [0, 1, 2], "budget": {"epochs": 10}, "evaluation": {"num_samples": 5000, "test_size": 1000}},
+    },
+}
+
 PRESETS["modes-ring8"] = _modes_preset("ring8", 0.02, "about 25 minutes with --jobs 2")
 PRESETS["modes-grid25"] = _modes_preset("grid25", 0.05, "about 25 minutes with --jobs 2")
 

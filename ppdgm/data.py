@@ -45,6 +45,7 @@ class Dataset:
     image_shape: tuple[int, ...] | None = None
     binary: bool = False
     log_density: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
+    labels: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
     @property
     def dim(self) -> int:
@@ -74,11 +75,13 @@ def load_digits(binary: bool = False, split_seed: int = 0) -> Dataset:
     """scikit-learn's 1,797 8x8 digits scaled to [0, 1]; 1,300 train / 200 valid / 297 test."""
     from sklearn.datasets import load_digits as sk_load_digits
 
-    x = sk_load_digits().data.astype(np.float32) / 16.0
+    digits = sk_load_digits()
+    x = digits.data.astype(np.float32) / 16.0
     if binary:
         x = (x > 0.5).astype(np.float32)
     train, valid, test = _tensors(*_split_rows(x, 200, 297, split_seed))
-    return Dataset("digits-binary" if binary else "digits", train, valid, test, (8, 8), binary)
+    labels = dict(zip(_SPLITS, (torch.as_tensor(y) for y in _split_rows(digits.target, 200, 297, split_seed))))
+    return Dataset("digits-binary" if binary else "digits", train, valid, test, (8, 8), binary, labels=labels)
 
 
 def _read_amat(path: Path) -> np.ndarray:

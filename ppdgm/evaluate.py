@@ -284,3 +284,40 @@ def mixture_kl(
         ]
     )
     return float((log_density(points) - log_q).mean())
+
+
+def train_classifier(
+    x: torch.Tensor, labels: torch.Tensor, hidden: int = 128, epochs: int = 60, seed: int = 0
+) -> torch.nn.Module:
+    """A small MLP classifier ``x -> class logits`` trained on labelled data (full-batch Adam), for sample scores."""
+    gen = torch.Generator().manual_seed(seed)
+    num_classes = int(labels.max()) + 1
+    net = torch.nn.Sequential(
+        torch.nn.Linear(x[0].numel(), hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, num_classes)
+    )
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    rows = x.reshape(x.shape[0], -1)
+    for _ in range(epochs):
+        loss = torch.nn.functional.cross_entropy(net(rows), labels.long())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+@torch.no_grad()
+def classifier_scores(classifier: torch.nn.Module, samples: torch.Tensor, min_share: float = 0.02) -> dict[str, float]:
+    """Sample quality and class coverage judged by a classifier of the data (Salimans et al. 2016's score).
+
+    ``inception_score`` = exp(E_x KL(p(y|x) || p(y))), p(y) the mean of p(y|x) over the samples: high when
+    each sample is classified confidently and the classes are balanced (at most the number of classes).
+    ``class_coverage``: the number of classes that receive at least ``min_share`` of the samples (argmax).
+    """
+    probs = torch.softmax(classifier(samples.reshape(samples.shape[0], -1)).double(), -1)
+    marginal = probs.mean(0, keepdim=True)
+    kl = (probs * (probs.clamp_min(1e-30).log() - marginal.clamp_min(1e-30).log())).sum(-1)
+    share = torch.bincount(probs.argmax(-1), minlength=probs.shape[-1]).double() / probs.shape[0]
+    return {"inception_score": float(kl.mean().exp()), "class_coverage": float((share >= min_share).sum())}
