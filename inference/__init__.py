@@ -7,11 +7,13 @@ builds the same object as ``ppdgm.inference.IWAE(num_particles=50)``.
 from ppdgm.inference.aae import AAE
 from ppdgm.inference.aavae import AAVAE
 from ppdgm.inference.bigan import BiGAN
+from ppdgm.inference.cd import CD, PCD
 from ppdgm.inference.gan import GAN
 from ppdgm.inference.gmmn import GMMN
 from ppdgm.inference.infogan import InfoGAN
 from ppdgm.inference.iwae import IWAE
 from ppdgm.inference.iwgan import IWGAN
+from ppdgm.inference.mle import MLE
 from ppdgm.inference.rws import RWS
 from ppdgm.inference.vae import VAE
 from ppdgm.inference.vaegan import VAEGAN
@@ -21,10 +23,13 @@ from ppdgm.inference.wgan_gp import WGANGP
 __all__ = [
     "AAE",
     "AAVAE",
+    "CD",
     "GAN",
     "GMMN",
     "IWAE",
     "IWGAN",
+    "MLE",
+    "PCD",
     "RWS",
     "VAE",
     "VAEGAN",

@@ -140,15 +140,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     x = dataset.split(args.split)
     tic = time.perf_counter()
-    estimate = evaluate_mod.log_likelihood(model, guide, x, num_samples=args.num_samples)
+    if guide is None:  # a fully observed or energy model: its likelihood is exact
+        estimate = evaluate_mod.exact_log_likelihood(model, x)
+        how = "exact"
+    else:
+        estimate = evaluate_mod.log_likelihood(model, guide, x, num_samples=args.num_samples)
+        how = f"{args.num_samples} IS samples"
     seconds = time.perf_counter() - tic
-    print(
-        f"{config['method']}: {args.split} log-likelihood ({args.num_samples} IS samples) = {estimate}"
-        f"  [{seconds:.1f}s]"
-    )
+    print(f"{config['method']}: {args.split} log-likelihood ({how}) = {estimate}  [{seconds:.1f}s]")
     result = {
         "split": args.split,
-        "num_samples": args.num_samples,
+        "num_samples": args.num_samples if guide is not None else None,
         "mean": estimate.mean,
         "stderr": estimate.stderr,
         "n": int(x.shape[0]),

@@ -7,7 +7,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ppdgm.guides import AffineGaussianGuide, GaussianMLPEncoder, SBNRecognition
-from ppdgm.models import BernoulliMLPModel, DCGANGenerator, LinearGaussianModel, MLPGenerator, SigmoidBeliefNet
+from ppdgm.models import (
+    RBM,
+    BernoulliMLPModel,
+    DCGANGenerator,
+    LinearGaussianModel,
+    MLPGenerator,
+    PixelCNN,
+    SigmoidBeliefNet,
+)
 
 
 @dataclass(frozen=True)
@@ -42,13 +50,36 @@ def _mlp_gan(
 
 
 def _dcgan(x_dim: int, z_dim: int, hidden: Sequence[int]) -> tuple[Callable, Callable]:
+    return DCGANGenerator(z_dim, _side(x_dim, "dcgan")), GaussianMLPEncoder(x_dim, z_dim, hidden, "relu")
+
+
+def _side(x_dim: int, name: str) -> int:
     side = round(x_dim**0.5)
     if side * side != x_dim:
-        raise ValueError(f"dcgan needs square single-channel images, got {x_dim} pixels")
-    return DCGANGenerator(z_dim, side), GaussianMLPEncoder(x_dim, z_dim, hidden, "relu")
+        raise ValueError(f"{name} needs square single-channel images, got {x_dim} pixels")
+    return side
+
+
+def _pixelcnn(x_dim: int, channels: int, layers: int, kernel_size: int) -> tuple[Callable, None]:
+    side = _side(x_dim, "pixelcnn")
+    return PixelCNN((side, side), channels, layers, kernel_size), None
+
+
+def _rbm(x_dim: int, n_hidden: int) -> tuple[Callable, None]:
+    return RBM(x_dim, n_hidden), None
 
 
 PRESETS: dict[str, Preset] = {
+    "pixelcnn": Preset(
+        "PixelCNN (masked convolutions, Bernoulli pixels) for square binary images; no guide: method mle",
+        _pixelcnn,
+        {"channels": 32, "layers": 4, "kernel_size": 5},
+    ),
+    "rbm": Preset(
+        "binary RBM (energy model, exact log Z up to 20 hidden units, AIS beyond); no guide: methods cd, pcd",
+        _rbm,
+        {"n_hidden": 16},
+    ),
     "gan-mlp": Preset(
         "MLP generator x = G(z) (Delta x site, linear output; 2-D and real data) + Gaussian MLP encoder for "
         "bigan/aae/infogan; discriminator: the method's default MLP",

@@ -90,7 +90,8 @@ def test_observed_site_outside_a_data_plate_is_refused():
 
 def test_unknown_method_lists_the_known_ones():
     model, guide = user_pair()
-    known = "aae, aavae, bigan, gan, gmmn, infogan, iwae, iwgan, rws, vae, vaegan, wgan-gp, ws"
+    known = ", ".join(sorted(ppdgm.available_methods()))
+    assert known.startswith("aae, aavae, bigan, cd, gan")
     with pytest.raises(ValueError, match=f"unknown method 'wake-sleepy'; known methods: {known}"):
         ppdgm.fit(model, guide, "digits-binary", "wake-sleepy")
 
