@@ -8,6 +8,7 @@ from ppdgm.inference.aae import AAE
 from ppdgm.inference.aavae import AAVAE
 from ppdgm.inference.bigan import BiGAN
 from ppdgm.inference.cd import CD, PCD
+from ppdgm.inference.cyclegan import CycleGAN
 from ppdgm.inference.gan import GAN
 from ppdgm.inference.gmmn import GMMN
 from ppdgm.inference.infogan import InfoGAN
@@ -24,6 +25,7 @@ __all__ = [
     "AAE",
     "AAVAE",
     "CD",
+    "CycleGAN",
     "GAN",
     "GMMN",
     "IWAE",

@@ -1,5 +1,6 @@
 """Generative models written as plain Pyro model functions (``model(x=None, batch_size=None)``)."""
 
+from ppdgm.models.cyclegan import CycleTranslators
 from ppdgm.models.dbn import DBN
 from ppdgm.models.gan import DCGANGenerator, MLPGenerator
 from ppdgm.models.linear_gaussian import LinearGaussianModel
@@ -10,6 +11,7 @@ from ppdgm.models.sbn import SigmoidBeliefNet
 from ppdgm.models.vae import BernoulliMLPModel
 
 __all__ = [
+    "CycleTranslators",
     "DBN",
     "BernoulliMLPModel",
     "DCGANGenerator",

@@ -148,6 +148,12 @@ def mixture_log_density(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     return log_density
 
 
+def _digits_inverted(split_seed: int = 0) -> Dataset:
+    """Unpaired rows [digit | another digit, inverted (1 - x)]: CycleGAN's two domains from the embedded digits."""
+    digits = load_digits(split_seed=split_seed)
+    return unpaired(digits, transformed(digits, lambda x: 1 - x, "digits-inverted-only"), "digits-inverted")
+
+
 def load_mixture(name: str, n_train: int = 10000, n_valid: int = 1000, n_test: int = 1000, seed: int = 0) -> Dataset:
     """Samples from ``ring8`` or ``grid25`` with a fixed seed, and the mixture's true log density."""
     centres, std = mixture_centres(name)
@@ -163,6 +169,7 @@ _LOADERS: dict[str, Callable[..., Dataset]] = {
     "digits": lambda data_dir=None, **kw: load_digits(binary=False, **kw),
     "digits-binary": lambda data_dir=None, **kw: load_digits(binary=True, **kw),
     "binarized-mnist": lambda data_dir=None, **kw: load_binarized_mnist(data_dir, **kw),
+    "digits-inverted": lambda data_dir=None, **kw: _digits_inverted(**kw),
     "ring8": lambda data_dir=None, **kw: load_mixture("ring8", **kw),
     "grid25": lambda data_dir=None, **kw: load_mixture("grid25", **kw),
 }
@@ -194,3 +201,39 @@ def as_dataset(data: str | Dataset | torch.Tensor | np.ndarray, data_dir: str | 
         empty = x[:0]
         return Dataset("tensor", x, empty, empty, None, bool(((x == 0) | (x == 1)).all()))
     raise TypeError(f"data must be a data set name, a ppdgm Dataset or a tensor, got {type(data).__name__}")
+
+
+def unpaired(a: Dataset, b: Dataset, name: str | None = None, seed: int = 0) -> Dataset:
+    """Rows ``[a_i | b_j]`` joining two domains with no pairing: each domain's rows shuffled on their own.
+
+    The data of a CycleGAN. Labels, when both domains have them, are kept per domain as
+    ``labels["<split>_a"]`` and ``labels["<split>_b"]``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    splits, labels = {}, {}
+    for split in _SPLITS:
+        xa, xb = a.split(split), b.split(split)
+        n = min(xa.shape[0], xb.shape[0])
+        ia, ib = torch.randperm(xa.shape[0], generator=gen)[:n], torch.randperm(xb.shape[0], generator=gen)[:n]
+        splits[split] = torch.cat([xa[ia].reshape(n, -1), xb[ib].reshape(n, -1)], -1)
+        if a.labels is not None and b.labels is not None:
+            labels[f"{split}_a"], labels[f"{split}_b"] = a.labels[split][ia], b.labels[split][ib]
+    return Dataset(
+        name or f"{a.name}+{b.name}", splits["train"], splits["valid"], splits["test"], labels=labels or None
+    )
+
+
+def transformed(data: Dataset, fn: Callable[[torch.Tensor], torch.Tensor], name: str) -> Dataset:
+    """The same data set with ``fn`` applied to every row (e.g. rotated or inverted images), labels kept."""
+    return Dataset(
+        name, fn(data.train), fn(data.valid), fn(data.test), data.image_shape, data.binary, labels=data.labels
+    )
+
+
+def rotate_images(shape: tuple[int, int]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function rotating flat images of ``shape`` by 90 degrees."""
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        return torch.rot90(x.reshape(-1, *shape), 1, (1, 2)).reshape(x.shape[0], -1)
+
+    return rotate

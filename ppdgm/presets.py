@@ -10,6 +10,7 @@ from ppdgm.guides import AffineGaussianGuide, GaussianMLPEncoder, SBNRecognition
 from ppdgm.models import (
     RBM,
     BernoulliMLPModel,
+    CycleTranslators,
     DCGANGenerator,
     LinearGaussianModel,
     MLPGenerator,
@@ -69,11 +70,25 @@ def _rbm(x_dim: int, n_hidden: int) -> tuple[Callable, None]:
     return RBM(x_dim, n_hidden), None
 
 
+def _cyclegan(x_dim: int, conv_channels: int, conv_layers: int) -> tuple[Callable, None]:
+    if x_dim % 2:
+        raise ValueError(f"cyclegan needs rows [a | b] of two equal halves, got {x_dim} features")
+    side = _side(x_dim // 2, "cyclegan")
+    return CycleTranslators(
+        (x_dim // 2, x_dim // 2), image_side=side, conv_channels=conv_channels, conv_layers=conv_layers
+    ), None
+
+
 PRESETS: dict[str, Preset] = {
     "pixelcnn": Preset(
         "PixelCNN (masked convolutions, Bernoulli pixels) for square binary images; no guide: method mle",
         _pixelcnn,
         {"channels": 32, "layers": 4, "kernel_size": 5},
+    ),
+    "cyclegan": Preset(
+        "two fully convolutional translators between square-image domains, rows [a | b]; no guide: method cyclegan",
+        _cyclegan,
+        {"conv_channels": 32, "conv_layers": 3},
     ),
     "rbm": Preset(
         "binary RBM (energy model, exact log Z up to 20 hidden units, AIS beyond); no guide: methods cd, pcd",

@@ -40,13 +40,18 @@ def image_grid(images: torch.Tensor, shape: tuple[int, int], ncols: int | None =
     return grid
 
 
-def save_image_grid(images: torch.Tensor, shape: tuple[int, int], path: str | Path, ncols: int | None = None) -> Path:
-    """Write a PNG grid of flat images (values in [0, 1]); returns the path."""
+def save_image_grid(
+    images: torch.Tensor, shape: tuple[int, int], path: str | Path, ncols: int | None = None, scale: int = 1
+) -> Path:
+    """Write a PNG grid of flat images (values in [0, 1]), each pixel ``scale`` x ``scale``; returns the path."""
     from matplotlib.image import imsave
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    imsave(path, image_grid(images, shape, ncols), cmap="gray", vmin=0.0, vmax=1.0)
+    grid = image_grid(images, shape, ncols)
+    if scale > 1:
+        grid = np.kron(grid, np.ones((scale, scale), dtype=grid.dtype))
+    imsave(path, grid, cmap="gray", vmin=0.0, vmax=1.0)
     return path
 
 
