@@ -53,7 +53,8 @@ class CycleGAN(Method):
         model = programs.model
         if not all(hasattr(model, attr) for attr in ("ab", "ba", "split", "translate")):
             raise ConventionError(
-                f"method 'cyclegan' trains a pair of translators (ppdgm.models.CycleTranslators); got {type(model).__name__}"
+                "method 'cyclegan' trains a pair of translators (ppdgm.models.CycleTranslators); "
+                f"got {type(model).__name__}"
             )
         a, b = model.split(programs.example[:4])
         if self.user_discriminators is None:
