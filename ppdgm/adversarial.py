@@ -376,10 +376,10 @@ def gaussian_mmd2(
     both = torch.cat([x, y])
     sq = torch.cdist(both, both).pow(2)
     if bandwidths is None:
-        with torch.no_grad():
-            dx = sq[: x.shape[0], : x.shape[0]]
-            median = dx[dx > 0].median().sqrt() if bool((dx > 0).any()) else dx.new_ones(())
-        sigmas = torch.stack([median * s for s in scales])
+        with torch.no_grad():  # the median distance between distinct rows (static indices: no host sync)
+            rows, cols = torch.triu_indices(x.shape[0], x.shape[0], 1, device=sq.device)
+            median = sq[rows, cols].median().sqrt().clamp_min(1e-6)
+        sigmas = median * torch.tensor(scales, dtype=sq.dtype, device=sq.device)
     else:
         sigmas = torch.tensor(list(bandwidths), dtype=sq.dtype, device=sq.device)
     kernel = torch.exp(-sq.unsqueeze(0) / (2 * sigmas.pow(2)).reshape(-1, 1, 1)).sum(0)

@@ -7,6 +7,7 @@ import pytest
 
 from ppdgm.cli import main
 from ppdgm.compare import SpecError, compare, parse_spec, run_dir, spec_from_record
+from ppdgm.comparisons import PRESETS as COMPARISON_PRESETS
 
 
 def tiny_spec(output, metrics=("log_likelihood", "elbo", "active_units", "seconds_per_epoch")):
@@ -152,7 +153,7 @@ def test_presets_are_listed_and_valid():
     assert main(["presets"]) == 0
 
 
-@pytest.mark.parametrize("preset", ["digits", "wake-sleep", "iwae-table"])
+@pytest.mark.parametrize("preset", sorted(COMPARISON_PRESETS))
 def test_every_preset_runs_in_its_small_budget(tmp_path, preset, request):
     from dataclasses import replace
 

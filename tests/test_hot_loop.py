@@ -1,0 +1,59 @@
+"""No host synchronisation inside a training step: every method's step is run with the tensor-to-host
+conversions (.item(), .cpu(), float(), .tolist(), .numpy(), bool()) made to fail when ppdgm's own code calls them."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from ppdgm.guides import GaussianMLPEncoder, SBNRecognition
+from ppdgm.models import RBM, BernoulliMLPModel, CycleTranslators, PixelCNN, SigmoidBeliefNet
+
+import ppdgm
+
+from .test_adversarial import user_generator_pair
+
+ROOT = Path(__file__).resolve().parents[1]
+OURS = tuple(str(ROOT / d) for d in ("ppdgm", "inference", "models", "guides"))
+CONVERSIONS = ("item", "cpu", "tolist", "numpy", "__float__", "__int__", "__bool__")
+
+
+def _pair(method: str):
+    if method in ("mle",):
+        return PixelCNN((8, 8), channels=4, layers=2, kernel_size=3), None, "digits-binary", {}
+    if method in ("cd", "pcd"):
+        return RBM(64, 8), None, "digits-binary", {}
+    if method == "cyclegan":
+        return CycleTranslators((64, 64), image_side=8, conv_channels=4, conv_layers=2), None, "digits-inverted", {}
+    if method in ("ws", "rws"):
+        return SigmoidBeliefNet(64, (8,)), SBNRecognition(64, (8,), (16,)), "digits-binary", {}
+    if method in ("vae", "iwae"):
+        return BernoulliMLPModel(64, 4, (16,)), GaussianMLPEncoder(64, 4, (16,)), "digits-binary", {}
+    model, guide, _, _ = user_generator_pair()
+    return model, guide, "ring8", {}
+
+
+@pytest.mark.parametrize("method", sorted(ppdgm.available_methods()))
+def test_a_training_step_never_reads_a_tensor_on_the_host(method, monkeypatch):
+    model, guide, data, options = _pair(method)
+    run = ppdgm.fit(model, guide, data, method, steps=2, batch_size=16, progress=False, validate_every=0, **options)
+    x = run.dataset.train[:16]
+    calls = []
+
+    def guarded(name, original):
+        def wrapper(self, *args, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if caller.startswith(OURS):
+                calls.append(f"{name} from {Path(caller).name}:{sys._getframe(1).f_lineno}")
+            return original(self, *args, **kwargs)
+
+        return wrapper
+
+    for name in CONVERSIONS:
+        monkeypatch.setattr(torch.Tensor, name, guarded(name, getattr(torch.Tensor, name)))
+    with run.params():
+        for _ in range(3):
+            metrics = run.method.step(run.engine, x)
+    monkeypatch.undo()
+    assert not calls, calls
+    assert all(torch.is_tensor(v) and v.dim() == 0 for v in metrics.values())
