@@ -51,6 +51,14 @@ class GAN(AdversarialMethod):
     def options(self) -> dict:
         return {"generator_loss": self.generator_loss, **super().options()}
 
+    def generate(self, programs: ProgramPair, batch_size: int) -> torch.Tensor:
+        """Generated x for one step (with its graph when the generator learns on it)."""
+        return generated_x(programs, programs.model_side(batch_size), self.generator_output)
+
+    def discriminator_rows(self, fake: torch.Tensor) -> torch.Tensor:
+        """The generated rows the discriminator learns from."""
+        return fake
+
     def discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         """-E_{p(x|y)p(y)}[log q_ψ(y | x)]: real rows with y = 1, generated rows with y = 0."""
         return -self.adversary.score(real, fake.detach())
@@ -65,8 +73,8 @@ class GAN(AdversarialMethod):
         programs = engine.programs
         generate = self.generator_turn()
         with torch.set_grad_enabled(generate):
-            fake = generated_x(programs, programs.model_side(x.shape[0]), self.generator_output)
-        d_loss = self.discriminator_loss(x, fake)
+            fake = self.generate(programs, x.shape[0])
+        d_loss = self.discriminator_loss(x, self.discriminator_rows(fake))
         engine.update(d_loss, ("discriminator",))
         if generate:
             g_loss = self.generator_loss_of(fake)

@@ -26,15 +26,16 @@ first sample of each group.
 from __future__ import annotations
 
 import torch
+from ppdgm.inference.gan import GAN
 
-from ppdgm.adversarial import AdversarialMethod, generated_x
+from ppdgm.adversarial import generated_x
 from ppdgm.combine import self_normalised_weights
-from ppdgm.method import Engine, register
+from ppdgm.method import register
 from ppdgm.programs import ProgramPair
 
 
 @register
-class IWGAN(AdversarialMethod):
+class IWGAN(GAN):
     """Importance weighted GAN: k generated samples per group, weighted by D/(1-D) normalised in the group.
 
     ``method="iwgan"``.
@@ -48,13 +49,15 @@ class IWGAN(AdversarialMethod):
     objective_name = "gan_value"
 
     def __init__(self, num_particles: int = 5, **options) -> None:
-        super().__init__(**options)
+        super().__init__(generator_loss="nonsaturating", **options)
         if isinstance(num_particles, bool) or int(num_particles) != num_particles or num_particles < 1:
             raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
         self.num_particles = int(num_particles)
 
     def options(self) -> dict:
-        return {"num_particles": self.num_particles, **super().options()}
+        options = super().options()
+        del options["generator_loss"]
+        return {"num_particles": self.num_particles, **options}
 
     def generate(self, programs: ProgramPair, batch_size: int) -> torch.Tensor:
         """``(k, B, ...)`` generated x, k per datapoint: one model-side run of k·B rows (any generator
@@ -69,7 +72,10 @@ class IWGAN(AdversarialMethod):
         log_w = self.adversary.log_prob(rows, zeros, reversed=True) - self.adversary.log_prob(rows, zeros)
         return log_w.reshape(fake.shape[:2])
 
-    def generator_loss(self, fake: torch.Tensor) -> torch.Tensor:
+    def discriminator_rows(self, fake: torch.Tensor) -> torch.Tensor:
+        return fake[0]
+
+    def generator_loss_of(self, fake: torch.Tensor) -> torch.Tensor:
         """-sum_i w~_i log q^r(y=0 | x_i), the weights normalised within each group and held constant."""
         rows = fake.reshape(-1, *fake.shape[2:])
         log_qr = self.adversary.log_prob(rows, self.adversary.labels(rows.shape[0], 0, rows), reversed=True)
@@ -78,20 +84,3 @@ class IWGAN(AdversarialMethod):
             return -log_qr.mean()
         weights = self_normalised_weights(self.log_weights(fake.detach()).detach())
         return -(weights * log_qr).sum(0).mean()
-
-    def step(self, engine: Engine, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        programs = engine.programs
-        generate = self.generator_turn()
-        with torch.set_grad_enabled(generate):
-            fake = self.generate(programs, x.shape[0])
-        d_loss = -self.adversary.score(x, fake[0].detach())
-        engine.update(d_loss, ("discriminator",))
-        if generate:
-            g_loss = self.generator_loss(fake)
-            engine.update(g_loss, ("model",))
-            self.remember(generator_loss=g_loss)
-        return {"discriminator_loss": d_loss.detach(), **self.recall()}
-
-    @torch.no_grad()
-    def objective(self, programs: ProgramPair, x: torch.Tensor) -> torch.Tensor:
-        return self.gan_value(programs, x)

@@ -69,7 +69,7 @@ def test_iwgan_with_one_particle_has_the_gan_generator_gradient(float64):
         programs = _setup(method, data, _gaussian_generator(torch.tensor(0.2, dtype=torch.float64)))
         pyro.set_rng_seed(3)
         if isinstance(method, IWGAN):
-            loss = method.generator_loss(method.generate(programs, 16))
+            loss = method.generator_loss_of(method.generate(programs, 16))
         else:
             fake = ppdgm.adversarial.generated_x(programs, programs.model_side(16))
             loss = method.generator_loss_of(fake)
@@ -86,7 +86,7 @@ def test_iwgan_weighting_changes_the_gradient_for_k_above_one(float64):
     rows = fake.reshape(-1, 1)
     uniform = -method.adversary.log_prob(rows, torch.zeros(80), reversed=True).mean()
     loc = pyro.param("loc").unconstrained()
-    weighted_grad = torch.autograd.grad(method.generator_loss(fake), loc, retain_graph=True)[0]
+    weighted_grad = torch.autograd.grad(method.generator_loss_of(fake), loc, retain_graph=True)[0]
     uniform_grad = torch.autograd.grad(uniform, loc)[0]
     assert not torch.allclose(weighted_grad, uniform_grad)
 
