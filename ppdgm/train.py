@@ -52,16 +52,32 @@ def burda2016_schedule(epoch: int) -> float:
     return 10 ** (-stage / 7)
 
 
+def linear_decay_schedule(num_epochs: int) -> Callable[[int], float]:
+    """lr * (1 - epoch / num_epochs): a straight line from the full rate to zero over the run."""
+
+    def schedule(epoch: int) -> float:
+        return max(0.0, 1.0 - epoch / num_epochs)
+
+    return schedule
+
+
 LR_SCHEDULES: dict[str, Callable[[int], float]] = {"burda2016": burda2016_schedule}
+LENGTH_SCHEDULES: dict[str, Callable[[int], Callable[[int], float]]] = {"linear": linear_decay_schedule}
 
 
-def resolve_schedule(schedule: str | Callable[[int], float] | None) -> Callable[[int], float] | None:
+def resolve_schedule(
+    schedule: str | Callable[[int], float] | None, num_epochs: int | None = None
+) -> Callable[[int], float] | None:
+    """A schedule function from a callable or a name (``"burda2016"``; ``"linear"``, which needs ``num_epochs``)."""
     if schedule is None or callable(schedule):
         return schedule
+    if schedule in LENGTH_SCHEDULES and num_epochs is not None:
+        return LENGTH_SCHEDULES[schedule](num_epochs)
     try:
         return LR_SCHEDULES[schedule]
     except KeyError:
-        raise ValueError(f"unknown lr_schedule {schedule!r}; known: {sorted(LR_SCHEDULES)}") from None
+        known = sorted([*LR_SCHEDULES, *LENGTH_SCHEDULES])
+        raise ValueError(f"unknown lr_schedule {schedule!r}; known: {known}") from None
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -297,13 +313,14 @@ def fit(
         progress: show a tqdm progress bar with the live objective (refreshed every ``log_every`` steps).
         validate: keep Pyro's argument validation on in every step (it is always on in the first).
         lr_schedule: a function from the epoch index (from 0) to a factor on every player's learning
-            rate, or a name: ``"burda2016"`` (3^i epochs at 10^(-i/7), i = 0..7).
+            rate, or a name: ``"burda2016"`` (3^i epochs at 10^(-i/7), i = 0..7) or ``"linear"`` (from the
+            full rate down to zero over the run; it lets a GAN's samples settle).
 
     Returns:
         A :class:`Run` with the trained programs, per-epoch history, timings and save/load.
     """
     method_obj = get_method(method, **method_options)
-    schedule = resolve_schedule(lr_schedule)
+    resolve_schedule(lr_schedule, 1)  # a bad name fails before any data is read
     if method_obj.requires_guide and guide is None:
         raise ValueError(f"method {method_obj.name!r} needs a guide; got guide=None")
     if epochs is not None and steps is not None:
@@ -318,6 +335,7 @@ def fit(
     batches_per_epoch = math.ceil(dataset.train.shape[0] / batch_size)
     total_steps = steps if steps is not None else epochs * batches_per_epoch
     num_epochs = math.ceil(total_steps / batches_per_epoch)
+    schedule = resolve_schedule(lr_schedule, num_epochs)
     config = {
         "method": method_obj.name,
         "method_options": method_obj.options(),

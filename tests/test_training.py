@@ -269,3 +269,27 @@ def test_burda_schedule_sets_each_players_learning_rate_per_epoch():
     assert [s["guide"] for s in seen] == pytest.approx([2e-3 * f for f in factors])
     with pytest.raises(ValueError, match="unknown lr_schedule 'cosine'"):
         ppdgm.fit(model, guide, "digits-binary", "vae", epochs=1, lr_schedule="cosine")
+
+
+def test_linear_schedule_decays_to_zero_over_the_run():
+    seen = []
+
+    def record_lr(run, record):
+        seen.append(run.engine.players["model"].optimizer.param_groups[0]["lr"])
+
+    model, guide = user_pair()
+    ppdgm.fit(
+        model,
+        guide,
+        "digits-binary",
+        "vae",
+        epochs=4,
+        lr=1e-3,
+        lr_schedule="linear",
+        callbacks=[record_lr],
+        progress=False,
+        validate_every=0,
+    )
+    assert seen == pytest.approx([1e-3, 0.75e-3, 0.5e-3, 0.25e-3])
+    with pytest.raises(ValueError, match="unknown lr_schedule 'cosine'; known: \\['burda2016', 'linear'\\]"):
+        ppdgm.fit(model, guide, "digits-binary", "vae", epochs=1, lr_schedule="cosine", progress=False)
