@@ -49,10 +49,12 @@ def _sizes(text: str) -> tuple[int, ...]:
 
 
 def cmd_methods(_: argparse.Namespace) -> int:
-    for name, cls in sorted(available_methods().items()):
+    methods = sorted(available_methods().items())
+    width = max(len(name) for name, _ in methods) + 2
+    for name, cls in methods:
         summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         aliases = f" [alias: {', '.join(cls.aliases)}]" if cls.aliases else ""
-        print(f"{name:<8}{summary}{aliases}")
+        print(f"{name:<{width}}{summary}{aliases}")
     return 0
 
 

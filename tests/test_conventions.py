@@ -91,7 +91,7 @@ def test_observed_site_outside_a_data_plate_is_refused():
 def test_unknown_method_lists_the_known_ones():
     model, guide = user_pair()
     known = ", ".join(sorted(ppdgm.available_methods()))
-    assert known.startswith("aae, aavae, bigan, cd, gan")
+    assert known.startswith("aae, aavae, bigan, cd, cyclegan, gan")
     with pytest.raises(ValueError, match=f"unknown method 'wake-sleepy'; known methods: {known}"):
         ppdgm.fit(model, guide, "digits-binary", "wake-sleepy")
 
