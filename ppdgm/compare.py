@@ -73,6 +73,7 @@ METRICS = (
     "kl_true_model",
     "inception_score",
     "class_coverage",
+    "objective",
 )
 MIXTURE_METRICS = ("mode_coverage", "high_quality_fraction", "kl_true_model")
 CLASSIFIER_METRICS = ("inception_score", "class_coverage")
@@ -358,7 +359,7 @@ def evaluate_run(
             out[metric] = float(evaluate.active_units(model, guide, test))
         elif metric == "seconds_per_epoch":
             out[metric] = float(np.mean([row["seconds"] for row in history]))
-    return {metric: out[metric] for metric in spec.metrics}, stderr
+    return {metric: out[metric] for metric in spec.metrics if metric in out}, stderr
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -432,6 +433,11 @@ def _train_and_evaluate(spec: Spec, method: MethodSpec, seed: int, folder: Path,
     torch.manual_seed(seed)
     test = dataset.test if spec.test_size is None else dataset.test[: spec.test_size]
     metrics, stderr = evaluate_run(spec, model, guide, test, run.history)
+    if "objective" in spec.metrics:  # the method's own objective on the test split (e.g. -cycle error)
+        from ppdgm.train import validation_objective
+
+        with run.params():
+            metrics["objective"] = validation_objective(run.method, run.programs, test.to(run.device))
     torch.manual_seed(seed)
     if dataset.image_shape is not None:
         save_image_grid(generate(model, 64), dataset.image_shape, folder / "samples.png")

@@ -198,6 +198,48 @@ PRESETS["rbm-digits"] = {
     },
 }
 
+PRESETS["dbn-digits"] = {
+    "description": "a deep belief net (64-32-12) pre-trained by CD-1, then fine-tuned by ws vs rws; IS log-likelihood",
+    "runtime": {"small": "about 30 s", "full": "about 5 minutes"},
+    "spec": {
+        "name": "dbn-digits",
+        "data": {"name": "digits-binary"},
+        "model": {"preset": "dbn", "options": {"hidden": [32, 12], "pretrain_epochs": 20}},
+        "budget": {"batch_size": 100, "lr": 1e-3},
+        "evaluation": {"metrics": ["log_likelihood"]},
+        "methods": [{"name": "ws"}, {"name": "rws", "label": "rws k=5", "options": {"num_particles": 5}}],
+    },
+    "budgets": {
+        "small": {
+            "seeds": [0],
+            "model": {"options": {"pretrain_epochs": 2}},
+            "budget": {"epochs": 1},
+            "evaluation": {"num_samples": 50},
+        },
+        "full": {"seeds": [0, 1, 2], "budget": {"epochs": 20}, "evaluation": {"num_samples": 1000}},
+    },
+}
+
+PRESETS["cyclegan-digits"] = {
+    "description": "CycleGAN between the digits and inverted digits, cycle weight 10 vs 1; test cycle error",
+    "runtime": {"small": "about 20 s", "full": "about 10 minutes"},
+    "spec": {
+        "name": "cyclegan-digits",
+        "data": {"name": "digits-inverted"},
+        "model": {"preset": "cyclegan"},
+        "budget": {"batch_size": 64, "lr": 1e-3, "optimizer_options": {"betas": [0.5, 0.999]}},
+        "evaluation": {"metrics": ["objective"]},
+        "methods": [
+            {"name": "cyclegan", "label": "cyclegan λ=10"},
+            {"name": "cyclegan", "label": "cyclegan λ=1", "options": {"cycle_weight": 1.0}},
+        ],
+    },
+    "budgets": {
+        "small": {"seeds": [0], "budget": {"steps": 20}},
+        "full": {"seeds": [0, 1, 2], "budget": {"steps": 800}},
+    },
+}
+
 PRESETS["modes-ring8"] = _modes_preset("ring8", 0.02, "about 25 minutes with --jobs 2")
 PRESETS["modes-grid25"] = _modes_preset("grid25", 0.05, "about 25 minutes with --jobs 2")
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from ppdgm.guides import AffineGaussianGuide, GaussianMLPEncoder, SBNRecognition
 from ppdgm.models import (
+    DBN,
     RBM,
     BernoulliMLPModel,
     CycleTranslators,
@@ -70,6 +71,14 @@ def _rbm(x_dim: int, n_hidden: int) -> tuple[Callable, None]:
     return RBM(x_dim, n_hidden), None
 
 
+def _dbn(x_dim: int, hidden: Sequence[int], pretrain_data: str, pretrain_epochs: int) -> tuple[Callable, Callable]:
+    """A DBN pre-trained greedily by CD-1 on ``pretrain_data`` (its train split), returned as (model, guide)."""
+    dbn = DBN((x_dim, *hidden))
+    dbn.pretrain(pretrain_data, epochs=pretrain_epochs, lr=0.02)
+    dbn.normalise_top()
+    return dbn.model, dbn.guide
+
+
 def _cyclegan(x_dim: int, conv_channels: int, conv_layers: int) -> tuple[Callable, None]:
     if x_dim % 2:
         raise ValueError(f"cyclegan needs rows [a | b] of two equal halves, got {x_dim} features")
@@ -89,6 +98,12 @@ PRESETS: dict[str, Preset] = {
         "two fully convolutional translators between square-image domains, rows [a | b]; no guide: method cyclegan",
         _cyclegan,
         {"conv_channels": 32, "conv_layers": 3},
+    ),
+    "dbn": Preset(
+        "deep belief net pre-trained greedily (CD-1) on pretrain_data, as a Pyro model/guide for wake-sleep "
+        "fine-tuning (the top RBM's log Z stored, so its likelihood is exact up to importance sampling)",
+        _dbn,
+        {"hidden": (32, 12), "pretrain_data": "digits-binary", "pretrain_epochs": 20},
     ),
     "rbm": Preset(
         "binary RBM (energy model, exact log Z up to 20 hidden units, AIS beyond); no guide: methods cd, pcd",
