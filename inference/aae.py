@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from pyro.poutine.trace_struct import Trace
 
-from ppdgm.adversarial import AdversarialMethod, check_likelihood, check_reparameterised_guide
+from ppdgm.adversarial import AdversarialMethod
 from ppdgm.method import Engine, register
 from ppdgm.programs import ProgramPair
 
@@ -36,6 +36,8 @@ class AAE(AdversarialMethod):
 
     name = "aae"
     requires_guide = True
+    needs_reparameterised_guide = True
+    needs_likelihood = True
     discriminates = "z"
     needs_generator_gradient = False
     objective_name = "reconstruction"
@@ -46,11 +48,6 @@ class AAE(AdversarialMethod):
 
     def options(self) -> dict:
         return {"regularisation_weight": self.regularisation_weight, **super().options()}
-
-    def setup(self, programs: ProgramPair) -> None:
-        check_reparameterised_guide(programs, self.name)
-        check_likelihood(programs, self.name)
-        super().setup(programs)
 
     def discriminator_inputs(self, programs: ProgramPair, dream: Trace, x: torch.Tensor) -> torch.Tensor:
         return programs.latent_values(dream, x.shape[0])

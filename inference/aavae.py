@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import torch
 
-from ppdgm.adversarial import AdversarialMethod, check_likelihood, check_reparameterised_guide, generated_x
+from ppdgm.adversarial import AdversarialMethod, generated_x
 from ppdgm.combine import mean
 from ppdgm.method import Engine, register
 from ppdgm.programs import ProgramPair
@@ -50,13 +50,10 @@ class AAVAE(AdversarialMethod):
 
     name = "aavae"
     requires_guide = True
+    needs_reparameterised_guide = True
+    needs_likelihood = True
     needs_generator_gradient = False
     objective_name = "elbo"
-
-    def setup(self, programs: ProgramPair) -> None:
-        check_reparameterised_guide(programs, self.name)
-        check_likelihood(programs, self.name)
-        super().setup(programs)
 
     def realness(self, x: torch.Tensor) -> torch.Tensor:
         """D(x) = q^r(y=0 | x) per row, a constant weight."""

@@ -19,9 +19,9 @@ from __future__ import annotations
 import torch
 from pyro.poutine.trace_struct import Trace
 
-from ppdgm.adversarial import AdversarialMethod, check_reparameterised_guide, flatten_sites, generated_x
+from ppdgm.adversarial import AdversarialMethod, generated_x
 from ppdgm.method import Engine, register
-from ppdgm.programs import ProgramPair
+from ppdgm.programs import ProgramPair, flatten_rows
 
 
 @register
@@ -34,16 +34,13 @@ class BiGAN(AdversarialMethod):
     name = "bigan"
     aliases = ("ali",)
     requires_guide = True
+    needs_reparameterised_guide = True
     discriminates = "xz"
     objective_name = "gan_value"
 
-    def setup(self, programs: ProgramPair) -> None:
-        check_reparameterised_guide(programs, self.name)
-        super().setup(programs)
-
     def pair(self, programs: ProgramPair, x: torch.Tensor, trace: Trace) -> torch.Tensor:
         """Flattened (x, z) rows: x beside the latents of ``trace``."""
-        return flatten_sites([x, programs.latent_values(trace, x.shape[0])], x.shape[0])
+        return flatten_rows([x, programs.latent_values(trace, x.shape[0])], x.shape[0])
 
     def discriminator_inputs(self, programs: ProgramPair, dream: Trace, x: torch.Tensor) -> torch.Tensor:
         return self.pair(programs, generated_x(programs, dream, self.generator_output), dream)

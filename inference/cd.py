@@ -21,7 +21,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ppdgm.method import Engine, Method, register
+from ppdgm.method import Engine, Method, positive_int, register
 from ppdgm.programs import ConventionError, ProgramPair
 
 
@@ -42,9 +42,7 @@ class CD(Method):
     persistent = False
 
     def __init__(self, k: int = 1) -> None:
-        if isinstance(k, bool) or int(k) != k or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        self.k = int(k)
+        self.k = positive_int("k", k)
         self.chains: torch.Tensor | None = None
 
     def options(self) -> dict:
@@ -99,5 +97,4 @@ class PCD(CD):
         return {"chains": None if self.chains is None else self.chains.cpu()}
 
     def load_state_dict(self, state: Mapping) -> None:
-        chains = state.get("chains")
-        self.chains = chains
+        self.chains = state.get("chains")

@@ -15,7 +15,6 @@ B rows (:func:`ppdgm.data.unpaired`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -105,9 +104,3 @@ class CycleGAN(Method):
     def objective(self, programs: ProgramPair, x: torch.Tensor) -> torch.Tensor:
         """Minus the cycle error per row (higher is better)."""
         return -self.cycle_error(programs.model, *self.translations(programs.model, x))
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: Mapping) -> None:
-        del state

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ppdgm.adversarial import check_generator, gaussian_mmd2, generated_x
+from ppdgm.adversarial import check_generator, gaussian_mmd2, generated_x, generator_output_option
 from ppdgm.method import Engine, Method, register
 from ppdgm.programs import ProgramPair
 
@@ -51,11 +51,9 @@ class GMMN(Method):
     ) -> None:
         if bandwidths is not None and (not len(bandwidths) or min(bandwidths) <= 0):
             raise ValueError(f"bandwidths must be positive, got {bandwidths!r}")
-        if generator_output not in ("sample", "mean"):
-            raise ValueError(f"generator_output must be 'sample' or 'mean', got {generator_output!r}")
         self.bandwidths = None if bandwidths is None else tuple(float(b) for b in bandwidths)
         self.scales = tuple(float(s) for s in scales)
-        self.generator_output = generator_output
+        self.generator_output = generator_output_option(generator_output)
 
     def options(self) -> dict:
         return {"bandwidths": self.bandwidths, "scales": self.scales, "generator_output": self.generator_output}

@@ -30,7 +30,7 @@ from ppdgm.inference.gan import GAN
 
 from ppdgm.adversarial import generated_x
 from ppdgm.combine import self_normalised_weights
-from ppdgm.method import register
+from ppdgm.method import positive_int, register
 from ppdgm.programs import ProgramPair
 
 
@@ -50,9 +50,7 @@ class IWGAN(GAN):
 
     def __init__(self, num_particles: int = 5, **options) -> None:
         super().__init__(generator_loss="nonsaturating", **options)
-        if isinstance(num_particles, bool) or int(num_particles) != num_particles or num_particles < 1:
-            raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
-        self.num_particles = int(num_particles)
+        self.num_particles = positive_int("num_particles", num_particles)
 
     def options(self) -> dict:
         options = super().options()

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from ppdgm.adversarial import AdversarialMethod, check_likelihood, check_reparameterised_guide, generated_x
+from ppdgm.adversarial import AdversarialMethod, generated_x
 from ppdgm.combine import mean
 from ppdgm.method import Engine, register
 from ppdgm.programs import ProgramPair
@@ -40,6 +40,8 @@ class VAEGAN(AdversarialMethod):
     name = "vaegan"
     aliases = ("vae-gan",)
     requires_guide = True
+    needs_reparameterised_guide = True
+    needs_likelihood = True
     objective_name = "elbo"
 
     def __init__(self, adversarial_weight: float = 1.0, generator_output: str = "mean", **options) -> None:
@@ -48,11 +50,6 @@ class VAEGAN(AdversarialMethod):
 
     def options(self) -> dict:
         return {"adversarial_weight": self.adversarial_weight, **super().options()}
-
-    def setup(self, programs: ProgramPair) -> None:
-        check_reparameterised_guide(programs, self.name)
-        check_likelihood(programs, self.name)
-        super().setup(programs)
 
     def step(self, engine: Engine, x: torch.Tensor) -> dict[str, torch.Tensor]:
         programs, batch_size = engine.programs, x.shape[0]

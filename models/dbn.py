@@ -24,33 +24,8 @@ from collections.abc import Sequence
 import pyro
 import pyro.distributions as dist
 import torch
-from ppdgm.models.rbm import RBM
+from ppdgm.models.rbm import RBM, RBMMarginal
 from torch import nn
-
-
-class _TopRBMPrior(dist.TorchDistribution):
-    """p(h_{L-1}) of the top RBM: log_prob = -F(h) - log Z (log Z exact; or 0 when unnormalised); Gibbs sampling."""
-
-    arg_constraints: dict = {}
-    has_rsample = False
-
-    def __init__(self, rbm: RBM, log_z: torch.Tensor | float, batch_shape: tuple[int, ...] = ()) -> None:
-        self.rbm, self.log_z = rbm, log_z
-        super().__init__(torch.Size(batch_shape), torch.Size([rbm.n_visible]), validate_args=False)
-
-    support = dist.constraints.independent(dist.constraints.boolean, 1)
-
-    def expand(self, batch_shape, _instance=None):
-        return _TopRBMPrior(self.rbm, self.log_z, tuple(batch_shape))
-
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        return -self.rbm.free_energy(value) - self.log_z
-
-    @torch.no_grad()
-    def sample(self, sample_shape: tuple[int, ...] = ()) -> torch.Tensor:
-        shape = torch.Size(sample_shape) + self.batch_shape + self.event_shape
-        start = torch.bernoulli(torch.full(shape, 0.5, device=self.rbm.weight.device, dtype=self.rbm.weight.dtype))
-        return self.rbm.gibbs(start, self.rbm.sample_steps)
 
 
 class DBN(nn.Module):
@@ -129,7 +104,7 @@ class DBN(nn.Module):
         n = x.shape[0] if x is not None else batch_size
         depth = len(self.sizes) - 2
         with pyro.plate("data", n):
-            h = pyro.sample(f"h{depth}", _TopRBMPrior(self.top, self.top_log_z))
+            h = pyro.sample(f"h{depth}", RBMMarginal(self.top, self.top_log_z))
             for layer in range(depth - 1, 0, -1):
                 h = pyro.sample(f"h{layer}", dist.Bernoulli(logits=self.generative[layer](h)).to_event(1))
             return pyro.sample("x", dist.Bernoulli(logits=self.generative[0](h)).to_event(1), obs=x)

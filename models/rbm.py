@@ -132,28 +132,28 @@ class RBM(nn.Module):
         pyro.module(self.name, self)
         n = x.shape[0] if x is not None else batch_size
         with pyro.plate("data", n):
-            return pyro.sample("x", UnnormalisedRBM(self), obs=x)
+            return pyro.sample("x", RBMMarginal(self), obs=x)
 
 
-class UnnormalisedRBM(dist.TorchDistribution):
-    """The visible marginal of an RBM as a Pyro site: ``log_prob`` is -F(v) (not normalised); ``sample`` runs Gibbs."""
+class RBMMarginal(dist.TorchDistribution):
+    """The visible marginal of an RBM as a Pyro site: ``log_prob`` is -F(v) - ``log_z`` and ``sample`` runs Gibbs.
+
+    With the default ``log_z = 0`` the log-probability is unnormalised; pass the RBM's log Z for the exact one.
+    """
 
     arg_constraints: dict = {}
     has_rsample = False
+    support = constraints.independent(constraints.boolean, 1)
 
-    def __init__(self, rbm: RBM, batch_shape: tuple[int, ...] = ()) -> None:
-        self.rbm = rbm
+    def __init__(self, rbm: RBM, log_z: torch.Tensor | float = 0.0, batch_shape: tuple[int, ...] = ()) -> None:
+        self.rbm, self.log_z = rbm, log_z
         super().__init__(torch.Size(batch_shape), torch.Size([rbm.n_visible]), validate_args=False)
 
-    @constraints.dependent_property
-    def support(self):
-        return constraints.independent(constraints.boolean, 1)
-
     def expand(self, batch_shape, _instance=None):
-        return UnnormalisedRBM(self.rbm, torch.Size(batch_shape))
+        return RBMMarginal(self.rbm, self.log_z, tuple(batch_shape))
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        return -self.rbm.free_energy(value)
+        return -self.rbm.free_energy(value) - self.log_z
 
     @torch.no_grad()
     def sample(self, sample_shape: tuple[int, ...] = ()) -> torch.Tensor:

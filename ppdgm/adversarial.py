@@ -23,7 +23,7 @@ A *discriminator program* is any Pyro program ``discriminator(inputs, y=None)`` 
 :class:`~ppdgm.guides.discriminators.Discriminator` turns any ``nn.Module`` into one. What it
 discriminates depends on the method: x (GAN), z (AAE) or (x, z) pairs (ALI/BiGAN); pairs and
 several latent sites are passed as one tensor, flattened per row and concatenated (see
-:func:`flatten_sites`).
+:func:`ppdgm.programs.flatten_rows`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import torch
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_struct import Trace
 
-from ppdgm.method import Method
+from ppdgm.method import Method, positive_int
 from ppdgm.programs import ConventionError, ProgramPair, StoreParams, _accepts
 
 
@@ -59,12 +59,6 @@ class Reverse(Messenger):
 def reverse(fn: Callable, site: str = "y") -> Callable:
     """``fn`` under :class:`Reverse`: the reversed discriminator program."""
     return Reverse(site)(fn)
-
-
-def flatten_sites(values: Sequence[torch.Tensor], batch_size: int) -> torch.Tensor:
-    """Flatten each tensor to ``(batch_size, -1)`` and concatenate them along the last dimension."""
-    flat = [v.reshape(batch_size, -1) for v in values]
-    return flat[0] if len(flat) == 1 else torch.cat(flat, -1)
 
 
 class Adversary:
@@ -132,15 +126,14 @@ class Adversary:
 
     def trace(self, inputs: torch.Tensor, y: torch.Tensor, reversed: bool = False) -> Trace:
         """Trace the program on ``inputs`` with observed ``y`` (under :class:`Reverse` when ``reversed``)."""
-        program = self.program
-
-        def known_params(inputs: torch.Tensor, y: torch.Tensor) -> Any:
-            with StoreParams():
-                return program(inputs, y=y)
-
-        handler = poutine.trace(reverse(known_params, self.site) if reversed else known_params)
+        handler = poutine.trace(reverse(self._run, self.site) if reversed else self._run)
         handler(inputs, y=y)
         return handler.msngr.trace
+
+    def _run(self, inputs: torch.Tensor, y: torch.Tensor) -> Any:
+        """The program with its known parameters answered straight from the param store."""
+        with StoreParams():
+            return self.program(inputs, y=y)
 
     def log_prob(self, inputs: torch.Tensor, y: torch.Tensor, reversed: bool = False) -> torch.Tensor:
         """log q(y | inputs), or log q^r(y | inputs) = log q(1 - y | inputs) when ``reversed``; shape ``(B,)``."""
@@ -216,6 +209,8 @@ class AdversarialMethod(Method):
     requires_guide: ClassVar[bool] = False
     discriminates: ClassVar[str] = "x"
     needs_generator_gradient: ClassVar[bool] = True
+    needs_reparameterised_guide: ClassVar[bool] = False
+    needs_likelihood: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -224,14 +219,11 @@ class AdversarialMethod(Method):
         discriminator_hidden: Sequence[int] | None = None,
         generator_output: str = "sample",
     ) -> None:
-        _positive_int("discriminator_steps", discriminator_steps)
-        if generator_output not in ("sample", "mean"):
-            raise ValueError(f"generator_output must be 'sample' or 'mean', got {generator_output!r}")
+        self.generator_output = generator_output_option(generator_output)
         self.user_discriminator = None if discriminator is None else as_discriminator(discriminator)
         self.discriminator: Callable | None = self.user_discriminator
-        self.discriminator_steps = int(discriminator_steps)
+        self.discriminator_steps = positive_int("discriminator_steps", discriminator_steps)
         self.discriminator_hidden = None if discriminator_hidden is None else tuple(discriminator_hidden)
-        self.generator_output = generator_output
         self.adversary: Adversary | None = None
         self.step_count = 0
 
@@ -249,6 +241,10 @@ class AdversarialMethod(Method):
         return generated_x(programs, dream, self.generator_output)
 
     def setup(self, programs: ProgramPair) -> None:
+        if self.needs_reparameterised_guide:
+            check_reparameterised_guide(programs, self.name)
+        if self.needs_likelihood:
+            check_likelihood(programs, self.name)
         example = programs.example[:4]
         with poutine.block():
             dream = programs.model_side(example.shape[0])
@@ -304,9 +300,11 @@ class AdversarialMethod(Method):
         self._generator_metrics = dict(state.get("generator_metrics", {}))
 
 
-def _positive_int(label: str, value: Any) -> None:
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise ValueError(f"{label} must be a positive integer, got {value!r}")
+def generator_output_option(value: str) -> str:
+    """Check the ``generator_output`` option: ``"sample"`` or ``"mean"``."""
+    if value not in ("sample", "mean"):
+        raise ValueError(f"generator_output must be 'sample' or 'mean', got {value!r}")
+    return value
 
 
 def generated_x(programs: ProgramPair, dream: Trace, output: str = "sample") -> torch.Tensor:

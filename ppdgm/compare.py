@@ -217,9 +217,9 @@ def parse_spec(raw: Mapping[str, Any] | str | Path, output: str | Path | None = 
         errors.append(f"budget.lr: must be a positive number, got {lr!r}")
     lr_schedule = budget.get("lr_schedule")
     if lr_schedule is not None:
-        from ppdgm.train import LENGTH_SCHEDULES, LR_SCHEDULES
+        from ppdgm.train import schedule_names
 
-        known = sorted([*LR_SCHEDULES, *LENGTH_SCHEDULES])
+        known = schedule_names()
         if lr_schedule not in known:
             errors.append(f"budget.lr_schedule: unknown {lr_schedule!r}; known: {', '.join(known)}")
     optimizer_options = options_table("budget.optimizer_options", budget.get("optimizer_options", {})) or {}

@@ -228,12 +228,3 @@ def transformed(data: Dataset, fn: Callable[[torch.Tensor], torch.Tensor], name:
     return Dataset(
         name, fn(data.train), fn(data.valid), fn(data.test), data.image_shape, data.binary, labels=data.labels
     )
-
-
-def rotate_images(shape: tuple[int, int]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A function rotating flat images of ``shape`` by 90 degrees."""
-
-    def rotate(x: torch.Tensor) -> torch.Tensor:
-        return torch.rot90(x.reshape(-1, *shape), 1, (1, 2)).reshape(x.shape[0], -1)
-
-    return rotate

@@ -54,6 +54,13 @@ def make_optimizer(
     return optimizer(params)
 
 
+def positive_int(label: str, value: Any) -> int:
+    """``value`` as an int, refusing anything but a positive whole number (``True`` included), naming ``label``."""
+    if isinstance(value, bool) or int(value) != value or value < 1:
+        raise ValueError(f"{label} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def _per_player(value: Any, player: str, default: Any) -> Any:
     if isinstance(value, Mapping):
         return value.get(player, default)

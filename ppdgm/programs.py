@@ -443,11 +443,8 @@ class ProgramPair:
 
     def latent_values(self, trace: Trace, batch_size: int) -> torch.Tensor:
         """The latents of ``trace`` (the guide's sites), flattened per datapoint and concatenated: ``(B, D)``."""
-        values = [
-            self.unparticle(trace.nodes[n]["value"]).reshape(batch_size, -1)
-            for n in self._require_structure().latent_sites
-        ]
-        return values[0] if len(values) == 1 else torch.cat(values, -1)
+        latents = self._require_structure().latent_sites
+        return flatten_rows([self.unparticle(trace.nodes[n]["value"]) for n in latents], batch_size)
 
     def score_guide(self, dream: Trace, x: torch.Tensor | None = None) -> tuple[Trace, torch.Tensor]:
         """Score the dreamt latents under the guide given the dreamt ``x``: log q(z | x), shape ``(1, B)``.
@@ -528,6 +525,12 @@ def _reduce_to_particles_by_data(
             lp = lp.sum(other)
     lp = lp.expand(num_particles, batch_size)
     return lp if total is None else total + lp
+
+
+def flatten_rows(values: list[torch.Tensor], batch_size: int) -> torch.Tensor:
+    """Flatten each tensor to ``(batch_size, -1)`` and concatenate them along the last dimension."""
+    flat = [v.reshape(batch_size, -1) for v in values]
+    return flat[0] if len(flat) == 1 else torch.cat(flat, -1)
 
 
 def _trace(fn: Callable, kwargs: dict) -> Trace:

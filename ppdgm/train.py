@@ -65,6 +65,11 @@ LR_SCHEDULES: dict[str, Callable[[int], float]] = {"burda2016": burda2016_schedu
 LENGTH_SCHEDULES: dict[str, Callable[[int], Callable[[int], float]]] = {"linear": linear_decay_schedule}
 
 
+def schedule_names() -> list[str]:
+    """The names ``lr_schedule`` accepts."""
+    return sorted([*LR_SCHEDULES, *LENGTH_SCHEDULES])
+
+
 def resolve_schedule(
     schedule: str | Callable[[int], float] | None, num_epochs: int | None = None
 ) -> Callable[[int], float] | None:
@@ -76,8 +81,7 @@ def resolve_schedule(
     try:
         return LR_SCHEDULES[schedule]
     except KeyError:
-        known = sorted([*LR_SCHEDULES, *LENGTH_SCHEDULES])
-        raise ValueError(f"unknown lr_schedule {schedule!r}; known: {known}") from None
+        raise ValueError(f"unknown lr_schedule {schedule!r}; known: {schedule_names()}") from None
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
