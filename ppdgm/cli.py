@@ -13,12 +13,13 @@ from typing import Any
 import torch
 
 from ppdgm import data as data_mod
+from ppdgm import distributed
 from ppdgm import evaluate as evaluate_mod
 from ppdgm.method import available_methods
 from ppdgm.presets import PRESETS, build
 from ppdgm.programs import ProgramPair
 from ppdgm.sampling import generate, plot_samples_2d, save_image_grid
-from ppdgm.train import fit, load_params
+from ppdgm.train import fit, load_params, resolve_device
 
 CONFIG = "config.json"
 PARAMS = "params.pt"
@@ -64,8 +65,11 @@ def _model_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    ctx = distributed.context(resolve_device(args.device))  # joins the job when started by torchrun
+    main = ctx is None or ctx.is_main
     dataset = data_mod.load(args.data, args.data_dir)
     model_options = _model_options(args)
+    torch.manual_seed(args.seed)  # the initial networks are part of the run: --seed fixes them too
     model, guide = build(args.model, dataset.dim, **model_options)
     method_options = _options(args.option)
     if args.num_particles is not None:
@@ -73,7 +77,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.guide_gradient is not None:
         method_options["guide_gradient"] = args.guide_gradient
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     config = {
         "model": args.model,
         "model_options": model_options,
@@ -87,8 +90,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         "lr": args.lr,
         "device": args.device,
         "seed": args.seed,
+        "precision": args.precision,
+        "world_size": 1 if ctx is None else ctx.world_size,
     }
-    (out / CONFIG).write_text(json.dumps(config, indent=2))
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG).write_text(json.dumps(config, indent=2))
     budget = {"steps": args.steps} if args.steps is not None else {"epochs": args.epochs}
     run = fit(
         model,
@@ -101,9 +108,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         checkpoint_dir=out,
         progress=not args.quiet,
+        precision=args.precision,
         **budget,
         **method_options,
     )
+    if not main:
+        return 0
     run.save(out / PARAMS)
     run.save_history(out / "history.csv")
     last = run.history[-1]
@@ -233,7 +243,10 @@ def parser() -> argparse.ArgumentParser:
     budget.add_argument("--steps", type=int, default=None)
     t.add_argument("--batch-size", type=int, default=100)
     t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--device", default="cpu")
+    t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, auto (under torchrun: one GPU per rank)")
+    t.add_argument(
+        "--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast the networks to bfloat16"
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", required=True, help="run folder (config, checkpoint, params, history, samples)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -105,6 +105,8 @@ class Engine:
             )
             self.players[name] = Player(name, param_names, params, opt)
         self._base_lrs = {name: [g["lr"] for g in p.optimizer.param_groups] for name, p in self.players.items()}
+        #: called on the moving parameters between backward and step (a distributed fit averages gradients there)
+        self.grad_sync: Callable[[list[torch.Tensor]], None] | None = None
 
     def scale_learning_rates(self, factor: float) -> None:
         """Set every player's learning rates to ``factor`` times their initial values."""
@@ -120,7 +122,10 @@ class Engine:
         for player in moving:
             player.optimizer.zero_grad(set_to_none=True)
         # gradients only for the players that move: a generator's loss need not fill the discriminator's
-        loss.backward(inputs=[p for player in moving for p in player.params])
+        params = [p for player in moving for p in player.params]
+        loss.backward(inputs=params)
+        if self.grad_sync is not None:
+            self.grad_sync(params)
         for player in moving:
             player.optimizer.step()
 

@@ -35,8 +35,10 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
+from ppdgm import distributed
 from ppdgm.data import Dataset, as_dataset
 from ppdgm.method import Engine, Method, get_method
+from ppdgm.precision import autocast, check_precision
 from ppdgm.programs import ProgramPair
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -291,6 +293,7 @@ def fit(
     log_every: int = 25,
     validate: bool = False,
     lr_schedule: str | Callable[[int], float] | None = None,
+    precision: str = "fp32",
     **method_options: Any,
 ) -> Run:
     """Train ``model`` and ``guide`` on ``data`` with the algorithm ``method``.
@@ -319,6 +322,12 @@ def fit(
         lr_schedule: a function from the epoch index (from 0) to a factor on every player's learning
             rate, or a name: ``"burda2016"`` (3^i epochs at 10^(-i/7), i = 0..7) or ``"linear"`` (from the
             full rate down to zero over the run; it lets a GAN's samples settle).
+        precision: ``"fp32"`` or ``"bf16"`` (networks autocast to bfloat16, distributions kept in float32;
+            see :mod:`ppdgm.precision`).
+
+    Under ``torchrun`` (or in a process group the caller initialised) the fit is data-parallel:
+    ``batch_size`` is the global minibatch, split over the ranks, and the result equals a
+    single-process fit to float tolerance (see :mod:`ppdgm.distributed`). Rank 0 writes checkpoints.
 
     Returns:
         A :class:`Run` with the trained programs, per-epoch history, timings and save/load.
@@ -336,6 +345,12 @@ def fit(
             raise ValueError(f"{label} must be a positive integer, got {value!r}")
     dataset = as_dataset(data, data_dir)
     dev = resolve_device(device)
+    ctx = distributed.context(dev)
+    if ctx is not None and dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", ctx.local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    check_precision(precision, dev)
     batches_per_epoch = math.ceil(dataset.train.shape[0] / batch_size)
     total_steps = steps if steps is not None else epochs * batches_per_epoch
     num_epochs = math.ceil(total_steps / batches_per_epoch)
@@ -353,6 +368,8 @@ def fit(
         "device": str(dev),
         "obs_site": obs_site,
         "lr_schedule": lr_schedule if isinstance(lr_schedule, str) or lr_schedule is None else repr(lr_schedule),
+        "world_size": 1 if ctx is None else ctx.world_size,
+        "precision": precision,
     }
     pyro.set_rng_seed(seed)
     programs = ProgramPair(
@@ -383,6 +400,9 @@ def fit(
             optimizer_options=optimizer_options,
             extra_params=method_obj.extra_params(),
         )
+        if ctx is not None:
+            engine.grad_sync = distributed.GradientSync(ctx)
+            engine.grad_sync.broadcast([p for player in engine.players.values() for p in player.params])
         run = Run(model, guide, method_obj, programs, engine, dataset, dev, config, param_state=scope_state)
         _train(
             run,
@@ -394,10 +414,11 @@ def fit(
             checkpoint_dir,
             resume,
             validate_every,
-            progress,
+            progress and distributed.is_main(),
             log_every,
             validate,
             schedule,
+            precision,
         )
     store.set_state(scope_state)
     return run
@@ -421,11 +442,13 @@ def _train(
     log_every: int,
     validate: bool,
     schedule: Callable[[int], float] | None = None,
+    precision: str = "fp32",
 ) -> None:
     method, engine, programs, dev = run.method, run.engine, run.programs, run.device
     train_x = run.dataset.train.to(dev)
     valid_x = run.dataset.valid.to(dev)
-    loader = data_loader(train_x, batch_size, seed)
+    batches = EpochBatches(train_x.shape[0], batch_size, seed)
+    shards = _Shards(programs, engine)
     checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     start_epoch, step = 0, 0
     if checkpoint is not None and resume and checkpoint.exists():
@@ -445,19 +468,25 @@ def _train(
         for epoch in range(start_epoch, num_epochs):
             if step >= total_steps:
                 break
-            loader.sampler.set_epoch(epoch)
+            batches.set_epoch(epoch)
             if schedule is not None:
                 engine.scale_learning_rates(schedule(epoch))
             sums: dict[str, torch.Tensor] = {}
             count = 0
             tic = time.perf_counter()
             with _device_context(dev):
-                for x in loader:
+                for index in batches:
                     if step >= total_steps:
                         break
-                    with pyro.validation_enabled(validate or first_step):
-                        metrics = method.step(engine, x)
+                    with (
+                        pyro.validation_enabled(validate or first_step),
+                        shards.take(index.shape[0]) as rows,
+                        autocast(dev, precision),
+                    ):
+                        metrics = method.step(engine, train_x[index[rows].to(dev)])
                     first_step = False
+                    if shards.weight != 1.0:
+                        metrics = {k: v * shards.weight for k, v in metrics.items()}
                     for k, v in metrics.items():
                         sums[k] = sums[k] + v if k in sums else v.clone()
                     count += 1
@@ -466,18 +495,22 @@ def _train(
                     if progress and count % log_every == 0:
                         bar.set_postfix({k: f"{(v / count).item():.3f}" for k, v in sums.items()}, refresh=False)
                 record = {"epoch": epoch + 1, "step": step, "seconds": time.perf_counter() - tic}
-                record.update({f"train_{k}": (v / count).item() for k, v in sums.items()})
+                record.update(zip((f"train_{k}" for k in sums), shards.mean(list(sums.values()), count)))
                 if valid_x.shape[0] and validate_every and (epoch + 1) % validate_every == 0:
-                    record[f"valid_{method.objective_name}"] = validation_objective(method, programs, valid_x)
+                    record[f"valid_{method.objective_name}"] = validation_objective(method, programs, valid_x, shards)
             run.history.append(record)
             run.seconds += record["seconds"]
             bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k.startswith(("train_", "valid_"))})
             if checkpoint is not None:
-                _save_checkpoint(run, checkpoint, epoch + 1, step)
+                if distributed.is_main():
+                    _save_checkpoint(run, checkpoint, epoch + 1, step)
+                shards.barrier()
             if any(cb(run, record) is True for cb in callbacks):
                 break
     except KeyboardInterrupt:
         bar.close()
+        if not distributed.is_main():
+            raise
         where = f"; the checkpoint in {checkpoint.parent} resumes it" if checkpoint is not None else ""
         print(f"\ninterrupted after {len(run.history)} complete epoch(s){where}", file=sys.stderr)
         raise
@@ -485,13 +518,77 @@ def _train(
 
 
 @torch.no_grad()
-def validation_objective(method: Method, programs: ProgramPair, x: torch.Tensor, batch_size: int = 500) -> float:
-    """Mean of the method's per-datapoint objective over ``x`` (one host read at the end)."""
+def validation_objective(
+    method: Method, programs: ProgramPair, x: torch.Tensor, shards: _Shards | None = None, batch_size: int = 500
+) -> float:
+    """Mean of the method's per-datapoint objective over ``x`` (one host read at the end).
+
+    In a distributed fit (``shards``) every rank scores its block of each chunk and the sums are added up.
+    """
+    shards = shards or _Shards(programs, None)
     total = x.new_zeros(())
     with pyro.validation_enabled(False):
         for chunk in x.split(batch_size):
-            total = total + method.objective(programs, chunk).sum()
-    return (total / x.shape[0]).item()
+            with shards.take(chunk.shape[0], weigh=False) as rows:
+                part = method.objective(programs, chunk[rows]).sum()
+            total = total + part * shards.share
+    return (shards.sum(total) / x.shape[0]).item()
+
+
+class _Shards:
+    """Splits global minibatches over the ranks of a distributed fit (a no-op in one process).
+
+    Rank r takes block r of every batch's rows, with :class:`~ppdgm.distributed.ShardedSampling`
+    active so its random draws are the ones a single process would make for those rows. A batch with
+    fewer rows than ranks is taken whole by every rank (each computes the same gradient), which
+    keeps the random streams in step; ``share`` then counts it once in sums.
+    """
+
+    def __init__(self, programs: ProgramPair, engine: Engine | None) -> None:
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        self.sync = engine.grad_sync if engine is not None else None
+        self.share = 1.0
+        self.weight = 1.0  # this rank's rows over an equal share: weighs gradients and metrics
+        self.sampling = None
+        if self.world_size > 1:
+            self.sampling = distributed.ShardedSampling(programs.structure.data_plate)
+
+    @contextlib.contextmanager
+    def take(self, n: int, weigh: bool = True) -> Iterator[slice]:
+        """The slice of a global batch of ``n`` rows this rank takes, with sharded sampling active inside."""
+        if self.sampling is None:
+            yield slice(None)
+            return
+        if n < self.world_size:
+            self.share = 1.0 if self.rank == 0 else 0.0
+            self._weigh(1.0, weigh)
+            yield slice(None)
+            return
+        offset, size = distributed.block(n, self.rank, self.world_size)
+        self.share = 1.0
+        self._weigh(size * self.world_size / n, weigh)
+        with self.sampling.rows(offset, size, n):
+            yield slice(offset, offset + size)
+
+    def _weigh(self, weight: float, weigh: bool) -> None:
+        if weigh:
+            self.weight = weight
+            if self.sync is not None:
+                self.sync.weight = weight
+
+    def sum(self, total: torch.Tensor) -> torch.Tensor:
+        return distributed.all_reduce_sum(total)
+
+    def mean(self, values: list[torch.Tensor], count: int) -> list[float]:
+        """Per-step metric sums → their means over steps and ranks, read to the host in one go."""
+        if not values:
+            return []
+        stacked = self.sum(torch.stack([v.detach().double() for v in values])) / (count * self.world_size)
+        return stacked.tolist()
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier()
 
 
 def _save_checkpoint(run: Run, path: Path, epoch: int, step: int) -> None:

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 import ppdgm
 from ppdgm.cli import main
@@ -92,3 +93,15 @@ def test_train_a_sigmoid_belief_net_with_rws(tmp_path, capsys):
     assert main(["evaluate", str(out), "--num-samples", "10"]) == 0
     assert main(["train", "--model", "sbn", "--z-dim", "3", "--out", str(tmp_path / "bad"), "--quiet"]) == 2
     assert "model 'sbn' takes no option(s) ['z_dim']" in capsys.readouterr().err
+
+
+def test_train_with_the_same_seed_is_reproducible(tmp_path, capsys):
+    """--seed fixes the initial networks as well as the data order and the draws."""
+    states = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        assert main(["train", "--steps", "5", "--hidden", "16", "--z-dim", "2", "--out", str(out), "--quiet"]) == 0
+        states.append(torch.load(out / "params.pt", weights_only=False)["players"])
+    for player, named in states[0].items():
+        for name, value in named.items():
+            assert torch.equal(value, states[1][player][name]), name

@@ -57,3 +57,24 @@ def test_a_training_step_never_reads_a_tensor_on_the_host(method, monkeypatch):
     monkeypatch.undo()
     assert not calls, calls
     assert all(torch.is_tensor(v) and v.dim() == 0 for v in metrics.values())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("method", sorted(ppdgm.available_methods()))
+def test_a_gpu_step_never_synchronises_with_the_host(method):
+    """On a GPU, CUDA's own sync debugger raises at any host synchronisation inside the step."""
+    model, guide, data, options = _pair(method)
+    run = ppdgm.fit(
+        model, guide, data, method, steps=2, batch_size=16, progress=False, validate_every=0, device="cuda", **options
+    )
+    x = run.dataset.train[:16].cuda()
+    with run.params():
+        run.method.step(run.engine, x)  # warm-up: lazily built state may sync once
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(3):
+                metrics = run.method.step(run.engine, x)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert all(v.device.type == "cuda" for v in metrics.values())

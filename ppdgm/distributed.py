@@ -1,0 +1,288 @@
+"""Data-parallel training over ``torch.distributed`` ranks (``torchrun``).
+
+A distributed fit runs the same method on every rank. Each global minibatch (the one a single
+process would take) is split into contiguous row blocks, one per rank, and every player's
+gradients are averaged across ranks before its optimizer steps. Three choices make the result the
+same as one process at the global batch size, to float tolerance:
+
+* **Gradients are all-reduced per player inside** :meth:`ppdgm.method.Engine.update`, one flat
+  bucket per player and phase. PyTorch's ``DistributedDataParallel`` synchronises only gradients
+  produced by a forward pass through its wrapper; Pyro programs call the user's modules directly
+  (``pyro.module``), so wrapping them would synchronise nothing. Reducing per player also means a
+  phase that moves only some players reduces only theirs: there is no "unused parameter" hang.
+  A rank whose block is smaller (the last, partial batch) weighs its gradient by its share of
+  the rows, so the average is the gradient of the global per-datapoint mean.
+* **Random numbers are drawn for the whole global batch.** Every rank holds the same random
+  stream (same seed). At a sample site inside the data plate, :class:`ShardedSampling` draws the
+  site's value for all global rows, in the layout one process would use, and keeps the rank's
+  block: the rank's latents are bit for bit those one process would draw for the same rows, and
+  the stream stays in step on every rank. A checkpoint's random state therefore resumes the run
+  on any number of ranks. Sites outside the data plate (global latents) are drawn whole, as one
+  process would. The extra draws cost little next to the networks.
+* **Data order** is the single-process order: the epoch's permutation depends on (seed, epoch)
+  only, and rank r takes block r of every minibatch.
+
+What breaks exact equivalence (training still works, the result is simply not the one-process
+one): networks with batch statistics (batch norm), estimators that couple the rows of a batch
+(GMMN's MMD, a median heuristic), and distributions :class:`ShardedSampling` cannot widen (it
+then raises, naming the site). Gradients of players whose phase did not reach a parameter stay
+``None`` on every rank alike, as long as the programs have no data-dependent control flow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pyro.distributions as dist
+import torch
+import torch.distributed as torch_dist
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
+from torch.distributions import Independent
+
+__all__ = [
+    "Context",
+    "ShardedSampling",
+    "block",
+    "context",
+    "is_main",
+    "rank",
+    "world_size",
+]
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where this process stands in a distributed job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _env_world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def context(device: torch.device) -> Context | None:
+    """The job this process belongs to, or ``None`` for a single-process run.
+
+    Joins the process group when ``torchrun`` started the process (``WORLD_SIZE`` > 1 in the
+    environment) and none is initialised yet: NCCL for a CUDA device, gloo on CPU. A process group
+    the caller initialised (e.g. in spawned test processes) is used as it is.
+    """
+    if not torch_dist.is_available():
+        if _env_world_size() > 1:
+            raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+        return None
+    if not torch_dist.is_initialized():
+        if _env_world_size() <= 1:
+            return None
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        torch_dist.init_process_group(backend=backend)
+    if torch_dist.get_world_size() == 1:
+        return None
+    backend = torch_dist.get_backend()
+    if device.type == "cuda" and backend != "nccl":
+        raise RuntimeError(f"a CUDA run needs the nccl backend, the process group uses {backend!r}")
+    return Context(
+        rank=torch_dist.get_rank(),
+        world_size=torch_dist.get_world_size(),
+        local_rank=int(os.environ.get("LOCAL_RANK", torch_dist.get_rank())),
+        backend=backend,
+    )
+
+
+def rank() -> int:
+    """This process's rank (0 outside a distributed job)."""
+    return torch_dist.get_rank() if torch_dist.is_available() and torch_dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    """The number of ranks (1 outside a distributed job)."""
+    return torch_dist.get_world_size() if torch_dist.is_available() and torch_dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    """Whether this process writes files and prints: rank 0, or a single-process run."""
+    return rank() == 0
+
+
+def block(num_rows: int, rank: int, world_size: int) -> tuple[int, int]:
+    """``(offset, size)`` of rank ``rank``'s contiguous block of ``num_rows`` rows (sizes differ by at most one)."""
+    base, extra = divmod(num_rows, world_size)
+    size = base + (rank < extra)
+    return rank * base + min(rank, extra), size
+
+
+class GradientSync:
+    """Averages the moving players' gradients over the ranks: one flat all-reduce per phase.
+
+    ``weight`` is this rank's share of the current global batch times the number of ranks (1 when
+    the blocks are equal), so the average is the gradient of the global per-datapoint mean.
+    """
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.weight = 1.0
+
+    def __call__(self, params: list[torch.Tensor]) -> None:
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        if self.weight != 1.0:
+            flat.mul_(self.weight)
+        torch_dist.all_reduce(flat)
+        flat.div_(self.ctx.world_size)
+        offset = 0
+        for g in grads:
+            n = g.numel()
+            g.copy_(flat[offset : offset + n].view_as(g))
+            offset += n
+
+    def broadcast(self, params: list[torch.Tensor]) -> None:
+        """Give every rank rank 0's values (identical seeds already agree; this makes sure)."""
+        with torch.no_grad():
+            for p in params:
+                torch_dist.broadcast(p.data, src=0)
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` summed over the ranks (itself outside a distributed job)."""
+    if world_size() == 1:
+        return tensor
+    out = tensor.clone()
+    torch_dist.all_reduce(out)
+    return out
+
+
+class ShardedSampling(Messenger):
+    """Draws data-plate sites for the whole global batch and keeps this rank's block of rows.
+
+    Inside :meth:`rows`, an unobserved sample site in the plate ``data_plate`` whose local size is
+    this rank's block is sampled from the same distribution widened to the global batch (the
+    block's parameters placed at the block's offset), and the block is cut back out. The random
+    stream advances exactly as one process drawing the global batch would, and the block's values
+    are the ones that process would draw for these rows.
+    """
+
+    def __init__(self, data_plate: str) -> None:
+        super().__init__()
+        self.data_plate = data_plate
+        self._rows: tuple[int, int, int] | None = None
+
+    @contextlib.contextmanager
+    def rows(self, offset: int, size: int, global_size: int) -> Iterator[None]:
+        """Shard sites of local size ``size`` as rows ``offset:offset+size`` of ``global_size``."""
+        self._rows = (offset, size, global_size)
+        try:
+            with self:
+                yield
+        finally:
+            self._rows = None
+
+    def _process_message(self, msg: dict) -> None:
+        if (
+            self._rows is None
+            or msg["type"] != "sample"
+            or msg["is_observed"]
+            or msg["done"]
+            or msg["value"] is not None
+            or site_is_subsample(msg)
+        ):
+            return
+        frame = next((f for f in msg["cond_indep_stack"] if f.name == self.data_plate), None)
+        offset, size, global_size = self._rows
+        if frame is None or size == global_size:
+            return
+        fn = msg["fn"]
+        if isinstance(fn, dist.Delta) or (isinstance(fn, Independent) and isinstance(fn.base_dist, dist.Delta)):
+            return  # no randomness: the local value is the global block already
+        batch_shape = fn.batch_shape
+        pos = len(batch_shape) + frame.dim
+        if pos < 0 or batch_shape[pos] != size:
+            return
+        index = (torch.arange(global_size, device=_device_of(fn)) - offset) % size
+        try:
+            wide = _widen(fn, pos, index)
+        except _CannotWiden as err:
+            raise NotImplementedError(
+                f"distributed sampling cannot widen site {msg['name']!r} ({err}) to the global batch; "
+                "use a standard distribution (Normal, Bernoulli, Categorical, ...) there or train in one process"
+            ) from None
+        value = wide(*msg["args"], **msg["kwargs"])
+        value_pos = value.dim() - len(fn.event_shape) - len(batch_shape) + pos
+        msg["value"] = value.narrow(value_pos, offset, size)
+        msg["done"] = True
+
+
+class _CannotWiden(Exception):
+    pass
+
+
+def _device_of(fn: torch.distributions.Distribution) -> torch.device:
+    for value in _params(fn).values():
+        return value.device
+    base = getattr(fn, "base_dist", None)
+    return _device_of(base) if base is not None else torch.device("cpu")
+
+
+def _params(fn: torch.distributions.Distribution) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in vars(fn).items() if isinstance(v, torch.Tensor)}
+
+
+def _widen(fn: torch.distributions.Distribution, pos: int, index: torch.Tensor) -> torch.distributions.Distribution:
+    """``fn`` with batch dimension ``pos`` indexed by ``index`` (a gather of its parameters)."""
+    new_shape = list(fn.batch_shape)
+    new_shape[pos] = index.numel()
+    if isinstance(fn, Independent):
+        return dist.Independent(_widen(fn.base_dist, pos, index), fn.reinterpreted_batch_ndims)
+    if isinstance(fn, dist.MaskedDistribution):
+        mask = fn._mask
+        if isinstance(mask, torch.Tensor):
+            mask = mask.expand(fn.batch_shape).index_select(pos, index)
+        return dist.MaskedDistribution(_widen(fn.base_dist, pos, index), mask)
+    if isinstance(fn, dist.ExpandedDistribution):
+        base = fn.base_dist
+        offset = len(fn.batch_shape) - len(base.batch_shape)
+        base_pos = pos - offset
+        if base_pos >= 0 and base.batch_shape[base_pos] != 1:
+            base = _widen(base, base_pos, index)
+        return base.expand(torch.Size(new_shape))
+    if hasattr(fn, "base_dist"):
+        raise _CannotWiden(f"{type(fn).__name__} wraps another distribution")
+    batch = tuple(fn.batch_shape)
+
+    def take(value: torch.Tensor) -> torch.Tensor:
+        # parameters of shape batch + event are gathered; others (scalars, event-only) broadcast as they are
+        return value.index_select(pos, index) if tuple(value.shape[: len(batch)]) == batch else value
+
+    return with_params(fn, take, torch.Size(new_shape))
+
+
+def with_params(
+    fn: torch.distributions.Distribution,
+    transform: Callable[[torch.Tensor], torch.Tensor],
+    batch_shape: torch.Size | None = None,
+) -> torch.distributions.Distribution:
+    """A copy of the leaf distribution ``fn`` with every tensor attribute passed through ``transform``.
+
+    Torch distributions keep their parameters (and cached lazy properties) as tensor attributes, so
+    this rebuilds any of them without knowing its constructor.
+    """
+    new = type(fn).__new__(type(fn))
+    new.__dict__.update(vars(fn))
+    for key, value in _params(fn).items():
+        setattr(new, key, transform(value))
+    if batch_shape is not None:
+        new._batch_shape = batch_shape
+    return new
