@@ -27,6 +27,8 @@ lint: $(BIN)/ppdgm
 
 bench: $(BIN)/ppdgm
 	$(BIN)/python bench/step_time.py
+	$(BIN)/python bench/evaluate_is.py --images 500
+	$(BIN)/python bench/ddp_scaling.py --batch-size 500 --steps 60
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
