@@ -33,7 +33,9 @@ A comparison is described by a spec (a TOML file, or the same structure as a dic
 
 Every method x seed is an independent run (its own folder with config, history CSV, checkpoint,
 parameters, samples and metrics), skipped when already complete, so an interrupted comparison
-resumes where it stopped. ``--jobs N`` runs N at once in separate processes. The results table
+resumes where it stopped. ``--jobs N`` runs N at once in separate processes; a top-level
+``nproc_per_run = N`` trains each run data-parallel on N ranks (``torchrun``; the same result as one
+process to float tolerance, see :mod:`ppdgm.distributed`), then evaluates it on rank 0. The results table
 (rows methods, columns metrics, mean ± std over seeds) is printed and written as Markdown, CSV and
 JSON, beside learning curves, sample grids and a record (spec, spec hash, package versions, device,
 git commit) that ``ppdgm compare --rerun RECORD`` repeats.
@@ -113,6 +115,7 @@ class Spec:
     num_samples: int
     iwae_k: int
     device: str = "cpu"
+    nproc_per_run: int = 1
     lr_schedule: str | None = None
     optimizer_options: dict[str, Any] = field(default_factory=dict)
     test_size: int | None = None
@@ -154,7 +157,10 @@ def parse_spec(raw: Mapping[str, Any] | str | Path, output: str | Path | None = 
         except tomllib.TOMLDecodeError as err:
             raise SpecError(f"{path} is not valid TOML: {err}") from None
     errors: list[str] = []
-    known = {"name", "output", "seeds", "data", "model", "budget", "evaluation", "methods", "device", "reference"}
+    known = {
+        "name", "output", "seeds", "data", "model", "budget", "evaluation", "methods", "device", "nproc_per_run",
+        "reference",
+    }  # fmt: skip
     errors += [f"{key}: unknown field (known: {', '.join(sorted(known))})" for key in raw if key not in known]
 
     def positive_int(where: str, value: Any) -> None:
@@ -270,6 +276,8 @@ def parse_spec(raw: Mapping[str, Any] | str | Path, output: str | Path | None = 
     device = raw.get("device", "cpu")
     if not isinstance(device, str):
         errors.append("device: must be a string")
+    nproc_per_run = raw.get("nproc_per_run", 1)
+    positive_int("nproc_per_run", nproc_per_run)
     reference = table("reference")
     if reference:
         ref_values = reference.get("values", {})
@@ -300,6 +308,7 @@ def parse_spec(raw: Mapping[str, Any] | str | Path, output: str | Path | None = 
         num_samples=num_samples,
         iwae_k=iwae_k,
         device=device,
+        nproc_per_run=nproc_per_run,
         lr_schedule=lr_schedule,
         optimizer_options=dict(optimizer_options),
         test_size=test_size,
@@ -379,6 +388,12 @@ def run_one(spec_dict: dict, method_index: int, seed: int, tensorboard: bool = F
         if result.get("spec_hash") == spec.digest():
             return result
     folder.mkdir(parents=True, exist_ok=True)
+    if spec.nproc_per_run > 1:
+        return _launch_distributed(spec, method_index, seed, folder, tensorboard)
+    return _deterministic_run(spec, method, seed, folder, tensorboard)
+
+
+def _deterministic_run(spec: Spec, method: MethodSpec, seed: int, folder: Path, tensorboard: bool) -> dict:
     previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
@@ -387,8 +402,30 @@ def run_one(spec_dict: dict, method_index: int, seed: int, tensorboard: bool = F
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
+def _launch_distributed(spec: Spec, method_index: int, seed: int, folder: Path, tensorboard: bool) -> dict:
+    """Train one run on ``spec.nproc_per_run`` ranks with torchrun (rank 0 evaluates), then read its result."""
+    spec_file = folder / "spec.json"
+    spec_file.write_text(json.dumps(spec.to_dict(), default=str))
+    threads = max(1, torch.get_num_threads() // spec.nproc_per_run)
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(spec.nproc_per_run),
+        "-m", "ppdgm.compare_worker", str(spec_file), str(method_index), str(seed),
+        *(["--tensorboard"] if tensorboard else []),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    log = folder / "torchrun.log"
+    with open(log, "w") as out:
+        code = subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+    if code != 0 or not (folder / RESULT).exists():
+        tail = "".join(log.read_text().splitlines(keepends=True)[-20:])
+        where = f"the {spec.nproc_per_run}-process run in {folder}"
+        raise RuntimeError(f"{where} failed (exit {code}); {log} ends:\n{tail}")
+    return json.loads((folder / RESULT).read_text())
+
+
 def _train_and_evaluate(spec: Spec, method: MethodSpec, seed: int, folder: Path, tensorboard: bool) -> dict:
     import ppdgm
+    from ppdgm import distributed
     from ppdgm.sampling import generate, save_image_grid
 
     done = folder / RESULT
@@ -402,10 +439,12 @@ def _train_and_evaluate(spec: Spec, method: MethodSpec, seed: int, folder: Path,
         "seed": seed,
         "spec_hash": spec.digest(),
     }
-    (folder / "config.json").write_text(json.dumps(config, indent=2, default=str))
+    main = distributed.is_main()
+    if main:
+        (folder / "config.json").write_text(json.dumps(config, indent=2, default=str))
     budget = {"epochs": spec.epochs} if spec.epochs is not None else {"steps": spec.steps}
     callbacks = []
-    if tensorboard:
+    if tensorboard and main:
         from ppdgm.tensorboard import TensorBoardLogger
 
         callbacks.append(TensorBoardLogger(folder / "tensorboard", model=model, image_shape=dataset.image_shape))
@@ -428,6 +467,10 @@ def _train_and_evaluate(spec: Spec, method: MethodSpec, seed: int, folder: Path,
     )
     for callback in callbacks:
         callback.close()
+    if distributed.world_size() > 1:  # trained data-parallel: rank 0 evaluates alone
+        torch.distributed.destroy_process_group()
+        if not main:
+            return {}
     run.save(folder / "params.pt")
     run.save_history(folder / "history.csv")
     torch.manual_seed(seed)

@@ -213,3 +213,19 @@ def test_torchrun_cli_equals_the_single_process_cli(tmp_path):
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_a_comparison_with_two_processes_per_run_matches_one_process(tmp_path):
+    """`nproc_per_run = 2` trains each run under torchrun; the table equals the single-process one."""
+    from ppdgm.compare import compare
+
+    from .test_compare import tiny_spec
+
+    metrics = ("log_likelihood", "elbo")
+    spec = {**tiny_spec(tmp_path / "one", metrics), "seeds": [0]}
+    one = compare(spec, progress=False)
+    two = compare({**spec, "output": str(tmp_path / "two"), "nproc_per_run": 2}, progress=False)
+    assert (tmp_path / "two" / "runs" / "vae-seed0" / "torchrun.log").exists()
+    for row_one, row_two in zip(one["rows"], two["rows"]):
+        for metric in metrics:
+            assert row_two[metric]["mean"] == pytest.approx(row_one[metric]["mean"], rel=1e-4), metric

@@ -1,0 +1,28 @@
+"""One comparison run on every rank of a torchrun job: ``python -m ppdgm.compare_worker SPEC_JSON METHOD SEED``.
+
+:func:`ppdgm.compare.compare` launches this for specs with ``nproc_per_run > 1``; each rank joins the
+process group, trains its share, and rank 0 evaluates and writes the run's result.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ppdgm import distributed
+from ppdgm.compare import Spec, _deterministic_run, run_dir
+from ppdgm.train import resolve_device
+
+
+def main(argv: list[str]) -> int:
+    spec_file, method_index, seed = argv[0], int(argv[1]), int(argv[2])
+    spec = Spec.from_dict(json.loads(Path(spec_file).read_text()))
+    distributed.context(resolve_device(spec.device))
+    method = spec.methods[method_index]
+    _deterministic_run(spec, method, seed, run_dir(spec, method, seed), "--tensorboard" in argv[3:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
