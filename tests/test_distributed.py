@@ -67,11 +67,13 @@ def _train(method: str, checkpoint_dir: str | None = None, steps: int = STEPS) -
     return params, run.history
 
 
-def _worker(rank: int, world_size: int, port: int, method: str, out: str) -> None:
+def _worker(
+    rank: int, world_size: int, port: int, method: str, out: str, checkpoint_dir: str | None = None, steps: int = STEPS
+) -> None:
     torch.set_num_threads(1)
     torch_dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
-        params, history = _train(method)
+        params, history = _train(method, checkpoint_dir, steps)
         torch.save({"params": params, "history": history}, Path(out) / f"rank{rank}.pt")
     finally:
         torch_dist.destroy_process_group()
@@ -105,6 +107,18 @@ def test_two_processes_equal_one_process_at_the_global_batch(method, tmp_path):
 def _initial(method: str) -> dict:
     params, _ = _train(method, steps=1)
     return params
+
+
+def test_a_two_process_checkpoint_resumes_in_one_process(tmp_path):
+    """Epoch 1 on two ranks, epoch 2 resumed in one process = two epochs in one process (the random streams agree)."""
+    per_epoch = -(-ROWS // BATCH)
+    checkpoint = str(tmp_path / "ckpt")
+    mp.spawn(_worker, args=(2, _free_port(), "iwae", str(tmp_path), checkpoint, per_epoch), nprocs=2, join=True)
+    resumed, history = _train("iwae", checkpoint, 2 * per_epoch)
+    assert [r["epoch"] for r in history] == [1, 2]
+    single, _ = _train("iwae", None, 2 * per_epoch)
+    for name, value in single.items():
+        torch.testing.assert_close(resumed[name], value, rtol=1e-9, atol=1e-9, msg=name)
 
 
 def test_sharded_sampling_draws_the_single_process_rows():
