@@ -15,6 +15,7 @@ import ppdgm
 from ppdgm.adversarial import Adversary, Reverse, gaussian_mmd2, reverse
 from ppdgm.data import mixture_centres
 from ppdgm.evaluate import mixture_quality
+from ppdgm.presets import build
 from ppdgm.programs import ConventionError
 from ppdgm.sampling import generate
 
@@ -313,24 +314,32 @@ def test_methods_needing_a_likelihood_refuse_a_delta_generator(method):
         ppdgm.fit(gen, guide, data, method, steps=1, progress=False)
 
 
+def _preset_ring_quality(method: str, steps: int, seed: int = 0, **options) -> dict:
+    """The modes-ring8 preset's pair and optimizer (Adam, betas 0.5/0.999, batch 256), lr decayed linearly to 0."""
+    torch.manual_seed(seed)
+    model, guide = build("gan-mlp", 2, z_dim=2, hidden=[256, 256], noise_scale=0.02)
+    run = ppdgm.fit(
+        model, guide, "ring8", method, steps=steps, batch_size=256, lr=1e-3, seed=seed, progress=False,
+        optimizer_options={"betas": (0.5, 0.999)}, lr_schedule="linear", validate_every=0, **options,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    with run.params():
+        samples = generate(model, 2500, mean=False).reshape(2500, 2)
+    return mixture_quality(samples, *mixture_centres("ring8"))
+
+
 @pytest.mark.slow
-def test_ring_modes_of_gan_and_wgan_in_the_preset_budget(tmp_path):
-    """The modes-ring8 comparison preset (6000 steps), seed 0, with the learning rate decayed linearly to zero.
+@pytest.mark.parametrize(
+    "method, steps, options", [("gan", 6000, {}), ("wgan-gp", 30000, {"gradient_penalty": 0.1})], ids=["gan", "wgan-gp"]
+)
+def test_ring_modes_in_a_bounded_run(method, steps, options):
+    """At least 6 of 8 modes and 70% of samples within 3 sigma of a mode, seed 0.
 
-    Measured through this runner (seed 0): gan 7 modes / 80% of samples within 3 sigma of a mode, wgan-gp
-    8 / 43%. gan meets the 6-mode / 70% mark; wgan-gp covers every mode but stays blurrier in this budget.
-    bigan is left out: on this ring it is unstable from run to run (seed 0 gave 8 modes / 48% in one
-    process and collapsed to 0 modes here), so no threshold holds for it.
+    Measured (one thread, seeds 0/1/2): gan at 6000 steps 7/8/8 modes, 86/84/93% high quality; wgan-gp
+    needs longer: 30000 steps give 8/8/8 modes, 80/86/89% (6000 steps: 42%, 15000: 67%). bigan is left
+    out: 15000 steps gave 73/67%, 30000 steps 63/72% (seeds 0/1), so no seeded run of bounded length
+    meets 70% reliably.
     """
-    from ppdgm.compare import compare, parse_spec
-    from ppdgm.comparisons import preset_spec
-
-    raw = preset_spec("modes-ring8", "full")
-    raw["methods"] = [m for m in raw["methods"] if m["name"] in ("gan", "wgan-gp")]
-    raw["seeds"] = [0]
-    raw["budget"]["lr_schedule"] = "linear"
-    summary = compare(parse_spec(raw, output=tmp_path), progress=False)
-    sharp = {"gan": 0.7, "wgan-gp": 0.3}
-    for row in summary["rows"]:
-        assert row["mode_coverage"]["mean"] >= 6, row
-        assert row["high_quality_fraction"]["mean"] >= sharp[row["method"]], row
+    quality = _preset_ring_quality(method, steps, **options)
+    assert quality["mode_coverage"] >= 6, quality
+    assert quality["high_quality_fraction"] >= 0.7, quality
