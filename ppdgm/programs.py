@@ -174,6 +174,9 @@ class ProgramPair:
     data_plate: str | None = None
     partial_guide: bool = False
     structure: Structure | None = field(default=None, init=False)
+    #: rows of the whole minibatch per row this process holds (> 1 on a rank of a data-parallel fit):
+    #: a global site's log-probability is shared by the global batch's datapoints, not the local ones
+    row_scale: float = field(default=1.0, init=False)
 
     def __post_init__(self) -> None:
         if not callable(self.model):
@@ -474,7 +477,8 @@ class ProgramPair:
 
         Returns shape ``(K, B)``. Plates other than the particle and data plates are summed out; a
         site outside the data plate (a global) contributes ``1/B`` of its log-probability to each
-        datapoint, so that the sum over the batch is the joint log-probability.
+        datapoint, so that the sum over the batch is the joint log-probability (over the global batch, in a
+        data-parallel fit: see ``row_scale``).
         With ``detach_params`` the distributions' parameters are cut from the graph while the
         sampled values keep theirs (the stop-gradient of doubly reparameterised estimators).
         """
@@ -488,7 +492,9 @@ class ProgramPair:
             if detach_params:
                 fn = pyro.distributions.util.detach(fn)
             lp = scale_and_mask(fn.log_prob(site["value"]), site["scale"], site["mask"])
-            total = _reduce_to_particles_by_data(lp, site, structure.data_plate, rank, num_particles, batch_size, total)
+            total = _reduce_to_particles_by_data(
+                lp, site, structure.data_plate, rank, num_particles, batch_size, total, self.row_scale
+            )
         if total is None:
             return torch.zeros(num_particles, batch_size)
         return total
@@ -507,6 +513,7 @@ def _reduce_to_particles_by_data(
     num_particles: int,
     batch_size: int,
     total: torch.Tensor | None,
+    row_scale: float = 1.0,
 ) -> torch.Tensor:
     if not torch.is_tensor(lp) or lp.dim() == 0:
         lp = torch.as_tensor(lp).reshape((1,) * rank)
@@ -517,7 +524,7 @@ def _reduce_to_particles_by_data(
     if data_dim is None:
         # a global site: its log-probability is shared equally by the datapoints of the batch
         other = tuple(d for d in range(lp.dim()) if d != particle_index)
-        lp = (lp.sum(other) if other else lp).unsqueeze(-1) / batch_size
+        lp = (lp.sum(other) if other else lp).unsqueeze(-1) / (batch_size * row_scale)
     else:
         keep = (particle_index, lp.dim() + data_dim)
         other = tuple(d for d in range(lp.dim()) if d not in keep)

@@ -547,6 +547,7 @@ class _Shards:
     def __init__(self, programs: ProgramPair, engine: Engine | None) -> None:
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         self.sync = engine.grad_sync if engine is not None else None
+        self.programs = programs
         self.share = 1.0
         self.weight = 1.0  # this rank's rows over an equal share: weighs gradients and metrics
         self.sampling = None
@@ -567,8 +568,12 @@ class _Shards:
         offset, size = distributed.block(n, self.rank, self.world_size)
         self.share = 1.0
         self._weigh(size * self.world_size / n, weigh)
-        with self.sampling.rows(offset, size, n):
-            yield slice(offset, offset + size)
+        self.programs.row_scale = n / size
+        try:
+            with self.sampling.rows(offset, size, n):
+                yield slice(offset, offset + size)
+        finally:
+            self.programs.row_scale = 1.0
 
     def _weigh(self, weight: float, weigh: bool) -> None:
         if weigh:

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp
+from torch import nn
 
 import ppdgm
 from ppdgm.data import Dataset, load_digits
@@ -23,12 +24,45 @@ from ppdgm.presets import build
 
 ROWS, BATCH, STEPS = 130, 25, 8  # batches of 25 split 13/12 over two ranks, the epoch's last batch of 5 split 3/2
 
-CASES = {
-    "vae": ("vae-mlp", {}),
-    "iwae": ("vae-mlp", {"num_particles": 3}),
-    "rws": ("sbn", {"num_particles": 3}),
-    "gan": ("gan-image", {}),
+CASES = {  # case: (method, model, method options)
+    "vae": ("vae", "vae-mlp", {}),
+    "iwae": ("iwae", "vae-mlp", {"num_particles": 3}),
+    "rws": ("rws", "sbn", {"num_particles": 3}),
+    "gan": ("gan", "gan-image", {}),
+    "iwae-global-latent": ("iwae", "global", {"num_particles": 3}),
 }
+
+
+class GlobalBiasModel(nn.Module):
+    """A VAE decoder whose logits share a global latent bias (a site outside the data plate)."""
+
+    def __init__(self, x_dim: int = 64, z_dim: int = 3) -> None:
+        super().__init__()
+        self.x_dim, self.z_dim = x_dim, z_dim
+        self.decoder = nn.Linear(z_dim, x_dim)
+
+    def forward(self, x=None, batch_size=None):
+        pyro.module("global_model", self)
+        n = x.shape[0] if x is not None else batch_size
+        bias = pyro.sample("bias", dist.Normal(torch.zeros(self.x_dim), 1.0).to_event(1))
+        with pyro.plate("data", n):
+            z = pyro.sample("z", dist.Normal(torch.zeros(n, self.z_dim), 1.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=self.decoder(z) + bias.unsqueeze(-2)).to_event(1), obs=x)
+
+
+class GlobalBiasGuide(nn.Module):
+    def __init__(self, x_dim: int = 64, z_dim: int = 3) -> None:
+        super().__init__()
+        self.z_dim = z_dim
+        self.encoder = nn.Linear(x_dim, 2 * z_dim)
+        self.bias_loc = nn.Parameter(torch.zeros(x_dim))
+
+    def forward(self, x=None, batch_size=None):
+        pyro.module("global_guide", self)
+        pyro.sample("bias", dist.Normal(self.bias_loc, 0.1).to_event(1))
+        with pyro.plate("data", x.shape[0]):
+            loc, raw = self.encoder(x).split(self.z_dim, -1)
+            pyro.sample("z", dist.Normal(loc, nn.functional.softplus(raw) + 1e-3).to_event(1))
 
 
 def _small_digits() -> Dataset:
@@ -38,15 +72,21 @@ def _small_digits() -> Dataset:
     )
 
 
-def _train(method: str, checkpoint_dir: str | None = None, steps: int = STEPS) -> tuple[dict, list]:
+def _pair(preset: str, x_dim: int):
+    if preset == "global":
+        return GlobalBiasModel(x_dim), GlobalBiasGuide(x_dim)
+    if preset == "sbn":
+        return build(preset, x_dim, layers=(6,))
+    return build(preset, x_dim, hidden=(16,), z_dim=4)
+
+
+def _train(case: str, checkpoint_dir: str | None = None, steps: int = STEPS) -> tuple[dict, list]:
     torch.set_default_dtype(torch.float64)
     pyro.clear_param_store()
     data = _small_digits()
-    preset, options = CASES[method]
+    method, preset, options = CASES[case]
     torch.manual_seed(1)
-    model, guide = (
-        build(preset, data.dim, hidden=(16,), z_dim=4) if preset != "sbn" else build(preset, data.dim, layers=(6,))
-    )
+    model, guide = _pair(preset, data.dim)
     run = ppdgm.fit(
         model,
         guide,
@@ -68,12 +108,12 @@ def _train(method: str, checkpoint_dir: str | None = None, steps: int = STEPS) -
 
 
 def _worker(
-    rank: int, world_size: int, port: int, method: str, out: str, checkpoint_dir: str | None = None, steps: int = STEPS
+    rank: int, world_size: int, port: int, case: str, out: str, checkpoint_dir: str | None = None, steps: int = STEPS
 ) -> None:
     torch.set_num_threads(1)
     torch_dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
-        params, history = _train(method, checkpoint_dir, steps)
+        params, history = _train(case, checkpoint_dir, steps)
         torch.save({"params": params, "history": history}, Path(out) / f"rank{rank}.pt")
     finally:
         torch_dist.destroy_process_group()
@@ -89,23 +129,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("method", list(CASES))
-def test_two_processes_equal_one_process_at_the_global_batch(method, tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), method, str(tmp_path)), nprocs=2, join=True)
-    single, single_history = _train(method)
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_processes_equal_one_process_at_the_global_batch(case, tmp_path):
+    mp.spawn(_worker, args=(2, _free_port(), case, str(tmp_path)), nprocs=2, join=True)
+    single, single_history = _train(case)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     for name, value in single.items():
         assert torch.equal(ranks[0]["params"][name], ranks[1]["params"][name]), name  # the ranks agree exactly
         torch.testing.assert_close(ranks[0]["params"][name], value, rtol=1e-9, atol=1e-9, msg=name)
-    moved = max((single[n] - v).abs().max().item() for n, v in _initial(method).items())
+    moved = max((single[n] - v).abs().max().item() for n, v in _initial(case).items())
     assert moved > 1e-3  # the comparison is not between untrained parameters
     for key, value in single_history[-1].items():
         if key.startswith(("train_", "valid_")):
             assert ranks[0]["history"][-1][key] == pytest.approx(value, rel=1e-9, abs=1e-9), key
 
 
-def _initial(method: str) -> dict:
-    params, _ = _train(method, steps=1)
+def _initial(case: str) -> dict:
+    params, _ = _train(case, steps=1)
     return params
 
 
