@@ -105,3 +105,14 @@ def test_train_with_the_same_seed_is_reproducible(tmp_path, capsys):
     for player, named in states[0].items():
         for name, value in named.items():
             assert torch.equal(value, states[1][player][name]), name
+
+
+def test_train_with_bf16_precision_records_it(tmp_path, capsys):
+    out = tmp_path / "bf16"
+    args = ["train", "--steps", "3", "--hidden", "16", "--z-dim", "2", "--precision", "bf16", "--out", str(out)]
+    assert main([*args, "--quiet"]) == 0
+    assert json.loads((out / "config.json").read_text())["precision"] == "bf16"
+    assert torch.load(out / "params.pt", weights_only=False)["config"]["precision"] == "bf16"
+    with pytest.raises(SystemExit):  # argparse refuses it, listing the choices
+        main(["train", "--precision", "fp16", "--out", str(tmp_path / "bad"), "--quiet"])
+    assert "choose from 'fp32', 'bf16'" in capsys.readouterr().err
