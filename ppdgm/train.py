@@ -118,24 +118,6 @@ class EpochBatches(torch.utils.data.Sampler):
         yield from order.split(self.batch_size)
 
 
-class _Rows(torch.utils.data.Dataset):
-    def __init__(self, x: torch.Tensor) -> None:
-        self.x = x
-
-    def __len__(self) -> int:
-        return self.x.shape[0]
-
-    def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
-        return self.x[index.to(self.x.device)]
-
-
-def data_loader(x: torch.Tensor, batch_size: int, seed: int, shuffle: bool = True) -> torch.utils.data.DataLoader:
-    """A DataLoader over the rows of ``x`` yielding whole minibatches (one tensor index each)."""
-    return torch.utils.data.DataLoader(
-        _Rows(x), sampler=EpochBatches(x.shape[0], batch_size, seed, shuffle), batch_size=None
-    )
-
-
 def _rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():
@@ -532,7 +514,7 @@ def validation_objective(
             with shards.take(chunk.shape[0], weigh=False) as rows:
                 part = method.objective(programs, chunk[rows]).sum()
             total = total + part * shards.share
-    return (shards.sum(total) / x.shape[0]).item()
+    return (distributed.all_reduce_sum(total) / x.shape[0]).item()
 
 
 class _Shards:
@@ -549,7 +531,6 @@ class _Shards:
         self.sync = engine.grad_sync if engine is not None else None
         self.programs = programs
         self.share = 1.0
-        self.weight = 1.0  # this rank's rows over an equal share: weighs gradients and metrics
         self.sampling = None
         if self.world_size > 1:
             self.sampling = distributed.ShardedSampling(programs.structure.data_plate)
@@ -575,20 +556,21 @@ class _Shards:
         finally:
             self.programs.row_scale = 1.0
 
-    def _weigh(self, weight: float, weigh: bool) -> None:
-        if weigh:
-            self.weight = weight
-            if self.sync is not None:
-                self.sync.weight = weight
+    @property
+    def weight(self) -> float:
+        """This rank's rows over an equal share of the current batch: weighs its gradients and metrics."""
+        return self.sync.weight if self.sync is not None else 1.0
 
-    def sum(self, total: torch.Tensor) -> torch.Tensor:
-        return distributed.all_reduce_sum(total)
+    def _weigh(self, weight: float, weigh: bool) -> None:
+        if weigh and self.sync is not None:
+            self.sync.weight = weight
 
     def mean(self, values: list[torch.Tensor], count: int) -> list[float]:
         """Per-step metric sums → their means over steps and ranks, read to the host in one go."""
         if not values:
             return []
-        stacked = self.sum(torch.stack([v.detach().double() for v in values])) / (count * self.world_size)
+        stacked = distributed.all_reduce_sum(torch.stack([v.detach().double() for v in values]))
+        stacked = stacked / (count * self.world_size)
         return stacked.tolist()
 
     def barrier(self) -> None:
