@@ -26,7 +26,7 @@ lint: $(BIN)/ppdgm
 	$(BIN)/ruff format --check .
 
 bench: $(BIN)/ppdgm
-	$(BIN)/python bench/step_time.py
+	$(BIN)/python bench/step_time.py --gan-batch-sizes 64 256
 	$(BIN)/python bench/evaluate_is.py --images 500
 	$(BIN)/python bench/ddp_scaling.py --batch-size 500 --steps 60
 

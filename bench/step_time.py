@@ -2,7 +2,7 @@
 
 ``vae`` and ``iwae`` on the ``iwae-1layer`` networks (784-200-200-50, tanh); ``ws`` and ``rws`` on a
 784-200 sigmoid belief net with linear recognition; ``gan`` on an MLP generator 64-256-256-784 and
-an MLP discriminator 784-256-256-1 at batch 64. Same networks, same estimator, same batch,
+an MLP discriminator 784-256-256-1 at batch 64 (``--gan-batch-sizes``). Same networks, same estimator, same batch,
 measured in the same process, the implementations stepped in turn so that drifts of the machine
 hit all alike. Prints the median step time of each, their ratio, and the spread of the ratio over
 rounds.
@@ -226,6 +226,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--suite", choices=["all", "vae", "sbn", "gan"], default="all")
+    parser.add_argument("--gan-batch-sizes", type=int, nargs="+", default=[64], help="batch sizes of the GAN rows")
     args = parser.parse_args()
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -254,37 +255,43 @@ def main() -> None:
     if args.suite in ("all", "sbn"):
         _sbn_table(args, batches, sync)
     if args.suite in ("all", "gan"):
-        _gan_table(args, batches, sync)
+        _gan_table(args, sync)
 
 
-def _gan_table(args: argparse.Namespace, batches: list[torch.Tensor], sync, batch_size: int = 64) -> None:
+def _gan_table(args: argparse.Namespace, sync) -> None:
     from ppdgm.guides import MLPDiscriminator
     from ppdgm.models import MLPGenerator
 
-    x = [b[:batch_size] for b in batches]
-    pyro.clear_param_store()
-    torch.manual_seed(0)
-    device = x[0].device
-    gen = MLPGenerator(784, z_dim=64, hidden=(256, 256), activation="relu", output="sigmoid").to(device)
-    disc = MLPDiscriminator(784, (256, 256)).to(device)
-    ours = Ppdgm(gen, None, "gan", x[0], discriminator=disc)
-    contenders = {
-        "hand": HandWrittenGAN(gen.net, disc.net, 64, strict=True).step,
-        "hand_idiom": HandWrittenGAN(gen.net, disc.net, 64, strict=False).step,
-        "ppdgm": ours.step,
-    }
-    med, spread = _time_interleaved(contenders, x, args, sync)
-    h, hi, o = med["hand"], med["hand_idiom"], med["ppdgm"]
+    rows = []
+    for batch_size in args.gan_batch_sizes:
+        x = load_batches(args.data_dir, batch_size, torch.device(args.device))
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        device = x[0].device
+        gen = MLPGenerator(784, z_dim=64, hidden=(256, 256), activation="relu", output="sigmoid").to(device)
+        disc = MLPDiscriminator(784, (256, 256)).to(device)
+        ours = Ppdgm(gen, None, "gan", x[0], discriminator=disc)
+        contenders = {
+            "hand": HandWrittenGAN(gen.net, disc.net, 64, strict=True).step,
+            "hand_idiom": HandWrittenGAN(gen.net, disc.net, 64, strict=False).step,
+            "ppdgm": ours.step,
+        }
+        rows.append((batch_size, *_time_interleaved(contenders, x, args, sync)))
     print()
-    print(f"GAN, MLP generator 64-256-256-784 and discriminator 784-256-256-1, batch {batch_size}:")
+    print("GAN, MLP generator 64-256-256-784 and discriminator 784-256-256-1:")
     print(
-        "| method | hand-written ms/step | hand-written (plain backward) ms/step | ppdgm ms/step "
+        "| method | batch | hand-written ms/step | hand-written (plain backward) ms/step | ppdgm ms/step "
         "| ratio ppdgm / hand-written (rounds: min-max) | ratio ppdgm / plain backward | steps timed each |"
     )
-    print("|---|---|---|---|---|---|---|")
-    span = f"{min(spread['ppdgm']):.3f}-{max(spread['ppdgm']):.3f}"
-    n = args.rounds * args.steps
-    print(f"| gan | {1e3 * h:.2f} | {1e3 * hi:.2f} | {1e3 * o:.2f} | {o / h:.3f} ({span}) | {o / hi:.3f} | {n} |")
+    print("|---|---|---|---|---|---|---|---|")
+    for batch_size, med, spread in rows:
+        h, hi, o = med["hand"], med["hand_idiom"], med["ppdgm"]
+        span = f"{min(spread['ppdgm']):.3f}-{max(spread['ppdgm']):.3f}"
+        n = args.rounds * args.steps
+        print(
+            f"| gan | {batch_size} | {1e3 * h:.2f} | {1e3 * hi:.2f} | {1e3 * o:.2f} | {o / h:.3f} ({span}) "
+            f"| {o / hi:.3f} | {n} |"
+        )
 
 
 def _print_vae_table(rows: list) -> None:
@@ -309,6 +316,8 @@ def _sbn_table(args: argparse.Namespace, batches: list[torch.Tensor], sync) -> N
         pyro.clear_param_store()
         torch.manual_seed(0)
         model, guide = build("helmholtz", 784, layers=(200,))
+        model.to(batches[0].device)
+        guide.to(batches[0].device)
         contenders = {
             "hand": HandWrittenSBN(model, guide, method, options.get("num_particles", 1)).step,
             "ppdgm": Ppdgm(model, guide, method, batches[0], **options).step,

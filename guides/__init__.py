@@ -1,7 +1,12 @@
 """Recognition networks and discriminators written as plain Pyro guide programs."""
 
 from ppdgm.guides.discriminators import ConvDiscriminator, Discriminator, MLPDiscriminator
-from ppdgm.guides.encoders import AffineGaussianGuide, ExactLinearGaussianGuide, GaussianMLPEncoder
+from ppdgm.guides.encoders import (
+    AffineGaussianGuide,
+    ExactLinearGaussianGuide,
+    GaussianMLPEncoder,
+    ImplicitMLPEncoder,
+)
 from ppdgm.guides.sbn import SBNRecognition
 
 __all__ = [
@@ -10,6 +15,7 @@ __all__ = [
     "Discriminator",
     "ExactLinearGaussianGuide",
     "GaussianMLPEncoder",
+    "ImplicitMLPEncoder",
     "MLPDiscriminator",
     "SBNRecognition",
 ]

@@ -78,3 +78,44 @@ class ExactLinearGaussianGuide(nn.Module):
             scale_tril = torch.linalg.cholesky(cov)
         with pyro.plate("data", x.shape[0]):
             return pyro.sample(self.site, dist.MultivariateNormal(mean, scale_tril=scale_tril))
+
+
+class ImplicitMLPEncoder(nn.Module):
+    """An implicit q(z | x): z = MLP([x, ε]) with ε ~ N(0, I), scored as ``Delta`` (samples only, no density).
+
+    A Gaussian q(z | x) cannot match a posterior of another shape — e.g. the wedge of the prior that a
+    generator sends to one mode of a mixture — and ALI/BiGAN's joint discriminator then always has
+    something to tell apart. Feeding noise to the network lets q take any shape; the methods that
+    only draw from the guide and back-propagate through its samples (``bigan``, ``aae``) train it.
+    Methods built on log q(z | x) (``vae``, ``iwae``, ``rws``...) read log q = 0 off the Delta, so
+    their objectives lose the entropy term: use a :class:`GaussianMLPEncoder` with those.
+
+    Args:
+        x_dim, z_dim: sizes of x and z.
+        hidden: hidden layer sizes, from ``[x, ε]`` to z.
+        noise_dim: size of ε (default: ``z_dim``).
+        activation, site, name: as :class:`GaussianMLPEncoder`.
+    """
+
+    def __init__(
+        self,
+        x_dim: int,
+        z_dim: int = 50,
+        hidden: Sequence[int] = (200, 200),
+        noise_dim: int | None = None,
+        activation: str = "relu",
+        site: str = "z",
+        name: str = "encoder",
+    ) -> None:
+        super().__init__()
+        self.noise_dim = z_dim if noise_dim is None else noise_dim
+        self.net = mlp([x_dim + self.noise_dim, *hidden, z_dim], activation)
+        self.z_dim, self.site, self.name = z_dim, site, name
+
+    def forward(self, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+        pyro.module(self.name, self.net)
+        flat = x.reshape(x.shape[0], -1)
+        noise = torch.randn(flat.shape[0], self.noise_dim, dtype=flat.dtype, device=flat.device)
+        z = self.net(torch.cat([flat, noise], -1))
+        with pyro.plate("data", x.shape[0]):
+            return pyro.sample(self.site, dist.Delta(z, event_dim=1))

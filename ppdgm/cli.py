@@ -60,7 +60,7 @@ def cmd_methods(_: argparse.Namespace) -> int:
 
 
 def _model_options(args: argparse.Namespace) -> dict[str, Any]:
-    options = {"z_dim": args.z_dim, "hidden": args.hidden, "layers": args.layers}
+    options = {"z_dim": args.z_dim, "hidden": args.hidden, "layers": args.layers, "encoder": args.encoder}
     return {k: v for k, v in options.items() if v is not None}
 
 
@@ -238,6 +238,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--z-dim", type=int, default=None)
     t.add_argument("--hidden", type=_sizes, default=None, help="hidden sizes, e.g. 200,200 (empty: linear)")
     t.add_argument("--layers", type=_sizes, default=None, help="latent layer sizes of sbn/helmholtz, data upwards")
+    t.add_argument("--encoder", choices=["gaussian", "implicit"], default=None, help="encoder of gan-mlp/gan-image")
     budget = t.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=int, default=10)
     budget.add_argument("--steps", type=int, default=None)

@@ -54,6 +54,23 @@ def make_optimizer(
     return optimizer(params)
 
 
+def host_step_counters(optimizer: torch.optim.Optimizer) -> None:
+    """Keep Adam-style ``step`` counters on the CPU, where torch means them to be unless ``capturable``/``fused``.
+
+    torch before 2.13 creates a new counter on the *default* device, which the trainer sets to the GPU
+    (``with torch.device(dev)``) so that users' programs allocate there; a counter on the GPU turns each
+    step's bias correction into a ``.item()`` — a host synchronisation per step and player.
+    """
+    for group in optimizer.param_groups:
+        if group.get("capturable") or group.get("fused"):
+            continue
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            step = state.get("step") if state else None
+            if torch.is_tensor(step) and step.device.type != "cpu":
+                state["step"] = step.cpu()
+
+
 def positive_int(label: str, value: Any) -> int:
     """``value`` as an int, refusing anything but a positive whole number (``True`` included), naming ``label``."""
     if isinstance(value, bool) or int(value) != value or value < 1:
@@ -127,7 +144,10 @@ class Engine:
         if self.grad_sync is not None:
             self.grad_sync(params)
         for player in moving:
+            fresh = not player.optimizer.state
             player.optimizer.step()
+            if fresh:
+                host_step_counters(player.optimizer)
 
     def state_dict(self) -> dict:
         return {

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ppdgm.guides import AffineGaussianGuide, GaussianMLPEncoder, SBNRecognition
+from ppdgm.guides import AffineGaussianGuide, GaussianMLPEncoder, ImplicitMLPEncoder, SBNRecognition
 from ppdgm.models import (
     DBN,
     RBM,
@@ -42,12 +42,18 @@ def _sbn(x_dim: int, layers: Sequence[int], hidden: Sequence[int]) -> tuple[Call
     return SigmoidBeliefNet(x_dim, layers), SBNRecognition(x_dim, layers, hidden)
 
 
+ENCODERS = ("gaussian", "implicit")
+
+
 def _mlp_gan(
-    x_dim: int, z_dim: int, hidden: Sequence[int], output: str, noise_scale: float | None
+    x_dim: int, z_dim: int, hidden: Sequence[int], output: str, noise_scale: float | None, encoder: str
 ) -> tuple[Callable, Callable]:
+    if encoder not in ENCODERS:
+        raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
+    encoder_class = GaussianMLPEncoder if encoder == "gaussian" else ImplicitMLPEncoder
     return (
         MLPGenerator(x_dim, z_dim, hidden, "relu", output, noise_scale),
-        GaussianMLPEncoder(x_dim, z_dim, tuple(reversed(hidden)), "relu"),
+        encoder_class(x_dim, z_dim, tuple(reversed(hidden)), activation="relu"),
     )
 
 
@@ -111,15 +117,16 @@ PRESETS: dict[str, Preset] = {
         {"n_hidden": 16},
     ),
     "gan-mlp": Preset(
-        "MLP generator x = G(z) (Delta x site, linear output; 2-D and real data) + Gaussian MLP encoder for "
-        "bigan/aae/infogan; discriminator: the method's default MLP",
+        "MLP generator x = G(z) (Delta x site, linear output; 2-D and real data) + MLP encoder for "
+        "bigan/aae/infogan (encoder='gaussian', or 'implicit': z = MLP(x, noise), for bigan/aae); "
+        "discriminator: the method's default MLP",
         _mlp_gan,
-        {"z_dim": 2, "hidden": (256, 256), "output": "identity", "noise_scale": None},
+        {"z_dim": 2, "hidden": (256, 256), "output": "identity", "noise_scale": None, "encoder": "gaussian"},
     ),
     "gan-image": Preset(
-        "MLP generator with sigmoid pixels (Delta x site) + Gaussian MLP encoder; for images in [0, 1]",
+        "MLP generator with sigmoid pixels (Delta x site) + MLP encoder (gaussian or implicit); for images in [0, 1]",
         _mlp_gan,
-        {"z_dim": 64, "hidden": (256, 256), "output": "sigmoid", "noise_scale": None},
+        {"z_dim": 64, "hidden": (256, 256), "output": "sigmoid", "noise_scale": None, "encoder": "gaussian"},
     ),
     "dcgan": Preset(
         "DCGAN-style convolutional generator of square images + Gaussian MLP encoder; x-discriminators default "

@@ -331,6 +331,8 @@ def fit(
     if ctx is not None and dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", ctx.local_rank)
     if dev.type == "cuda":
+        if dev.index is None:  # set_device refuses a bare "cuda" on recent torch; tensors report an index anyway
+            dev = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(dev)
     check_precision(precision, dev)
     batches_per_epoch = math.ceil(dataset.train.shape[0] / batch_size)

@@ -2,9 +2,10 @@ import json
 
 import pytest
 import torch
+from ppdgm.guides import ImplicitMLPEncoder
 
 import ppdgm
-from ppdgm.cli import main
+from ppdgm.cli import _load_run, main
 
 
 def test_methods_lists_one_line_per_method(capsys):
@@ -116,3 +117,13 @@ def test_train_with_bf16_precision_records_it(tmp_path, capsys):
     with pytest.raises(SystemExit):  # argparse refuses it, listing the choices
         main(["train", "--precision", "fp16", "--out", str(tmp_path / "bad"), "--quiet"])
     assert "choose from 'fp32', 'bf16'" in capsys.readouterr().err
+
+
+def test_train_bigan_with_the_implicit_encoder(tmp_path, capsys):
+    out = tmp_path / "bigan"
+    args = ["train", "--model", "gan-mlp", "--encoder", "implicit", "--data", "ring8", "--method", "bigan"]
+    assert main([*args, "--steps", "5", "--hidden", "16,16", "--out", str(out), "--quiet"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_options"]["encoder"] == "implicit"
+    _, _, _, guide = _load_run(out)  # a saved run rebuilds the same pair
+    assert isinstance(guide, ImplicitMLPEncoder)
