@@ -12,6 +12,11 @@ learn together on the reversed discriminator,
 :math:`\max_{\theta, \phi} \mathbb{E}_{p(y)}\mathbb{E}[\log q^r_\psi(y \mid x, z)]`, which at the
 optimum makes the two joints equal, so the guide inverts the generator. In the unified view this is
 the GAN with the latent z promoted to a visible variable of both sides.
+
+Only samples of the guide are needed, so it may be implicit
+(:class:`~ppdgm.guides.ImplicitMLPEncoder`, z = MLP(x, ε)): when the generator's posterior is far
+from Gaussian — a prior carved into wedges, one per mode of the data — a Gaussian q(z | x) leaves the
+joints apart and the discriminator's pressure blurs the samples.
 """
 
 from __future__ import annotations
