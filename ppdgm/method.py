@@ -124,6 +124,7 @@ class Engine:
         self._base_lrs = {name: [g["lr"] for g in p.optimizer.param_groups] for name, p in self.players.items()}
         #: called on the moving parameters between backward and step (a distributed fit averages gradients there)
         self.grad_sync: Callable[[list[torch.Tensor]], None] | None = None
+        self._counters_hosted: set[str] = set()
 
     def scale_learning_rates(self, factor: float) -> None:
         """Set every player's learning rates to ``factor`` times their initial values."""
@@ -144,10 +145,10 @@ class Engine:
         if self.grad_sync is not None:
             self.grad_sync(params)
         for player in moving:
-            fresh = not player.optimizer.state
             player.optimizer.step()
-            if fresh:
-                host_step_counters(player.optimizer)
+            if player.name not in self._counters_hosted and player.optimizer.state:
+                host_step_counters(player.optimizer)  # once, after the step that created the state
+                self._counters_hosted.add(player.name)
 
     def state_dict(self) -> dict:
         return {
