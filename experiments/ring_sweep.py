@@ -19,7 +19,6 @@ import time
 
 import pyro
 import torch
-from ppdgm.guides import ImplicitMLPEncoder
 
 import ppdgm
 from ppdgm.evaluate import mixture_quality
@@ -38,9 +37,7 @@ def run_one(job: tuple[str, str, int, int, dict]) -> dict:
     encoder = options.pop("encoder", "gaussian")
     tic = time.perf_counter()
     torch.manual_seed(seed)
-    model, guide = build("gan-mlp", 2, z_dim=2, hidden=[256, 256], noise_scale=0.02)
-    if encoder == "implicit":
-        guide = ImplicitMLPEncoder(2, 2, (256, 256))
+    model, guide = build("gan-mlp", 2, z_dim=2, hidden=[256, 256], noise_scale=0.02, encoder=encoder)
     run = ppdgm.fit(
         model, guide, "ring8", method, steps=steps, batch_size=batch_size, lr=lr, seed=seed, progress=False,
         optimizer_options={"betas": (0.5, 0.999)}, lr_schedule="linear", validate_every=0, **options,

@@ -16,7 +16,7 @@ from ppdgm import data as data_mod
 from ppdgm import distributed
 from ppdgm import evaluate as evaluate_mod
 from ppdgm.method import available_methods
-from ppdgm.presets import PRESETS, build
+from ppdgm.presets import ENCODERS, PRESETS, build
 from ppdgm.programs import ProgramPair
 from ppdgm.sampling import generate, plot_samples_2d, save_image_grid
 from ppdgm.train import fit, load_params, resolve_device
@@ -238,7 +238,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--z-dim", type=int, default=None)
     t.add_argument("--hidden", type=_sizes, default=None, help="hidden sizes, e.g. 200,200 (empty: linear)")
     t.add_argument("--layers", type=_sizes, default=None, help="latent layer sizes of sbn/helmholtz, data upwards")
-    t.add_argument("--encoder", choices=["gaussian", "implicit"], default=None, help="encoder of gan-mlp/gan-image")
+    t.add_argument("--encoder", choices=sorted(ENCODERS), default=None, help="encoder of gan-mlp/gan-image")
     budget = t.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=int, default=10)
     budget.add_argument("--steps", type=int, default=None)

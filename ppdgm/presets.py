@@ -42,18 +42,18 @@ def _sbn(x_dim: int, layers: Sequence[int], hidden: Sequence[int]) -> tuple[Call
     return SigmoidBeliefNet(x_dim, layers), SBNRecognition(x_dim, layers, hidden)
 
 
-ENCODERS = ("gaussian", "implicit")
+#: the guides the ``gan-mlp`` and ``gan-image`` presets offer (option ``encoder``, CLI ``--encoder``)
+ENCODERS: dict[str, type] = {"gaussian": GaussianMLPEncoder, "implicit": ImplicitMLPEncoder}
 
 
 def _mlp_gan(
     x_dim: int, z_dim: int, hidden: Sequence[int], output: str, noise_scale: float | None, encoder: str
 ) -> tuple[Callable, Callable]:
     if encoder not in ENCODERS:
-        raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
-    encoder_class = GaussianMLPEncoder if encoder == "gaussian" else ImplicitMLPEncoder
+        raise ValueError(f"encoder must be one of {tuple(ENCODERS)}, got {encoder!r}")
     return (
         MLPGenerator(x_dim, z_dim, hidden, "relu", output, noise_scale),
-        encoder_class(x_dim, z_dim, tuple(reversed(hidden)), activation="relu"),
+        ENCODERS[encoder](x_dim, z_dim, tuple(reversed(hidden)), activation="relu"),
     )
 
 
