@@ -50,20 +50,20 @@ class AAE(AdversarialMethod):
         return {"regularisation_weight": self.regularisation_weight, **super().options()}
 
     def discriminator_inputs(self, programs: ProgramPair, dream: Trace, x: torch.Tensor) -> torch.Tensor:
-        return programs.latent_values(dream, x.shape[0])
+        return programs.latent_values(dream, len(x))
 
     def reconstruction(self, programs: ProgramPair, x: torch.Tensor) -> tuple[torch.Tensor, Trace]:
         """log p(x | z) per datapoint at z ~ q(z | x), and the guide's trace."""
         side = programs.data_side(x, 1)
-        rec = programs.log_prob(side.model_trace, 1, x.shape[0], sites=(programs.obs_site,)).squeeze(0)
+        rec = programs.log_prob(side.model_trace, 1, len(x), sites=(programs.obs_site,)).squeeze(0)
         return rec, side.guide_trace
 
     def step(self, engine: Engine, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        programs, batch_size = engine.programs, x.shape[0]
+        programs, batch_size = engine.programs, len(x)
         rec, guide_trace = self.reconstruction(programs, x)
         codes = programs.latent_values(guide_trace, batch_size)
         with torch.no_grad():
-            prior = programs.latent_values(programs.model_side(batch_size), batch_size)
+            prior = programs.latent_values(programs.model_side(x), batch_size)
         d_loss = -self.adversary.score(prior, codes.detach())
         engine.update(d_loss, ("discriminator",))
         loss = -rec.mean()

@@ -58,7 +58,7 @@ class AAVAE(AdversarialMethod):
     def realness(self, x: torch.Tensor) -> torch.Tensor:
         """D(x) = q^r(y=0 | x) per row, a constant weight."""
         with torch.no_grad():
-            return self.adversary.log_prob(x, self.adversary.labels(x.shape[0], 0, x), reversed=True).exp()
+            return self.adversary.log_prob(x, self.adversary.labels(len(x), 0, x), reversed=True).exp()
 
     def weighted_elbo(self, programs: ProgramPair, x: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """L_aavae on real rows ``x`` and generated rows ``fake``; also the real rows' ELBO and weights."""
@@ -71,7 +71,7 @@ class AAVAE(AdversarialMethod):
     def step(self, engine: Engine, x: torch.Tensor) -> dict[str, torch.Tensor]:
         programs = engine.programs
         with torch.no_grad():
-            fake = generated_x(programs, programs.model_side(x.shape[0]), self.generator_output)
+            fake = generated_x(programs, programs.model_side(x), self.generator_output)
         d_loss = -self.adversary.score(x, fake)
         engine.update(d_loss, ("discriminator",))
         if not self.generator_turn():

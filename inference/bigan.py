@@ -45,7 +45,7 @@ class BiGAN(AdversarialMethod):
 
     def pair(self, programs: ProgramPair, x: torch.Tensor, trace: Trace) -> torch.Tensor:
         """Flattened (x, z) rows: x beside the latents of ``trace``."""
-        return flatten_rows([x, programs.latent_values(trace, x.shape[0])], x.shape[0])
+        return flatten_rows([x, programs.latent_values(trace, len(x))], len(x))
 
     def discriminator_inputs(self, programs: ProgramPair, dream: Trace, x: torch.Tensor) -> torch.Tensor:
         return self.pair(programs, generated_x(programs, dream, self.generator_output), dream)
@@ -53,7 +53,7 @@ class BiGAN(AdversarialMethod):
     def sides(self, programs: ProgramPair, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The data side's (x, z ~ q(z|x)) pairs and the model side's (x ~ p(x|z), z ~ p(z)) pairs."""
         real = self.pair(programs, x, programs.encode(x))
-        fake = self.discriminator_inputs(programs, programs.model_side(x.shape[0]), x)
+        fake = self.discriminator_inputs(programs, programs.model_side(x), x)
         return real, fake
 
     def step(self, engine: Engine, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -72,7 +72,7 @@ class BiGAN(AdversarialMethod):
     def objective(self, programs: ProgramPair, x: torch.Tensor) -> torch.Tensor:
         """log q(y=1 | x, z_q) + log q(y=0 | x_g, z_p) per datapoint."""
         real, fake = self.sides(programs, x)
-        n = x.shape[0]
+        n = len(x)
         return self.adversary.log_prob(real, self.adversary.labels(n, 1, x)) + self.adversary.log_prob(
             fake, self.adversary.labels(n, 0, x)
         )

@@ -38,6 +38,7 @@ class CD(Method):
     name = "cd"
     players = ("model",)
     requires_guide = False
+    accepts_columns = False
     objective_name = "neg_free_energy"
     persistent = False
 

@@ -38,6 +38,7 @@ class CycleGAN(Method):
     name = "cyclegan"
     players = ("model", "discriminator")
     requires_guide = False
+    accepts_columns = False
     objective_name = "cycle_error"
 
     def __init__(self, cycle_weight: float = 10.0, discriminators: tuple[Any, Any] | None = None) -> None:

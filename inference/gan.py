@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from ppdgm.adversarial import AdversarialMethod, generated_x
+from ppdgm.batch import Data
 from ppdgm.method import Engine, register
 from ppdgm.programs import ProgramPair
 
@@ -39,6 +40,7 @@ class GAN(AdversarialMethod):
     """
 
     name = "gan"
+    accepts_columns = True
     players = ("model", "discriminator")
     objective_name = "gan_value"
 
@@ -51,9 +53,9 @@ class GAN(AdversarialMethod):
     def options(self) -> dict:
         return {"generator_loss": self.generator_loss, **super().options()}
 
-    def generate(self, programs: ProgramPair, batch_size: int) -> torch.Tensor:
-        """Generated x for one step (with its graph when the generator learns on it)."""
-        return generated_x(programs, programs.model_side(batch_size), self.generator_output)
+    def generate(self, programs: ProgramPair, rows: Data) -> torch.Tensor:
+        """What the discriminator sees of x generated for ``rows`` (with its graph when the generator learns on it)."""
+        return self.view(programs, generated_x(programs, programs.model_side(rows), self.generator_output), rows)
 
     def discriminator_rows(self, fake: torch.Tensor) -> torch.Tensor:
         """The generated rows the discriminator learns from."""
@@ -73,8 +75,8 @@ class GAN(AdversarialMethod):
         programs = engine.programs
         generate = self.generator_turn()
         with torch.set_grad_enabled(generate):
-            fake = self.generate(programs, x.shape[0])
-        d_loss = self.discriminator_loss(x, self.discriminator_rows(fake))
+            fake = self.generate(programs, x)
+        d_loss = self.discriminator_loss(self.view(programs, programs.observed_of(x), x), self.discriminator_rows(fake))
         engine.update(d_loss, ("discriminator",))
         if generate:
             g_loss = self.generator_loss_of(fake)

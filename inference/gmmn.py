@@ -62,7 +62,7 @@ class GMMN(Method):
         check_generator(programs, programs.model_side(2), self.generator_output, self.name)
 
     def loss(self, programs: ProgramPair, x: torch.Tensor) -> torch.Tensor:
-        fake = generated_x(programs, programs.model_side(x.shape[0]), self.generator_output)
+        fake = generated_x(programs, programs.model_side(x), self.generator_output)
         return gaussian_mmd2(x, fake, self.bandwidths, self.scales)
 
     def step(self, engine: Engine, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -73,4 +73,4 @@ class GMMN(Method):
     @torch.no_grad()
     def objective(self, programs: ProgramPair, x: torch.Tensor) -> torch.Tensor:
         """-MMD² of the batch against as many generated rows (the same value for every datapoint)."""
-        return (-self.loss(programs, x)).expand(x.shape[0])
+        return (-self.loss(programs, x)).expand(len(x))

@@ -54,7 +54,7 @@ class InfoGAN(AdversarialMethod):
         programs = engine.programs
         generate = self.generator_turn()
         with torch.set_grad_enabled(generate):
-            dream = programs.model_side(x.shape[0])
+            dream = programs.model_side(x)
             fake = generated_x(programs, dream, self.generator_output)
         d_loss = -self.adversary.score(x, fake.detach())
         engine.update(d_loss, ("discriminator",))

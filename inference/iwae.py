@@ -26,6 +26,12 @@ Guide gradients (``guide_gradient``):
   gradient, and a gradient hook multiplies the gradient reaching each :math:`z_k` by
   :math:`\tilde w_k` once more.
 
+Enumerated sites (``infer={"enumerate": "parallel"}``) are summed inside each weight:
+:math:`w_k = \sum_y p_\theta(x, y, z_k^y) / q_\phi(z_k^y \mid x, y)` for a guide-enumerated y (the
+other latents drawn for every value of y), :math:`w_k = \sum_y p_\theta(x, y, z_k) / q_\phi(z_k \mid x)`
+for a model-enumerated one; each :math:`w_k` is unbiased for p(x), so :math:`\mathcal{L}_K` stays a
+lower bound.
+
 Latents without a reparameterised sampler get the VIMCO score-function term with leave-one-out
 baselines (Mnih & Rezende 2016, "Variational Inference for Monte Carlo Objectives").
 """
@@ -54,6 +60,7 @@ class IWAE(Method):
 
     name = "iwae"
     objective_name = "iwae_bound"
+    enumeration = "all"
 
     def __init__(self, num_particles: int = 5, guide_gradient: str = "reparam") -> None:
         if int(num_particles) != num_particles or num_particles < 1:
@@ -73,6 +80,11 @@ class IWAE(Method):
                 f"guide_gradient='dreg' needs reparameterisable latents; sites {list(structure.nonreparam_sites)} "
                 "are not (use guide_gradient='reparam', which adds the VIMCO score-function term)"
             )
+        if structure.guide_enumerated and (self.guide_gradient == "dreg" or structure.nonreparam_sites):
+            raise ValueError(
+                f"iwae sums out the enumerated site(s) {list(structure.guide_enumerated)} with "
+                "guide_gradient='reparam' and reparameterisable other latents only"
+            )
         if structure.nonreparam_sites and self.num_particles < 2:
             raise ValueError("IWAE with non-reparameterisable latents (VIMCO) needs num_particles >= 2")
 
@@ -82,12 +94,12 @@ class IWAE(Method):
         log_w = side.log_weights
         bound = log_mean_exp(log_w, 0)
         if self.guide_gradient == "dreg":
-            surrogate = self._dreg_surrogate(programs, side, x.shape[0])
+            surrogate = self._dreg_surrogate(programs, side, len(x))
         else:
             surrogate = bound.sum()
             if side.log_q_nonreparam is not None:
                 surrogate = surrogate + (vimco_signal(log_w.detach()) * side.log_q_nonreparam).sum()
-        return -surrogate / x.shape[0], side, bound.detach()
+        return -surrogate / len(x), side, bound.detach()
 
     def step(self, engine: Engine, x: torch.Tensor) -> dict[str, torch.Tensor]:
         loss, _, bound = self.loss(engine.programs, x)

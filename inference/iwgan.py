@@ -29,6 +29,7 @@ import torch
 from ppdgm.inference.gan import GAN
 
 from ppdgm.adversarial import generated_x
+from ppdgm.batch import Data
 from ppdgm.combine import self_normalised_weights
 from ppdgm.method import positive_int, register
 from ppdgm.programs import ProgramPair
@@ -45,6 +46,7 @@ class IWGAN(GAN):
     """
 
     name = "iwgan"
+    accepts_columns = True
     players = ("model", "discriminator")
     objective_name = "gan_value"
 
@@ -57,11 +59,17 @@ class IWGAN(GAN):
         del options["generator_loss"]
         return {"num_particles": self.num_particles, **options}
 
-    def generate(self, programs: ProgramPair, batch_size: int) -> torch.Tensor:
-        """``(k, B, ...)`` generated x, k per datapoint: one model-side run of k·B rows (any generator
-        network works, batch norm included), grouped k by k."""
-        x = generated_x(programs, programs.model_side(self.num_particles * batch_size), self.generator_output)
-        return x.reshape(self.num_particles, batch_size, *x.shape[1:])
+    def generate(self, programs: ProgramPair, rows: Data) -> torch.Tensor:
+        """``(k, B, ...)`` discriminator views of generated x, k per datapoint: one model-side run of k·B rows
+        (any generator network works, batch norm included; a conditional model's inputs repeated), grouped k by k."""
+        if isinstance(rows, int):
+            rows = programs.placeholder(rows)
+        batch_size = len(rows)
+        index = torch.arange(batch_size, device=programs.observed_of(rows).device).repeat(self.num_particles)
+        repeated = rows[index]
+        x = generated_x(programs, programs.model_side(repeated), self.generator_output)
+        seen = self.view(programs, x, repeated)
+        return seen.reshape(self.num_particles, batch_size, *seen.shape[1:])
 
     def log_weights(self, fake: torch.Tensor) -> torch.Tensor:
         """log w = log q^r(y=0|x) - log q(y=0|x) = logit D(x) per generated row, shape ``fake.shape[:2]``."""

@@ -41,7 +41,7 @@ class MLE(Method):
     def log_likelihood(self, programs: ProgramPair, x: torch.Tensor) -> torch.Tensor:
         """log p(x) per datapoint."""
         trace = programs.model_trace(x)
-        return programs.log_prob(trace, 1, x.shape[0]).squeeze(0)
+        return programs.log_prob(trace, 1, len(x)).squeeze(0)
 
     def step(self, engine: Engine, x: torch.Tensor) -> dict[str, torch.Tensor]:
         log_lik = self.log_likelihood(engine.programs, x)

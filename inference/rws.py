@@ -44,6 +44,7 @@ class RWS(Method):
 
     name = "rws"
     objective_name = "iwae_bound"
+    enumeration = "model"
 
     def __init__(self, num_particles: int = 5, sleep_fraction: float = 0.5) -> None:
         if int(num_particles) != num_particles or num_particles < 1:
@@ -73,7 +74,7 @@ class RWS(Method):
             surrogate = surrogate + (1 - s) * (weights * side.log_q).sum(0).mean()
         if s > 0:
             with torch.no_grad():
-                dream = programs.model_side(x.shape[0])
+                dream = programs.model_side(x)
             sleep_log_q = programs.score_guide(dream)[1].mean()
             surrogate = surrogate + s * sleep_log_q
             metrics["sleep_log_q"] = sleep_log_q.detach()

@@ -15,6 +15,10 @@ gradients. Latents without a reparameterised sampler (e.g. Bernoulli) add the sc
 
 In the unified view (Hu et al. 2018, arXiv:1706.00550) this is the wake phase of wake-sleep
 extended so that the guide learns in the wake phase too.
+
+Sites marked ``infer={"enumerate": "parallel"}`` are summed out exactly, as Pyro's ``TraceEnum_ELBO``
+does: a guide-enumerated discrete site y enters as :math:`\sum_y q_\phi(y \mid x)\,[\ldots]` (its
+gradient exact, no score function), a model-enumerated one as :math:`\log \sum_y p_\theta(x, y, z)`.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from ppdgm.inference.baselines import NVILBaseline
 
 from ppdgm.combine import mean
 from ppdgm.method import Engine, Method, register
-from ppdgm.programs import DataSide, ProgramPair
+from ppdgm.programs import ConventionError, DataSide, ProgramPair
 
 
 @register
@@ -44,6 +48,7 @@ class VAE(Method):
     aliases = ("elbo",)
     players = ("model", "guide", "baseline")
     objective_name = "elbo"
+    enumeration = "all"
 
     def __init__(
         self,
@@ -60,17 +65,26 @@ class VAE(Method):
     def options(self) -> dict:
         return {"num_particles": self.num_particles, "baseline_decay": self.baseline.decay}
 
+    def setup(self, programs: ProgramPair) -> None:
+        structure = programs.structure
+        if structure.guide_enumerated and structure.nonreparam_sites:
+            raise ConventionError(
+                f"vae sums out the enumerated site(s) {list(structure.guide_enumerated)} exactly but would need a "
+                f"score-function estimator for {list(structure.nonreparam_sites)} beside them; enumerate those too "
+                "or make them reparameterisable"
+            )
+
     def extra_params(self) -> dict[str, list[torch.Tensor]]:
         return {"baseline": self.baseline.parameters()}
 
     def loss(self, programs: ProgramPair, x: torch.Tensor) -> tuple[torch.Tensor, DataSide, torch.Tensor]:
         """The surrogate loss of one data-side phase, the phase itself, and the ELBO per datapoint."""
         side = programs.data_side(x, self.num_particles)
-        log_w = side.log_weights
+        log_w = side.expected_log_weights
         elbo = mean(log_w)
         surrogate = elbo.mean()
         if side.log_q_nonreparam is not None:
-            signal, baseline_loss = self.baseline.centred(log_w.detach(), x)
+            signal, baseline_loss = self.baseline.centred(log_w.detach(), programs.observed_of(x))
             surrogate = surrogate + (signal * side.log_q_nonreparam).mean() - baseline_loss
         return -surrogate, side, elbo.detach()
 
@@ -81,7 +95,7 @@ class VAE(Method):
 
     @torch.no_grad()
     def objective(self, programs: ProgramPair, x: torch.Tensor) -> torch.Tensor:
-        return mean(programs.data_side(x, self.num_particles).log_weights)
+        return mean(programs.data_side(x, self.num_particles).expected_log_weights)
 
     def state_dict(self) -> dict:
         return {"baseline": self.baseline.state_dict()}

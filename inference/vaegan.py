@@ -52,15 +52,15 @@ class VAEGAN(AdversarialMethod):
         return {"adversarial_weight": self.adversarial_weight, **super().options()}
 
     def step(self, engine: Engine, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        programs, batch_size = engine.programs, x.shape[0]
+        programs = engine.programs
         side = programs.data_side(x, 1)
         elbo = mean(side.log_weights)
         generate = self.generator_turn()
         with torch.set_grad_enabled(generate):
             recon = generated_x(
-                programs, programs.reconstruct(programs.detached(side.guide_trace), batch_size), self.generator_output
+                programs, programs.reconstruct(programs.detached(side.guide_trace), x), self.generator_output
             )
-            prior = generated_x(programs, programs.model_side(batch_size), self.generator_output)
+            prior = generated_x(programs, programs.model_side(x), self.generator_output)
         d_loss = -self.adversary.score(x, recon.detach(), prior.detach())
         engine.update(d_loss, ("discriminator",))
         loss = -elbo.mean()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from ppdgm.batch import Data
 from ppdgm.combine import mean
 from ppdgm.method import Engine, Method, register
 from ppdgm.programs import ProgramPair
@@ -38,6 +39,7 @@ class WakeSleep(Method):
     name = "ws"
     aliases = ("wake-sleep",)
     objective_name = "elbo"
+    enumeration = "model"
 
     def __init__(self, num_particles: int = 1) -> None:
         if int(num_particles) != num_particles or num_particles < 1:
@@ -55,19 +57,21 @@ class WakeSleep(Method):
         side = programs.data_side(x, self.num_particles, guide_grad=False)
         return -mean(side.log_p).mean()
 
-    def sleep_loss(self, programs: ProgramPair, batch_size: int) -> torch.Tensor:
-        """-log q(h | x) on dreamt (h, x), averaged; gradients reach the guide only."""
+    def sleep_loss(self, programs: ProgramPair, rows: int | Data) -> torch.Tensor:
+        """-log q(h | x) on dreamt (h, x), averaged; gradients reach the guide only.
+
+        ``rows``: the batch whose inputs the dream keeps, or a number of rows."""
         with torch.no_grad():
-            dream = programs.model_side(batch_size)
+            dream = programs.model_side(rows)
         return -programs.score_guide(dream)[1].mean()
 
     def step(self, engine: Engine, x: torch.Tensor) -> dict[str, torch.Tensor]:
         wake = self.wake_loss(engine.programs, x)
         engine.update(wake, ("model",))
-        sleep = self.sleep_loss(engine.programs, x.shape[0])
+        sleep = self.sleep_loss(engine.programs, x)
         engine.update(sleep, ("guide",))
         return {"wake_log_joint": -wake.detach(), "sleep_log_q": -sleep.detach()}
 
     @torch.no_grad()
     def objective(self, programs: ProgramPair, x: torch.Tensor) -> torch.Tensor:
-        return mean(programs.data_side(x, self.num_particles).log_weights)
+        return mean(programs.data_side(x, self.num_particles).expected_log_weights)

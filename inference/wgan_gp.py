@@ -59,9 +59,9 @@ class WGANGP(AdversarialMethod):
         programs = engine.programs
         generate = self.generator_turn()
         with torch.set_grad_enabled(generate):
-            fake = generated_x(programs, programs.model_side(x.shape[0]), self.generator_output)
+            fake = generated_x(programs, programs.model_side(x), self.generator_output)
         critic = self.adversary.logits(torch.cat([x, fake.detach()]))
-        gap = critic[: x.shape[0]].mean() - critic[x.shape[0] :].mean()
+        gap = critic[: len(x)].mean() - critic[len(x) :].mean()
         loss = -gap
         if self.gradient_penalty:
             loss = loss + self.gradient_penalty * self.penalty(x, fake.detach())
@@ -75,5 +75,5 @@ class WGANGP(AdversarialMethod):
     @torch.no_grad()
     def objective(self, programs: ProgramPair, x: torch.Tensor) -> torch.Tensor:
         """f(x) - f(x_g) per datapoint, one generated x_g each: the critic's Wasserstein estimate."""
-        fake = generated_x(programs, programs.model_side(x.shape[0]), self.generator_output)
+        fake = generated_x(programs, programs.model_side(x), self.generator_output)
         return self.adversary.logits(x) - self.adversary.logits(fake)

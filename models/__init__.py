@@ -1,5 +1,6 @@
-"""Generative models written as plain Pyro model functions (``model(x=None, batch_size=None)``)."""
+"""Generative models written as plain Pyro programs (called with a batch as ``SVI.step`` calls them)."""
 
+from ppdgm.models.conditional import ConditionalGenerator, ConditionalVAE
 from ppdgm.models.cyclegan import CycleTranslators
 from ppdgm.models.dbn import DBN
 from ppdgm.models.gan import DCGANGenerator, MLPGenerator
@@ -8,9 +9,13 @@ from ppdgm.models.nets import mlp
 from ppdgm.models.pixelcnn import PixelCNN
 from ppdgm.models.rbm import RBM
 from ppdgm.models.sbn import SigmoidBeliefNet
+from ppdgm.models.semisupervised import SemiSupervisedVAE
 from ppdgm.models.vae import BernoulliMLPModel
 
 __all__ = [
+    "ConditionalGenerator",
+    "ConditionalVAE",
+    "SemiSupervisedVAE",
     "CycleTranslators",
     "DBN",
     "BernoulliMLPModel",

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "softplus": nn.Softplus}
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "softplus": nn.Softplus,
+    "leaky_relu": nn.LeakyReLU,
+}
 
 
 def mlp(sizes: Sequence[int], activation: str = "tanh") -> nn.Sequential:
@@ -21,3 +28,9 @@ def mlp(sizes: Sequence[int], activation: str = "tanh") -> nn.Sequential:
         if i < len(sizes) - 2:
             layers.append(act())
     return nn.Sequential(*layers)
+
+
+def broadcast_cat(*tensors: torch.Tensor) -> torch.Tensor:
+    """Concatenate along the last dimension after broadcasting the leading ones (particles, enumerated values)."""
+    shape = torch.broadcast_shapes(*(t.shape[:-1] for t in tensors))
+    return torch.cat([t.expand(*shape, t.shape[-1]) for t in tensors], -1)

@@ -1,21 +1,25 @@
 """ppdgm: write a generative model once as a Pyro program, train it with any DGM algorithm.
 
 ``ppdgm.fit(model, guide, data, method="iwae", num_particles=5)`` trains a plain Pyro model/guide
-pair; the algorithm is the ``method`` argument. See README.md and DESIGN.md.
+pair; the algorithm is the ``method`` argument. See README.md and docs/.
 """
 
 from ppdgm import adversarial, data, evaluate, sampling
+from ppdgm.batch import Batch
 from ppdgm.method import Engine, Method, available_methods, get_method, register
-from ppdgm.programs import ConventionError, DataSide, ProgramPair
+from ppdgm.programs import ConventionError, DataSide, ProgramError, ProgramPair
+from ppdgm.sampling import sample
 from ppdgm.train import Run, fit, load_params
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Batch",
     "ConventionError",
     "DataSide",
     "Engine",
     "Method",
+    "ProgramError",
     "ProgramPair",
     "Run",
     "adversarial",
@@ -26,5 +30,6 @@ __all__ = [
     "get_method",
     "load_params",
     "register",
+    "sample",
     "sampling",
 ]

@@ -36,8 +36,9 @@ import torch
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_struct import Trace
 
+from ppdgm.batch import Data
 from ppdgm.method import Method, positive_int
-from ppdgm.programs import ConventionError, ProgramPair, StoreParams, _accepts
+from ppdgm.programs import ConventionError, ProgramPair, StoreParams, _accepts, flatten_rows
 
 
 class Reverse(Messenger):
@@ -208,6 +209,8 @@ class AdversarialMethod(Method):
     players: ClassVar[tuple[str, ...]] = ("model", "guide", "discriminator")
     requires_guide: ClassVar[bool] = False
     discriminates: ClassVar[str] = "x"
+    #: gan and iwgan take data columns: a conditional model's inputs, seen by the discriminator beside x
+    accepts_columns: ClassVar[bool] = False
     needs_generator_gradient: ClassVar[bool] = True
     needs_reparameterised_guide: ClassVar[bool] = False
     needs_likelihood: ClassVar[bool] = False
@@ -235,10 +238,19 @@ class AdversarialMethod(Method):
         }
 
     # ------------------------------------------------------------------ setup
-    def discriminator_inputs(self, programs: ProgramPair, dream: Trace, x: torch.Tensor) -> torch.Tensor:
-        """What the discriminator sees of a model-side ``dream`` (default: the generated x)."""
-        del x
-        return generated_x(programs, dream, self.generator_output)
+    def discriminator_inputs(self, programs: ProgramPair, dream: Trace, x: Data) -> torch.Tensor:
+        """What the discriminator sees of a model-side ``dream`` (default: the generated x, beside its inputs)."""
+        return self.view(programs, generated_x(programs, dream, self.generator_output), dream.ppdgm_rows)
+
+    @staticmethod
+    def view(programs: ProgramPair, values: torch.Tensor, rows: Data) -> torch.Tensor:
+        """What the discriminator sees of ``values`` (real or generated x for ``rows``): the values, and beside
+        them, for a conditional model, the inputs of those rows (cast to float; give labels one-hot)."""
+        inputs = programs.inputs_of(rows)
+        if not inputs:
+            return values
+        n = values.shape[0]
+        return flatten_rows([values, *(i.to(values.dtype) for i in inputs)], n)
 
     def setup(self, programs: ProgramPair) -> None:
         if self.needs_reparameterised_guide:
@@ -247,7 +259,7 @@ class AdversarialMethod(Method):
             check_likelihood(programs, self.name)
         example = programs.example[:4]
         with poutine.block():
-            dream = programs.model_side(example.shape[0])
+            dream = programs.model_side(example)
         if self.needs_generator_gradient:
             check_generator(programs, dream, self.generator_output, self.name)
         with torch.no_grad():
@@ -274,9 +286,12 @@ class AdversarialMethod(Method):
     @torch.no_grad()
     def gan_value(self, programs: ProgramPair, x: torch.Tensor) -> torch.Tensor:
         """V(D, G) per datapoint: log D(x) + log(1 - D(x_g)), one generated x_g per datapoint."""
-        fake = generated_x(programs, programs.model_side(x.shape[0]), self.generator_output)
-        real = self.adversary.log_prob(x, self.adversary.labels(x.shape[0], 1, x))
-        return real + self.adversary.log_prob(fake, self.adversary.labels(x.shape[0], 0, x))
+        fake = self.view(programs, generated_x(programs, programs.model_side(x), self.generator_output), x)
+        real = self.view(programs, programs.observed_of(x), x)
+        n = len(x)
+        return self.adversary.log_prob(real, self.adversary.labels(n, 1, real)) + self.adversary.log_prob(
+            fake, self.adversary.labels(n, 0, real)
+        )
 
     # ------------------------------------------------------------------ schedule
     def generator_turn(self) -> bool:
@@ -311,7 +326,8 @@ def generated_x(programs: ProgramPair, dream: Trace, output: str = "sample") -> 
     """The generated x of a model-side trace (its value, or its distribution's mean), with its graph."""
     site = dream.nodes[programs.obs_site]
     x = site["value"] if output == "sample" else site["fn"].mean
-    return programs.unparticle(x)
+    rows = getattr(dream, "ppdgm_rows", None)
+    return programs.as_column(x, None if rows is None else programs.observed_of(rows))
 
 
 def check_generator(programs: ProgramPair, dream: Trace, output: str, method: str) -> None:
@@ -370,16 +386,16 @@ def gaussian_mmd2(
     :math:`k(a, b) = \sum_\sigma \exp(-\lVert a - b \rVert^2 / (2 \sigma^2))`. With ``bandwidths=None``
     the σ are ``scales`` times the median distance between the rows of ``x`` (a constant: no gradient).
     """
-    x, y = x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1)
+    x, y = x.reshape(len(x), -1), y.reshape(y.shape[0], -1)
     both = torch.cat([x, y])
     sq = torch.cdist(both, both).pow(2)
     if bandwidths is None:
         with torch.no_grad():  # the median distance between distinct rows (static indices: no host sync)
-            rows, cols = torch.triu_indices(x.shape[0], x.shape[0], 1, device=sq.device)
+            rows, cols = torch.triu_indices(len(x), len(x), 1, device=sq.device)
             median = sq[rows, cols].median().sqrt().clamp_min(1e-6)
         sigmas = median * torch.tensor(scales, dtype=sq.dtype, device=sq.device)
     else:
         sigmas = torch.tensor(list(bandwidths), dtype=sq.dtype, device=sq.device)
     kernel = torch.exp(-sq.unsqueeze(0) / (2 * sigmas.pow(2)).reshape(-1, 1, 1)).sum(0)
-    n = x.shape[0]
+    n = len(x)
     return kernel[:n, :n].mean() + kernel[n:, n:].mean() - 2 * kernel[:n, n:].mean()

@@ -1,4 +1,4 @@
-r"""How K particles per datapoint combine (DESIGN.md §1).
+r"""How K particles per datapoint combine (docs/programs.md).
 
 Every function takes log weights :math:`\log w_{k,b}` of shape ``(K, B)`` — particle k of
 datapoint b — and combines **within each datapoint** (over dimension 0), never across the batch.

@@ -19,12 +19,15 @@ import math
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+
+from ppdgm.batch import Batch, as_batch
 
 MNIST_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/binarized_mnist_{split}.amat"
 _SPLITS = ("train", "valid", "test")
@@ -36,12 +39,12 @@ class DataUnavailableError(RuntimeError):
 
 @dataclass
 class Dataset:
-    """Train/valid/test tensors of one data set (rows are datapoints)."""
+    """Train/valid/test rows of one data set: tensors, or :class:`~ppdgm.batch.Batch` es of several columns."""
 
     name: str
-    train: torch.Tensor
-    valid: torch.Tensor
-    test: torch.Tensor
+    train: torch.Tensor | Batch
+    valid: torch.Tensor | Batch
+    test: torch.Tensor | Batch
     image_shape: tuple[int, ...] | None = None
     binary: bool = False
     log_density: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
@@ -49,9 +52,19 @@ class Dataset:
 
     @property
     def dim(self) -> int:
-        return int(self.train[0].numel())
+        """Numbers per row of the (first) data column."""
+        first = self.train if torch.is_tensor(self.train) else next(c for _, c in self.train.items() if c is not None)
+        return int(first[0].numel())
 
-    def split(self, name: str) -> torch.Tensor:
+    def describe_columns(self) -> str | None:
+        """The columns' shapes per row, for run records (``None`` for a single tensor)."""
+        if torch.is_tensor(self.train):
+            return None
+        return ", ".join(
+            f"{k}: {tuple(c.shape[1:])} {str(c.dtype).removeprefix('torch.')}" for k, c in self.train.items()
+        )
+
+    def split(self, name: str) -> torch.Tensor | Batch:
         if name not in _SPLITS:
             raise ValueError(f"unknown split {name!r}; expected one of {_SPLITS}")
         return getattr(self, name)
@@ -188,19 +201,28 @@ def load(name: str, data_dir: str | Path | None = None, **options) -> Dataset:
     return loader(data_dir=data_dir, **options)
 
 
-def as_dataset(data: str | Dataset | torch.Tensor | np.ndarray, data_dir: str | Path | None = None) -> Dataset:
-    """Accept a name, a :class:`Dataset`, or a tensor/array of training rows (no valid/test split)."""
+def as_dataset(data: Any, data_dir: str | Path | None = None) -> Dataset:
+    """Accept a name, a :class:`Dataset`, a tensor/array of training rows, or a tuple/dict of columns (no valid/test
+    split)."""
     if isinstance(data, Dataset):
         return data
     if isinstance(data, str):
         return load(data, data_dir)
+    if isinstance(data, Batch | tuple | list | Mapping):
+        rows = data if isinstance(data, Batch) else as_batch(data)
+        first = next(c for _, c in rows.items() if c is not None)
+        binary = bool(first.is_floating_point() and ((first == 0) | (first == 1)).all())
+        return Dataset("columns", rows, rows[:0], rows[:0], None, binary)
     if isinstance(data, np.ndarray | torch.Tensor):
         x = torch.as_tensor(data, dtype=torch.float32)
         if x.dim() < 2 or x.shape[0] == 0:
             raise ValueError(f"data must have one datapoint per row, got shape {tuple(x.shape)}")
         empty = x[:0]
         return Dataset("tensor", x, empty, empty, None, bool(((x == 0) | (x == 1)).all()))
-    raise TypeError(f"data must be a data set name, a ppdgm Dataset or a tensor, got {type(data).__name__}")
+    raise TypeError(
+        "data must be a data set name, a ppdgm Dataset, a tensor, or a tuple/dict of columns, got "
+        f"{type(data).__name__}"
+    )
 
 
 def unpaired(a: Dataset, b: Dataset, name: str | None = None, seed: int = 0) -> Dataset:
@@ -228,3 +250,14 @@ def transformed(data: Dataset, fn: Callable[[torch.Tensor], torch.Tensor], name:
     return Dataset(
         name, fn(data.train), fn(data.valid), fn(data.test), data.image_shape, data.binary, labels=data.labels
     )
+
+
+def labelled_subset(labels: torch.Tensor, per_class: int, seed: int = 0) -> torch.Tensor:
+    """A boolean mask keeping ``per_class`` rows of each class (drawn with ``seed``): the labelled rows of a
+    semi-supervised experiment."""
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(len(labels), dtype=torch.bool)
+    for c in labels.unique().tolist():
+        rows = torch.nonzero(labels == c).flatten()
+        mask[rows[torch.randperm(len(rows), generator=gen)[:per_class]]] = True
+    return mask

@@ -21,6 +21,8 @@ import pyro
 import pyro.poutine as poutine
 import torch
 
+from ppdgm.batch import Data, as_rows
+from ppdgm.batch import batch_size as rows_of
 from ppdgm.combine import log_mean_exp, mean
 from ppdgm.programs import ProgramPair
 
@@ -44,7 +46,7 @@ class Estimate:
         return f"{self.mean:.3f} ± {self.stderr:.3f}"
 
 
-def _programs(model: Callable, guide: Callable, x: torch.Tensor, obs_site: str, data_plate: str | None) -> ProgramPair:
+def _programs(model: Callable, guide: Callable, x: Data, obs_site: str | None, data_plate: str | None) -> ProgramPair:
     programs = ProgramPair(model, guide, obs_site=obs_site, data_plate=data_plate)
     programs.inspect(x)
     return programs
@@ -64,13 +66,14 @@ def _particle_chunk(num_samples: int, batch: int, x_numel: int, max_elements: in
 def _batched(
     model: Callable,
     guide: Callable,
-    data: torch.Tensor,
-    per_batch: Callable[[ProgramPair, torch.Tensor], torch.Tensor],
+    data: Data,
+    per_batch: Callable[[ProgramPair, Data], torch.Tensor],
     batch_size: int,
-    obs_site: str,
+    obs_site: str | None,
     data_plate: str | None,
 ) -> Estimate:
-    if data.shape[0] == 0:
+    data = as_rows(data)
+    if rows_of(data) == 0:
         raise ValueError("no data to evaluate on (the split is empty)")
     programs = _programs(model, guide, data[:batch_size], obs_site, data_plate)
     out = []
@@ -88,7 +91,7 @@ def log_likelihood(
     *,
     batch_size: int = 100,
     max_elements: int = 1 << 24,
-    obs_site: str = "x",
+    obs_site: str | None = None,
     data_plate: str | None = None,
 ) -> Estimate:
     """Importance-sampled log p(x) per datapoint with ``num_samples`` guide samples each.
@@ -97,7 +100,7 @@ def log_likelihood(
     """
 
     def per_batch(programs: ProgramPair, x: torch.Tensor) -> torch.Tensor:
-        chunk = _particle_chunk(num_samples, x.shape[0], x[0].numel(), max_elements)
+        chunk = _particle_chunk(num_samples, rows_of(x), programs.observed_of(x)[0].numel(), max_elements)
         running = None
         for k in _chunks(num_samples, chunk):
             lse = torch.logsumexp(programs.data_side(x, k).log_weights, 0)
@@ -115,7 +118,7 @@ def iwae_bound(
     *,
     num_repeats: int = 1,
     batch_size: int = 100,
-    obs_site: str = "x",
+    obs_site: str | None = None,
     data_plate: str | None = None,
 ) -> Estimate:
     """The IWAE bound L_k per datapoint, each averaged over ``num_repeats`` independent draws."""
@@ -136,13 +139,13 @@ def elbo(
     num_samples: int = 1,
     *,
     batch_size: int = 100,
-    obs_site: str = "x",
+    obs_site: str | None = None,
     data_plate: str | None = None,
 ) -> Estimate:
     """The ELBO per datapoint, a Monte Carlo average over ``num_samples`` guide samples."""
 
     def per_batch(programs: ProgramPair, x: torch.Tensor) -> torch.Tensor:
-        return mean(programs.data_side(x, num_samples).log_weights)
+        return mean(programs.data_side(x, num_samples).expected_log_weights)
 
     return _batched(model, guide, data, per_batch, batch_size, obs_site, data_plate)
 
@@ -155,7 +158,7 @@ def exact_log_likelihood(
     batch_size: int = 100,
     max_elements: int = 1 << 24,
     max_latents: int = 20,
-    obs_site: str = "x",
+    obs_site: str | None = None,
     data_plate: str | None = None,
 ) -> Estimate:
     """Exact log p(x) per datapoint.
@@ -177,8 +180,9 @@ def exact_log_likelihood(
 
 def _enumerate(programs: ProgramPair, x: torch.Tensor, max_elements: int, max_latents: int) -> torch.Tensor:
     structure = programs.structure
-    batch_size = x.shape[0]
-    trace = poutine.trace(programs.model).get_trace(**programs._model_kwargs(x, batch_size))
+    batch_size = rows_of(x)
+    args, kwargs = programs._model_args(x, batch_size)
+    trace = poutine.trace(programs.model).get_trace(*args, **kwargs)
     shapes = {}
     for name in structure.latent_sites:
         site = trace.nodes[name]
@@ -196,9 +200,10 @@ def _enumerate(programs: ProgramPair, x: torch.Tensor, max_elements: int, max_la
         raise ValueError(f"{total} binary latents make 2^{total} configurations; at most {max_latents} are enumerated")
     if total == 0:
         return programs.log_prob(trace, 1, batch_size)[0]
-    configs = torch.cartesian_prod(*[torch.tensor([0.0, 1.0], dtype=x.dtype, device=x.device)] * total)
+    observed = programs.observed_of(x)
+    configs = torch.cartesian_prod(*[torch.tensor([0.0, 1.0], dtype=observed.dtype, device=observed.device)] * total)
     configs = configs.reshape(-1, total)
-    chunk = 2 ** max(0, int(math.log2(max(1, max_elements // max(1, batch_size * x[0].numel())))))
+    chunk = 2 ** max(0, int(math.log2(max(1, max_elements // max(1, batch_size * programs.observed_of(x)[0].numel())))))
     running = None
     for block in configs.split(max(2, chunk)):
         c = block.shape[0]
@@ -207,7 +212,7 @@ def _enumerate(programs: ProgramPair, x: torch.Tensor, max_elements: int, max_la
             for (name, shape), part in zip(shapes.items(), block.split(sizes, -1))
         }
         conditioned = poutine.condition(programs._particles(programs.model, c), data=values)
-        tr = poutine.trace(conditioned).get_trace(**programs._model_kwargs(x, batch_size))
+        tr = poutine.trace(conditioned).get_trace(*args, **kwargs)
         lse = torch.logsumexp(programs.log_prob(tr, c, batch_size), 0)
         running = lse if running is None else torch.logaddexp(running, lse)
     return running
@@ -222,7 +227,7 @@ def active_units(
     threshold: float = 1e-2,
     num_samples: int = 10,
     batch_size: int = 200,
-    obs_site: str = "x",
+    obs_site: str | None = None,
     data_plate: str | None = None,
 ) -> int:
     """Number of active latent units (Burda et al. 2016): unit u is active when Cov_x(E_q[u | x]) > threshold.
@@ -231,7 +236,8 @@ def active_units(
     guide; for later layers of a hierarchical guide it is averaged over ``num_samples`` draws of the
     layers below). All latent units of all sites are counted.
     """
-    if data.shape[0] < 2:
+    data = as_rows(data)
+    if rows_of(data) < 2:
         raise ValueError("active units need at least two datapoints")
     programs = _programs(model, guide, data[:batch_size], obs_site, data_plate)
     means = []
@@ -239,7 +245,7 @@ def active_units(
         for x in data.split(batch_size):
             side = programs.data_side(x, num_samples)
             per_site = [
-                side.guide_trace.nodes[name]["fn"].mean.reshape(num_samples, x.shape[0], -1).mean(0)
+                side.guide_trace.nodes[name]["fn"].mean.reshape(num_samples, rows_of(x), -1).mean(0)
                 for name in programs.structure.latent_sites
             ]
             means.append(torch.cat(per_site, -1))

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import pyro
 import torch
 
-from ppdgm.programs import ProgramPair
+from ppdgm.programs import ConventionError, ProgramPair
 
 OptimizerSpec = str | type[torch.optim.Optimizer] | Callable[[list[torch.Tensor]], torch.optim.Optimizer]
 
@@ -200,9 +200,27 @@ class Method:
     requires_guide: ClassVar[bool] = True
     partial_guide: ClassVar[bool] = False
     objective_name: ClassVar[str] = "objective"
+    #: trains on data of several columns (a :class:`~ppdgm.batch.Batch`), not only a tensor of rows
+    accepts_columns: ClassVar[bool] = True
+    #: enumerated sites the method sums out: ``"all"``, ``"model"`` (model-side enumeration only) or ``"none"``
+    enumeration: ClassVar[str] = "none"
 
     def setup(self, programs: ProgramPair) -> None:
         """Called once after the program pair is inspected; check the method can train it."""
+
+    def check_programs(self, programs: ProgramPair) -> None:
+        """Refuse, naming the sites, what the method cannot train: enumerated sites it does not sum out."""
+        structure = programs.structure
+        refused = structure.enumerated if self.enumeration == "none" else ()
+        if self.enumeration == "model":
+            refused = structure.guide_enumerated
+        if refused:
+            allowed = {"model": "only sites enumerated in the model (not in the guide)", "none": "no enumeration"}
+            raise ConventionError(
+                f"method {self.name!r} cannot sum out the enumerated site(s) {list(refused)}: it supports "
+                f"{allowed[self.enumeration]}. Use vae or iwae, which sum them out exactly, or remove the "
+                "enumerate annotation"
+            )
 
     def extra_params(self) -> dict[str, list[torch.Tensor]]:
         """Parameters the method itself owns (e.g. a baseline network), per player."""

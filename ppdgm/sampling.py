@@ -2,18 +2,106 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyro.poutine as poutine
 import torch
 
+from ppdgm.batch import Key
+
+
+@torch.no_grad()
+def sample(
+    model: Callable | Any,
+    n: int | None = None,
+    *,
+    like: Any = None,
+    condition: torch.Tensor | Mapping[Key, torch.Tensor] | None = None,
+    mean: bool = False,
+    obs_site: str | None = None,
+) -> torch.Tensor:
+    """``n`` draws of the model's observed site from the model side (its likelihood's mean when ``mean``).
+
+    Args:
+        model: a trained :class:`~ppdgm.train.Run` (its model and data shape are known), or a Pyro model.
+        n: number of rows; defaults to the rows of ``condition``.
+        like: for a bare model, a batch of data (or the data) it can be called with: it fixes the arguments'
+            shapes and, for a conditional model, the inputs used when no ``condition`` is given.
+        condition: the inputs of a conditional model (columns no observed site reads): a tensor when there is
+            one such column, else a dict from column (position or name) to tensor; one row per draw.
+        mean: return the mean of the observed site's distribution instead of a draw.
+        obs_site: which observed site to return, when the model has several.
+
+    The model runs as in training's model side: with its observed columns ``None`` when it takes a
+    ``batch_size`` argument, else under ``poutine.uncondition`` on a placeholder batch.
+    """
+    from ppdgm.batch import as_rows
+    from ppdgm.programs import ConventionError, ProgramPair
+    from ppdgm.train import Run
+
+    if isinstance(model, Run):
+        programs, scope = model.programs, model.params()
+        if obs_site is not None and obs_site != programs.obs_site:
+            programs = ProgramPair(model.model, None, obs_site=obs_site)
+            with model.params():
+                programs.inspect(model.programs.example)
+    else:
+        if like is None:
+            raise ValueError("sampling from a bare model needs like=<a batch of data it can be called with>")
+        programs, scope = ProgramPair(model, None, obs_site=obs_site), contextlib.nullcontext()
+        with scope:
+            programs.inspect(as_rows(like))
+    inputs = [k for k, _ in programs.placeholder(1).items()] if not torch.is_tensor(programs.example) else []
+    observed = {k for k, _ in programs.structure.observed_columns}
+    inputs = [k for k in inputs if k not in observed]
+    if condition is not None:
+        if not inputs:
+            raise ConventionError("condition= was given but the model has no inputs (every data column is observed)")
+        if torch.is_tensor(condition):
+            if len(inputs) != 1:
+                raise ConventionError(f"the model has several inputs {inputs}; give condition as a dict by column")
+            condition = {inputs[0]: condition}
+        unknown = sorted(set(condition) - set(inputs), key=str)
+        if unknown:
+            raise ConventionError(f"condition names column(s) {unknown} that are not inputs of the model {inputs}")
+        sizes = {int(v.shape[0]) for v in condition.values()}
+        if len(sizes) != 1 or (n is not None and n not in sizes):
+            raise ValueError(f"condition has {sorted(sizes)} rows; give one row per draw (n={n})")
+        n = sizes.pop()
+    if n is None or isinstance(n, bool) or int(n) != n or n < 1:
+        raise ValueError(f"n must be a positive integer (or give condition=...), got {n!r}")
+    rows = programs.placeholder(int(n))
+    if condition:
+        rows = rows.replace({k: v.to(programs.observed_of(rows).device) for k, v in condition.items()})
+    with scope:
+        dream = programs.model_side(rows)
+    site = dream.nodes[programs.obs_site]
+    value = site["value"]
+    if mean:
+        with contextlib.suppress(NotImplementedError):
+            value = site["fn"].mean
+    return programs.as_column(value.detach(), programs.observed_of(rows))
+
 
 @torch.no_grad()
 def generate(model: Callable, n: int, obs_site: str = "x", mean: bool = True) -> torch.Tensor:
-    """``n`` draws of the observed site from the model side (the likelihood's mean when ``mean``)."""
+    """``n`` draws of the observed site of a model written as ``model(x=None, batch_size=None)``.
+
+    The presets' models are; for any Pyro model (a tutorial's ``model(x)``, a conditional model) use
+    :func:`sample`, which needs an example batch.
+    """
+    from ppdgm.programs import ConventionError, _accepts
+
+    if not _accepts(model, "batch_size", named=True):
+        raise ConventionError(
+            "generate() calls model(x=None, batch_size=n), but the model has no batch_size parameter; use "
+            "ppdgm.sample(run, n) or ppdgm.sample(model, n, like=<a batch of data>)"
+        )
     trace = poutine.trace(model).get_trace(**{obs_site: None, "batch_size": n})
     site = trace.nodes.get(obs_site)
     if site is None:

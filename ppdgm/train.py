@@ -36,10 +36,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ppdgm import distributed
+from ppdgm.batch import Batch, Data
+from ppdgm.batch import batch_size as rows_of
 from ppdgm.data import Dataset, as_dataset
 from ppdgm.method import Engine, Method, get_method
 from ppdgm.precision import autocast, check_precision
-from ppdgm.programs import ProgramPair
+from ppdgm.programs import ProgramError, ProgramPair
 
 CHECKPOINT_NAME = "checkpoint.pt"
 Callback = Callable[["Run", dict], Any]
@@ -268,7 +270,7 @@ def fit(
     checkpoint_dir: str | Path | None = None,
     resume: bool = True,
     validate_every: int = 1,
-    obs_site: str = "x",
+    obs_site: str | None = None,
     data_plate: str | None = None,
     data_dir: str | Path | None = None,
     progress: bool = True,
@@ -281,10 +283,12 @@ def fit(
     """Train ``model`` and ``guide`` on ``data`` with the algorithm ``method``.
 
     Args:
-        model: a Pyro model ``model(x=None, batch_size=None)`` (see :mod:`ppdgm.programs`).
-        guide: a Pyro guide ``guide(x=None, batch_size=None)``, or ``None`` for methods needing none.
-        data: a data set name (``"digits-binary"``, ``"binarized-mnist"``...), a :class:`~ppdgm.data.Dataset`
-            or a tensor of training rows.
+        model: a Pyro model, called with each batch as ``SVI.step`` would call it: ``model(x)`` for a tensor of
+            rows, ``model(*columns)`` for a tuple, ``model(**columns)`` for a dict (see :mod:`ppdgm.programs`).
+        guide: a Pyro guide called with the same arguments, or ``None`` for methods needing none.
+        data: a data set name (``"digits-binary"``, ``"binarized-mnist"``...), a :class:`~ppdgm.data.Dataset`,
+            a tensor of training rows, or a tuple/dict of columns with one row per datapoint (images and
+            labels, say; a column no observed site reads is an input of a conditional model).
         method: a registered name (``"vae"``, ``"iwae"``...; ``ppdgm.available_methods()``) or a
             :class:`~ppdgm.method.Method` instance. ``method_options`` go to its constructor.
         epochs, steps: the budget (default 10 epochs); with ``steps`` the last epoch may be partial.
@@ -297,7 +301,8 @@ def fit(
         checkpoint_dir: where ``checkpoint.pt`` is written (atomically) after every epoch; with
             ``resume=True`` an existing checkpoint there is continued from.
         validate_every: evaluate the method's objective on the validation split every N epochs.
-        obs_site, data_plate: program conventions (see :mod:`ppdgm.programs`).
+        obs_site: the observed site generative methods generate, when the model has several (found otherwise).
+        data_plate: the plate over datapoints, when it is neither named ``"data"`` nor the only one of batch size.
         data_dir: where named data sets are read from / cached.
         progress: show a tqdm progress bar with the live objective (refreshed every ``log_every`` steps).
         validate: keep Pyro's argument validation on in every step (it is always on in the first).
@@ -335,7 +340,9 @@ def fit(
             dev = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(dev)
     check_precision(precision, dev)
-    batches_per_epoch = math.ceil(dataset.train.shape[0] / batch_size)
+    if isinstance(dataset.train, Batch) and not method_obj.accepts_columns:
+        raise ValueError(f"method {method_obj.name!r} trains on a single tensor of rows, not on data columns")
+    batches_per_epoch = math.ceil(rows_of(dataset.train) / batch_size)
     total_steps = steps if steps is not None else epochs * batches_per_epoch
     num_epochs = math.ceil(total_steps / batches_per_epoch)
     schedule = resolve_schedule(lr_schedule, num_epochs)
@@ -351,6 +358,7 @@ def fit(
         "seed": seed,
         "device": str(dev),
         "obs_site": obs_site,
+        "columns": dataset.describe_columns(),
         "lr_schedule": lr_schedule if isinstance(lr_schedule, str) or lr_schedule is None else repr(lr_schedule),
         "world_size": 1 if ctx is None else ctx.world_size,
         "precision": precision,
@@ -360,14 +368,20 @@ def fit(
         model, guide, obs_site=obs_site, data_plate=data_plate, partial_guide=method_obj.partial_guide
     )
     store = pyro.get_param_store()
-    for split in ("train", "valid", "test"):
-        programs.check_finite(dataset.split(split))
     with store.scope() as scope_state:
-        structure = programs.inspect(dataset.train[:batch_size])
+        try:
+            structure = programs.inspect(dataset.train[:batch_size])
+        except ProgramError:
+            for split in ("train", "valid", "test"):  # a program that fails on NaN data: report the data
+                programs.check_finite(dataset.split(split))
+            raise
+        config["obs_site"] = programs.obs_site
         for split in ("train", "valid", "test"):
             rows = dataset.split(split)
-            if rows.shape[0]:
+            programs.check_finite(rows)
+            if rows_of(rows):
                 programs.check_support(rows)
+        method_obj.check_programs(programs)
         method_obj.setup(programs)
         extra_players = method_obj.extra_players()
         _move_programs(
@@ -431,7 +445,7 @@ def _train(
     method, engine, programs, dev = run.method, run.engine, run.programs, run.device
     train_x = run.dataset.train.to(dev)
     valid_x = run.dataset.valid.to(dev)
-    batches = EpochBatches(train_x.shape[0], batch_size, seed)
+    batches = EpochBatches(rows_of(train_x), batch_size, seed)
     shards = _Shards(programs, engine)
     checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     start_epoch, step = 0, 0
@@ -480,7 +494,7 @@ def _train(
                         bar.set_postfix({k: f"{(v / count).item():.3f}" for k, v in sums.items()}, refresh=False)
                 record = {"epoch": epoch + 1, "step": step, "seconds": time.perf_counter() - tic}
                 record.update(zip((f"train_{k}" for k in sums), shards.mean(list(sums.values()), count)))
-                if valid_x.shape[0] and validate_every and (epoch + 1) % validate_every == 0:
+                if rows_of(valid_x) and validate_every and (epoch + 1) % validate_every == 0:
                     record[f"valid_{method.objective_name}"] = validation_objective(method, programs, valid_x, shards)
             run.history.append(record)
             run.seconds += record["seconds"]
@@ -503,20 +517,20 @@ def _train(
 
 @torch.no_grad()
 def validation_objective(
-    method: Method, programs: ProgramPair, x: torch.Tensor, shards: _Shards | None = None, batch_size: int = 500
+    method: Method, programs: ProgramPair, x: Data, shards: _Shards | None = None, batch_size: int = 500
 ) -> float:
     """Mean of the method's per-datapoint objective over ``x`` (one host read at the end).
 
     In a distributed fit (``shards``) every rank scores its block of each chunk and the sums are added up.
     """
     shards = shards or _Shards(programs, None)
-    total = x.new_zeros(())
+    total = None
     with pyro.validation_enabled(False):
         for chunk in x.split(batch_size):
-            with shards.take(chunk.shape[0], weigh=False) as rows:
+            with shards.take(rows_of(chunk), weigh=False) as rows:
                 part = method.objective(programs, chunk[rows]).sum()
-            total = total + part * shards.share
-    return (distributed.all_reduce_sum(total) / x.shape[0]).item()
+            total = part * shards.share if total is None else total + part * shards.share
+    return (distributed.all_reduce_sum(total) / rows_of(x)).item()
 
 
 class _Shards:

@@ -315,10 +315,11 @@ def _ring_quality(method, steps, seed=0, **options):
 
 def test_gan_spreads_over_the_ring_in_a_short_run():
     untrained = _ring_quality("gan", 1, lr=1e-9)
-    quality = _ring_quality("gan", 1500, lr=1e-3, optimizer_options={"betas": (0.5, 0.999)})
-    # measured at 1500 steps: 7 of 8 modes, 8.9% of samples within 3 sigma of a mode; untrained: 0 and 0%
+    quality = _ring_quality("gan", 2500, lr=1e-3, optimizer_options={"betas": (0.5, 0.999)})
+    # measured (torch 2.13, pyro-ppl 1.9.2) at 2500 steps, seeds 0-3: 8 of 8 modes each time, 29-71% of samples within
+    # 3 sigma of a mode (at 1500 steps seed 3 had still collapsed to 1 mode); untrained: 0 and 0%
     assert untrained["high_quality_fraction"] < 0.01
-    assert quality["mode_coverage"] >= 6 and quality["high_quality_fraction"] >= 0.05, quality
+    assert quality["mode_coverage"] >= 6 and quality["high_quality_fraction"] >= 0.1, quality
 
 
 @pytest.mark.parametrize("method", ["aae", "vaegan"])

@@ -53,24 +53,29 @@ def test_model_without_observed_site_is_refused():
         fit(model, guide, "digits-binary")
 
 
-def test_observed_site_with_another_name_is_reported_with_the_fix():
+def test_observed_site_of_any_name_is_found_and_a_wrong_obs_site_is_named():
     def model(x=None, batch_size=None):
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([4]).to_event(1))
             pyro.sample("image", dist.Bernoulli(logits=z.sum(-1, keepdim=True).expand(-1, 64)).to_event(1), obs=x)
 
     _, guide = user_pair()
-    with pytest.raises(ConventionError, match=r"no observed site named 'x' \(observed sites: \['image'\]\).*obs_site"):
-        fit(model, guide, "digits-binary")
+    run = fit(model, guide, "digits-binary")
+    assert run.programs.obs_site == "image" and run.config["obs_site"] == "image"
+    with pytest.raises(ConventionError, match=r"obs_site='x' is not an observed site of the model.*\['image'\]"):
+        fit(model, guide, "digits-binary", obs_site="x")
 
 
-def test_program_without_data_keyword_is_refused():
-    def model(data=None):
+def test_program_whose_signature_cannot_take_the_batch_is_refused():
+    def model():
         pass
 
     _, guide = user_pair()
-    with pytest.raises(ConventionError, match="the model must accept the keyword argument 'x'"):
-        ProgramPair(model, guide)
+    x = ppdgm.data.load("digits-binary").train[:5]
+    with pytest.raises(
+        ConventionError, match=r"the model cannot take the batch \(arg 0: \(5, 64\)\).*signature is model\(\)"
+    ):
+        ProgramPair(model, guide).inspect(x)
 
 
 def test_observed_site_outside_a_data_plate_is_refused():

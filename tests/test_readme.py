@@ -42,3 +42,12 @@ def test_readme_gan_example_runs():
     namespace: dict = {}
     exec(compile(short, str(README), "exec"), namespace)
     assert namespace["run"].history[-1]["step"] == 30 and namespace["samples"].shape == (2000, 2)
+
+
+def test_readme_conditional_and_semi_supervised_examples_run():
+    block = next(b for b in _runnable_blocks() if "SemiSupervisedVAE" in b)
+    short = block.replace("epochs=100", "epochs=1").replace("steps=2000", "steps=5")
+    short = short.replace("seed=0)", "seed=0, progress=False)")
+    namespace: dict = {}
+    exec(compile(short, str(README), "exec"), namespace)
+    assert namespace["sevens"].shape == (8, 64) and 0.0 <= float(namespace["accuracy"]) <= 1.0
