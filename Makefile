@@ -24,6 +24,7 @@ test-slow: $(BIN)/ppdgm
 lint: $(BIN)/ppdgm
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 bench: $(BIN)/ppdgm
 	$(BIN)/python bench/step_time.py --gan-batch-sizes 64 256

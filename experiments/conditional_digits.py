@@ -13,11 +13,11 @@ import argparse
 import time
 
 import torch
-from ppdgm.models import ConditionalGenerator, ConditionalVAE, SemiSupervisedVAE
 from sklearn.linear_model import LogisticRegression
 from torch.nn import functional as F
 
 import ppdgm
+from ppdgm.models import ConditionalGenerator, ConditionalVAE, SemiSupervisedVAE
 
 
 def one_hot(labels: torch.Tensor) -> torch.Tensor:

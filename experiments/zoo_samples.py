@@ -14,9 +14,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from ppdgm.models import DBN, RBM, PixelCNN  # noqa: E402
 
 import ppdgm  # noqa: E402
+from ppdgm.models import DBN, RBM, PixelCNN  # noqa: E402
 from ppdgm.sampling import generate, image_grid  # noqa: E402
 
 

@@ -7,9 +7,10 @@ from collections.abc import Sequence
 import pyro
 import pyro.distributions as dist
 import torch
-from ppdgm.models.nets import mlp
 from torch import nn
 from torch.nn import functional as F
+
+from ppdgm.models.nets import mlp
 
 
 class GaussianMLPEncoder(nn.Module):

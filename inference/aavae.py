@@ -36,7 +36,6 @@ from __future__ import annotations
 import torch
 
 from ppdgm.adversarial import AdversarialMethod, generated_x
-from ppdgm.combine import mean
 from ppdgm.method import Engine, register
 from ppdgm.programs import ProgramPair
 
@@ -62,8 +61,8 @@ class AAVAE(AdversarialMethod):
 
     def weighted_elbo(self, programs: ProgramPair, x: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """L_aavae on real rows ``x`` and generated rows ``fake``; also the real rows' ELBO and weights."""
-        elbo_real = mean(programs.data_side(x, 1).log_weights)
-        elbo_fake = mean(programs.data_side(fake, 1).log_weights)
+        elbo_real = programs.data_side(x, 1).elbo()
+        elbo_fake = programs.data_side(fake, 1).elbo()
         w_real, w_fake = self.realness(x), self.realness(fake)
         objective = (w_real * elbo_real).mean() + (w_fake * elbo_fake).mean()
         return objective, elbo_real, w_real, w_fake
@@ -85,4 +84,4 @@ class AAVAE(AdversarialMethod):
 
     @torch.no_grad()
     def objective(self, programs: ProgramPair, x: torch.Tensor) -> torch.Tensor:
-        return mean(programs.data_side(x, 1).log_weights)
+        return programs.data_side(x, 1).elbo()

@@ -40,7 +40,6 @@ class CD(Method):
     requires_guide = False
     accepts_columns = False
     objective_name = "neg_free_energy"
-    persistent = False
 
     def __init__(self, k: int = 1) -> None:
         self.k = positive_int("k", k)
@@ -86,7 +85,6 @@ class PCD(CD):
     """
 
     name = "pcd"
-    persistent = True
 
     def negative_samples(self, model, x: torch.Tensor) -> torch.Tensor:
         if self.chains is None or self.chains.shape != x.shape:

@@ -41,7 +41,7 @@ from __future__ import annotations
 import torch
 
 from ppdgm.combine import log_mean_exp, self_normalised_weights
-from ppdgm.method import Engine, Method, register
+from ppdgm.method import Engine, Method, positive_int, register
 from ppdgm.programs import DataSide, ProgramPair
 
 _GUIDE_GRADIENTS = ("reparam", "dreg")
@@ -63,11 +63,9 @@ class IWAE(Method):
     enumeration = "all"
 
     def __init__(self, num_particles: int = 5, guide_gradient: str = "reparam") -> None:
-        if int(num_particles) != num_particles or num_particles < 1:
-            raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
         if guide_gradient not in _GUIDE_GRADIENTS:
             raise ValueError(f"guide_gradient must be one of {_GUIDE_GRADIENTS}, got {guide_gradient!r}")
-        self.num_particles = int(num_particles)
+        self.num_particles = positive_int("num_particles", num_particles)
         self.guide_gradient = guide_gradient
 
     def options(self) -> dict:
@@ -123,7 +121,7 @@ class IWAE(Method):
 
     @torch.no_grad()
     def objective(self, programs: ProgramPair, x: torch.Tensor) -> torch.Tensor:
-        return log_mean_exp(programs.data_side(x, self.num_particles).log_weights, 0)
+        return programs.data_side(x, self.num_particles).iwae_bound()
 
 
 def vimco_signal(log_w: torch.Tensor) -> torch.Tensor:

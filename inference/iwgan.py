@@ -26,11 +26,11 @@ first sample of each group.
 from __future__ import annotations
 
 import torch
-from ppdgm.inference.gan import GAN
 
 from ppdgm.adversarial import generated_x
 from ppdgm.batch import Data
 from ppdgm.combine import self_normalised_weights
+from ppdgm.inference.gan import GAN
 from ppdgm.method import positive_int, register
 from ppdgm.programs import ProgramPair
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from ppdgm.combine import log_mean_exp, self_normalised_weights
-from ppdgm.method import Engine, Method, register
+from ppdgm.method import Engine, Method, positive_int, register
 from ppdgm.programs import ProgramPair
 
 
@@ -47,11 +47,9 @@ class RWS(Method):
     enumeration = "model"
 
     def __init__(self, num_particles: int = 5, sleep_fraction: float = 0.5) -> None:
-        if int(num_particles) != num_particles or num_particles < 1:
-            raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
         if not 0.0 <= sleep_fraction <= 1.0:
             raise ValueError(f"sleep_fraction must be in [0, 1], got {sleep_fraction!r}")
-        self.num_particles = int(num_particles)
+        self.num_particles = positive_int("num_particles", num_particles)
         self.sleep_fraction = float(sleep_fraction)
 
     def options(self) -> dict:
@@ -87,4 +85,4 @@ class RWS(Method):
 
     @torch.no_grad()
     def objective(self, programs: ProgramPair, x: torch.Tensor) -> torch.Tensor:
-        return log_mean_exp(programs.data_side(x, self.num_particles).log_weights, 0)
+        return programs.data_side(x, self.num_particles).iwae_bound()

@@ -24,10 +24,10 @@ gradient exact, no score function), a model-enumerated one as :math:`\log \sum_y
 from __future__ import annotations
 
 import torch
-from ppdgm.inference.baselines import NVILBaseline
 
 from ppdgm.combine import mean
-from ppdgm.method import Engine, Method, register
+from ppdgm.inference.baselines import NVILBaseline
+from ppdgm.method import Engine, Method, positive_int, register
 from ppdgm.programs import ConventionError, DataSide, ProgramPair
 
 
@@ -57,9 +57,7 @@ class VAE(Method):
         baseline_net: torch.nn.Module | None = None,
         variance_normalisation: bool = True,
     ) -> None:
-        if int(num_particles) != num_particles or num_particles < 1:
-            raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
-        self.num_particles = int(num_particles)
+        self.num_particles = positive_int("num_particles", num_particles)
         self.baseline = NVILBaseline(baseline_decay, baseline_net, variance_normalisation)
 
     def options(self) -> dict:
@@ -95,7 +93,7 @@ class VAE(Method):
 
     @torch.no_grad()
     def objective(self, programs: ProgramPair, x: torch.Tensor) -> torch.Tensor:
-        return mean(programs.data_side(x, self.num_particles).expected_log_weights)
+        return programs.data_side(x, self.num_particles).elbo()
 
     def state_dict(self) -> dict:
         return {"baseline": self.baseline.state_dict()}

@@ -22,7 +22,6 @@ from __future__ import annotations
 import torch
 
 from ppdgm.adversarial import AdversarialMethod, generated_x
-from ppdgm.combine import mean
 from ppdgm.method import Engine, register
 from ppdgm.programs import ProgramPair
 
@@ -54,7 +53,7 @@ class VAEGAN(AdversarialMethod):
     def step(self, engine: Engine, x: torch.Tensor) -> dict[str, torch.Tensor]:
         programs = engine.programs
         side = programs.data_side(x, 1)
-        elbo = mean(side.log_weights)
+        elbo = side.elbo()
         generate = self.generator_turn()
         with torch.set_grad_enabled(generate):
             recon = generated_x(
@@ -73,4 +72,4 @@ class VAEGAN(AdversarialMethod):
 
     @torch.no_grad()
     def objective(self, programs: ProgramPair, x: torch.Tensor) -> torch.Tensor:
-        return mean(programs.data_side(x, 1).log_weights)
+        return programs.data_side(x, 1).elbo()

@@ -22,7 +22,7 @@ import torch
 
 from ppdgm.batch import Data
 from ppdgm.combine import mean
-from ppdgm.method import Engine, Method, register
+from ppdgm.method import Engine, Method, positive_int, register
 from ppdgm.programs import ProgramPair
 
 
@@ -42,9 +42,7 @@ class WakeSleep(Method):
     enumeration = "model"
 
     def __init__(self, num_particles: int = 1) -> None:
-        if int(num_particles) != num_particles or num_particles < 1:
-            raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
-        self.num_particles = int(num_particles)
+        self.num_particles = positive_int("num_particles", num_particles)
 
     def options(self) -> dict:
         return {"num_particles": self.num_particles}
@@ -74,4 +72,4 @@ class WakeSleep(Method):
 
     @torch.no_grad()
     def objective(self, programs: ProgramPair, x: torch.Tensor) -> torch.Tensor:
-        return mean(programs.data_side(x, self.num_particles).expected_log_weights)
+        return programs.data_side(x, self.num_particles).elbo()

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 import pyro
 import pyro.distributions as dist
 import torch
-from ppdgm.models.nets import broadcast_cat, mlp
 from torch import nn
+
+from ppdgm.models.nets import broadcast_cat, mlp
 
 
 class ConditionalVAE(nn.Module):

@@ -14,9 +14,10 @@ from collections.abc import Sequence
 import pyro
 import pyro.distributions as dist
 import torch
+from torch import nn
+
 from ppdgm.models.gan import _output
 from ppdgm.models.nets import mlp
-from torch import nn
 
 
 class Translator(nn.Module):

@@ -24,8 +24,9 @@ from collections.abc import Sequence
 import pyro
 import pyro.distributions as dist
 import torch
-from ppdgm.models.rbm import RBM, RBMMarginal
 from torch import nn
+
+from ppdgm.models.rbm import RBM, RBMMarginal
 
 
 class DBN(nn.Module):

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 import pyro
 import pyro.distributions as dist
 import torch
-from ppdgm.models.nets import mlp
 from torch import nn
+
+from ppdgm.models.nets import mlp
 
 OUTPUTS = {"identity": nn.Identity, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
 

@@ -30,9 +30,10 @@ from collections.abc import Sequence
 import pyro
 import pyro.distributions as dist
 import torch
-from ppdgm.models.nets import broadcast_cat, mlp
 from pyro.infer import config_enumerate
 from torch import nn
+
+from ppdgm.models.nets import broadcast_cat, mlp
 
 
 class SemiSupervisedVAE(nn.Module):

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 import pyro
 import pyro.distributions as dist
 import torch
-from ppdgm.models.nets import mlp
 from torch import nn
+
+from ppdgm.models.nets import mlp
 
 
 class BernoulliMLPModel(nn.Module):

@@ -33,28 +33,13 @@ from typing import Any, ClassVar
 
 import pyro.poutine as poutine
 import torch
-from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_struct import Trace
 
 from ppdgm.batch import Data
+from ppdgm.handlers import Reverse, StoreParams, distribution_of
+from ppdgm.inspection import ConventionError, accepts
 from ppdgm.method import Method, positive_int
-from ppdgm.programs import ConventionError, ProgramPair, StoreParams, _accepts, flatten_rows
-
-
-class Reverse(Messenger):
-    """Effect handler that flips the observed binary indicator at ``site``: turns q(y | x) into q(1 - y | x).
-
-    Under the handler ``pyro.sample("y", d, obs=y)`` observes ``1 - y``, so any trace or log-probability
-    taken of the program is that of the reversed discriminator :math:`q^r(y \\mid x) = q(1 - y \\mid x)`.
-    """
-
-    def __init__(self, site: str = "y") -> None:
-        super().__init__()
-        self.site = site
-
-    def _pyro_sample(self, msg: dict) -> None:
-        if msg["name"] == self.site and msg["is_observed"]:
-            msg["value"] = 1 - msg["value"]
+from ppdgm.programs import ProgramPair, dream_rows, flatten_rows
 
 
 def reverse(fn: Callable, site: str = "y") -> Callable:
@@ -74,7 +59,7 @@ class Adversary:
     def __init__(self, program: Callable, site: str = "y") -> None:
         if not callable(program):
             raise TypeError(f"a discriminator must be a Pyro program or an nn.Module, got {type(program).__name__}")
-        if not _accepts(program, "y"):
+        if not accepts(program, "y"):
             raise ConventionError(
                 "a discriminator program must accept the keyword argument 'y' (the observed indicator); "
                 "wrap a network with ppdgm.guides.Discriminator(net)"
@@ -107,7 +92,7 @@ class Adversary:
             raise ConventionError(
                 f"the discriminator must observe its indicator: pyro.sample({self.site!r}, ..., obs=y)"
             )
-        shape = tuple(site["fn"].log_prob(site["value"]).shape)
+        shape = tuple(distribution_of(site).log_prob(site["value"]).shape)
         if shape != (batch_size,):
             raise ConventionError(
                 f"the discriminator scores a batch of {batch_size} inputs with log-probabilities of shape {shape}; "
@@ -139,7 +124,7 @@ class Adversary:
     def log_prob(self, inputs: torch.Tensor, y: torch.Tensor, reversed: bool = False) -> torch.Tensor:
         """log q(y | inputs), or log q^r(y | inputs) = log q(1 - y | inputs) when ``reversed``; shape ``(B,)``."""
         site = self.trace(inputs, y, reversed).nodes[self.site]
-        return site["fn"].log_prob(site["value"])
+        return distribution_of(site).log_prob(site["value"])
 
     def score(self, real: torch.Tensor, *fakes: torch.Tensor, reversed: bool = False) -> torch.Tensor:
         """Mean over all rows of log q(y | inputs) (or q^r): ``real`` rows with y = 1, ``fakes`` rows with y = 0.
@@ -182,7 +167,7 @@ def as_discriminator(discriminator: Any, name: str = "discriminator") -> Callabl
     """A discriminator program from a program or from a bare ``nn.Module`` (wrapped as a Bernoulli on its logit)."""
     from ppdgm.guides.discriminators import Discriminator
 
-    if isinstance(discriminator, torch.nn.Module) and not _accepts(discriminator, "y"):
+    if isinstance(discriminator, torch.nn.Module) and not accepts(discriminator, "y"):
         return Discriminator(discriminator, name=name)
     return discriminator
 
@@ -240,7 +225,7 @@ class AdversarialMethod(Method):
     # ------------------------------------------------------------------ setup
     def discriminator_inputs(self, programs: ProgramPair, dream: Trace, x: Data) -> torch.Tensor:
         """What the discriminator sees of a model-side ``dream`` (default: the generated x, beside its inputs)."""
-        return self.view(programs, generated_x(programs, dream, self.generator_output), dream.ppdgm_rows)
+        return self.view(programs, generated_x(programs, dream, self.generator_output), dream_rows(dream))
 
     @staticmethod
     def view(programs: ProgramPair, values: torch.Tensor, rows: Data) -> torch.Tensor:
@@ -325,8 +310,8 @@ def generator_output_option(value: str) -> str:
 def generated_x(programs: ProgramPair, dream: Trace, output: str = "sample") -> torch.Tensor:
     """The generated x of a model-side trace (its value, or its distribution's mean), with its graph."""
     site = dream.nodes[programs.obs_site]
-    x = site["value"] if output == "sample" else site["fn"].mean
-    rows = getattr(dream, "ppdgm_rows", None)
+    x = site["value"] if output == "sample" else distribution_of(site).mean
+    rows = vars(dream).get("ppdgm_rows")
     return programs.as_column(x, None if rows is None else programs.observed_of(rows))
 
 
@@ -365,7 +350,7 @@ def check_likelihood(programs: ProgramPair, method: str) -> None:
     example = programs.example[:8]
     with poutine.block(), torch.no_grad():
         side = programs.data_side(example, 1)
-        log_lik = programs.log_prob(side.model_trace, 1, example.shape[0], sites=(programs.obs_site,))
+        log_lik = programs.log_prob(side.model_trace, 1, len(example), sites=(programs.obs_site,))
     if not bool(torch.isfinite(log_lik).all()):
         fn = side.model_trace.nodes[programs.obs_site]["fn"]
         kind = type(getattr(fn, "base_dist", fn)).__name__

@@ -1,4 +1,4 @@
-"""Command line: ``ppdgm methods | train | evaluate | sample | demo`` (also ``python -m ppdgm``)."""
+"""Command line: ``ppdgm methods | train | evaluate | sample | compare | presets | demo`` (also ``python -m ppdgm``)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from ppdgm import data as data_mod
 from ppdgm import distributed
 from ppdgm import evaluate as evaluate_mod
 from ppdgm.method import available_methods
-from ppdgm.presets import ENCODERS, PRESETS, build
+from ppdgm.presets import ENCODERS, MODELS, build
 from ppdgm.programs import ProgramPair
 from ppdgm.sampling import generate, plot_samples_2d, save_image_grid
 from ppdgm.train import fit, load_params, resolve_device
@@ -134,7 +134,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_run(run_dir: Path, device: str = "cpu"):
+def _load_run(run_dir: Path):
     config_path = run_dir / CONFIG
     if not config_path.exists():
         raise SystemExit(f"{run_dir} is not a ppdgm run folder (no {CONFIG}); train one with `ppdgm train --out DIR`")
@@ -186,8 +186,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from ppdgm.compare import compare, parse_spec, spec_from_record
-    from ppdgm.comparisons import preset_spec
+    from ppdgm.compare import compare, parse_spec, preset_spec, spec_from_record
 
     sources = [args.spec is not None, args.preset is not None, args.rerun is not None]
     if sum(sources) != 1:
@@ -206,12 +205,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_presets(_: argparse.Namespace) -> int:
-    from ppdgm.comparisons import PRESETS as COMPARISONS
+def cmd_presets(args: argparse.Namespace) -> int:
+    from ppdgm.compare import comparison_names, preset_path
+    from ppdgm.compare.presets import describe
 
-    for name, preset in sorted(COMPARISONS.items()):
-        runtime = ", ".join(f"{b}: {t}" for b, t in preset["runtime"].items())
-        print(f"{name:<12}{preset['description']} ({runtime} on 2 CPU cores)")
+    if args.name is not None:  # the file, to copy and edit
+        path = preset_path(args.name)
+        print(f"# {path}\n{path.read_text()}", end="")
+        return 0
+    names = comparison_names()
+    width = max(len(n) for n in names) + 2
+    for name in names:
+        description, runtime = describe(name)
+        print(f"{name:<{width}}{description} ({runtime} on 2 CPU cores)")
+    print("\n`ppdgm presets NAME` prints a preset's TOML file; `ppdgm compare --preset FILE.toml` runs an edited copy")
     return 0
 
 
@@ -228,7 +235,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("methods", help="list the registered methods").set_defaults(func=cmd_methods)
 
     t = sub.add_parser("train", help="train a preset model/guide pair")
-    t.add_argument("--model", default="vae-mlp", choices=sorted(PRESETS))
+    t.add_argument("--model", default="vae-mlp", choices=sorted(MODELS))
     t.add_argument("--data", default="digits-binary", choices=data_mod.available_datasets())
     t.add_argument("--data-dir", default=None, help="where data sets are read from and cached")
     t.add_argument("--method", default="vae")
@@ -280,7 +287,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=cmd_compare)
 
-    sub.add_parser("presets", help="list the shipped comparisons").set_defaults(func=cmd_presets)
+    pr = sub.add_parser("presets", help="list the shipped comparisons, or print one's TOML file")
+    pr.add_argument("name", nargs="?", default=None, help="a shipped comparison: print its file")
+    pr.set_defaults(func=cmd_presets)
 
     d = sub.add_parser("demo", help="the digits comparison preset (vae vs iwae), about a minute")
     d.add_argument("--out", default="runs/demo")

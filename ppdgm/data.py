@@ -64,6 +64,13 @@ class Dataset:
             f"{k}: {tuple(c.shape[1:])} {str(c.dtype).removeprefix('torch.')}" for k, c in self.train.items()
         )
 
+    def tensor(self, name: str) -> torch.Tensor:
+        """A split of a single-tensor data set (a clear error for data of several columns)."""
+        rows = self.split(name)
+        if not torch.is_tensor(rows):
+            raise TypeError(f"data set {self.name!r} has several columns; this needs a single tensor of rows")
+        return rows
+
     def split(self, name: str) -> torch.Tensor | Batch:
         if name not in _SPLITS:
             raise ValueError(f"unknown split {name!r}; expected one of {_SPLITS}")
@@ -234,7 +241,7 @@ def unpaired(a: Dataset, b: Dataset, name: str | None = None, seed: int = 0) -> 
     gen = torch.Generator().manual_seed(seed)
     splits, labels = {}, {}
     for split in _SPLITS:
-        xa, xb = a.split(split), b.split(split)
+        xa, xb = a.tensor(split), b.tensor(split)
         n = min(xa.shape[0], xb.shape[0])
         ia, ib = torch.randperm(xa.shape[0], generator=gen)[:n], torch.randperm(xb.shape[0], generator=gen)[:n]
         splits[split] = torch.cat([xa[ia].reshape(n, -1), xb[ib].reshape(n, -1)], -1)
@@ -247,9 +254,8 @@ def unpaired(a: Dataset, b: Dataset, name: str | None = None, seed: int = 0) -> 
 
 def transformed(data: Dataset, fn: Callable[[torch.Tensor], torch.Tensor], name: str) -> Dataset:
     """The same data set with ``fn`` applied to every row (e.g. rotated or inverted images), labels kept."""
-    return Dataset(
-        name, fn(data.train), fn(data.valid), fn(data.test), data.image_shape, data.binary, labels=data.labels
-    )
+    train, valid, test = (fn(data.tensor(s)) for s in _SPLITS)
+    return Dataset(name, train, valid, test, data.image_shape, data.binary, labels=data.labels)
 
 
 def labelled_subset(labels: torch.Tensor, per_class: int, seed: int = 0) -> torch.Tensor:

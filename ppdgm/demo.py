@@ -12,8 +12,7 @@ from pathlib import Path
 
 
 def main(out: Path = Path("runs/demo"), budget: str = "demo") -> int:
-    from ppdgm.compare import compare, parse_spec
-    from ppdgm.comparisons import preset_spec
+    from ppdgm.compare import compare, parse_spec, preset_spec
 
     spec = parse_spec(preset_spec("digits", budget), output=out)
     compare(spec)

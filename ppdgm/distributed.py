@@ -31,17 +31,13 @@ then raises, naming the site). Gradients of players whose phase did not reach a 
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import pyro.distributions as dist
 import torch
 import torch.distributed as torch_dist
-from pyro.poutine.messenger import Messenger
-from pyro.poutine.util import site_is_subsample
-from torch.distributions import Independent
+
+from ppdgm.handlers import ShardedSampling
 
 __all__ = [
     "Context",
@@ -163,126 +159,3 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     out = tensor.clone()
     torch_dist.all_reduce(out)
     return out
-
-
-class ShardedSampling(Messenger):
-    """Draws data-plate sites for the whole global batch and keeps this rank's block of rows.
-
-    Inside :meth:`rows`, an unobserved sample site in the plate ``data_plate`` whose local size is
-    this rank's block is sampled from the same distribution widened to the global batch (the
-    block's parameters placed at the block's offset), and the block is cut back out. The random
-    stream advances exactly as one process drawing the global batch would, and the block's values
-    are the ones that process would draw for these rows.
-    """
-
-    def __init__(self, data_plate: str) -> None:
-        super().__init__()
-        self.data_plate = data_plate
-        self._rows: tuple[int, int, int] | None = None
-
-    @contextlib.contextmanager
-    def rows(self, offset: int, size: int, global_size: int) -> Iterator[None]:
-        """Shard sites of local size ``size`` as rows ``offset:offset+size`` of ``global_size``."""
-        self._rows = (offset, size, global_size)
-        try:
-            with self:
-                yield
-        finally:
-            self._rows = None
-
-    def _process_message(self, msg: dict) -> None:
-        if (
-            self._rows is None
-            or msg["type"] != "sample"
-            or msg["is_observed"]
-            or msg["done"]
-            or msg["value"] is not None
-            or site_is_subsample(msg)
-        ):
-            return
-        frame = next((f for f in msg["cond_indep_stack"] if f.name == self.data_plate), None)
-        offset, size, global_size = self._rows
-        if frame is None or size == global_size:
-            return
-        fn = msg["fn"]
-        if isinstance(fn, dist.Delta) or (isinstance(fn, Independent) and isinstance(fn.base_dist, dist.Delta)):
-            return  # no randomness: the local value is the global block already
-        batch_shape = fn.batch_shape
-        pos = len(batch_shape) + frame.dim
-        if pos < 0 or batch_shape[pos] != size:
-            return
-        index = (torch.arange(global_size, device=_device_of(fn)) - offset) % size
-        try:
-            wide = _widen(fn, pos, index)
-        except _CannotWiden as err:
-            raise NotImplementedError(
-                f"distributed sampling cannot widen site {msg['name']!r} ({err}) to the global batch; "
-                "use a standard distribution (Normal, Bernoulli, Categorical, ...) there or train in one process"
-            ) from None
-        value = wide(*msg["args"], **msg["kwargs"])
-        value_pos = value.dim() - len(fn.event_shape) - len(batch_shape) + pos
-        msg["value"] = value.narrow(value_pos, offset, size)
-        msg["done"] = True
-
-
-class _CannotWiden(Exception):
-    pass
-
-
-def _device_of(fn: torch.distributions.Distribution) -> torch.device:
-    for value in _params(fn).values():
-        return value.device
-    base = getattr(fn, "base_dist", None)
-    return _device_of(base) if base is not None else torch.device("cpu")
-
-
-def _params(fn: torch.distributions.Distribution) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in vars(fn).items() if isinstance(v, torch.Tensor)}
-
-
-def _widen(fn: torch.distributions.Distribution, pos: int, index: torch.Tensor) -> torch.distributions.Distribution:
-    """``fn`` with batch dimension ``pos`` indexed by ``index`` (a gather of its parameters)."""
-    new_shape = list(fn.batch_shape)
-    new_shape[pos] = index.numel()
-    if isinstance(fn, Independent):
-        return dist.Independent(_widen(fn.base_dist, pos, index), fn.reinterpreted_batch_ndims)
-    if isinstance(fn, dist.MaskedDistribution):
-        mask = fn._mask
-        if isinstance(mask, torch.Tensor):
-            mask = mask.expand(fn.batch_shape).index_select(pos, index)
-        return dist.MaskedDistribution(_widen(fn.base_dist, pos, index), mask)
-    if isinstance(fn, dist.ExpandedDistribution):
-        base = fn.base_dist
-        offset = len(fn.batch_shape) - len(base.batch_shape)
-        base_pos = pos - offset
-        if base_pos >= 0 and base.batch_shape[base_pos] != 1:
-            base = _widen(base, base_pos, index)
-        return base.expand(torch.Size(new_shape))
-    if hasattr(fn, "base_dist"):
-        raise _CannotWiden(f"{type(fn).__name__} wraps another distribution")
-    batch = tuple(fn.batch_shape)
-
-    def take(value: torch.Tensor) -> torch.Tensor:
-        # parameters of shape batch + event are gathered; others (scalars, event-only) broadcast as they are
-        return value.index_select(pos, index) if tuple(value.shape[: len(batch)]) == batch else value
-
-    return with_params(fn, take, torch.Size(new_shape))
-
-
-def with_params(
-    fn: torch.distributions.Distribution,
-    transform: Callable[[torch.Tensor], torch.Tensor],
-    batch_shape: torch.Size | None = None,
-) -> torch.distributions.Distribution:
-    """A copy of the leaf distribution ``fn`` with every tensor attribute passed through ``transform``.
-
-    Torch distributions keep their parameters (and cached lazy properties) as tensor attributes, so
-    this rebuilds any of them without knowing its constructor.
-    """
-    new = type(fn).__new__(type(fn))
-    new.__dict__.update(vars(fn))
-    for key, value in _params(fn).items():
-        setattr(new, key, transform(value))
-    if batch_shape is not None:
-        new._batch_shape = batch_shape
-    return new

@@ -23,7 +23,7 @@ import torch
 
 from ppdgm.batch import Data, as_rows
 from ppdgm.batch import batch_size as rows_of
-from ppdgm.combine import log_mean_exp, mean
+from ppdgm.handlers import distribution_of
 from ppdgm.programs import ProgramPair
 
 
@@ -86,7 +86,7 @@ def _batched(
 def log_likelihood(
     model: Callable,
     guide: Callable,
-    data: torch.Tensor,
+    data: Data,
     num_samples: int = 5000,
     *,
     batch_size: int = 100,
@@ -99,7 +99,7 @@ def log_likelihood(
     Memory stays bounded: at most about ``max_elements`` numbers of x-sized tensors at once.
     """
 
-    def per_batch(programs: ProgramPair, x: torch.Tensor) -> torch.Tensor:
+    def per_batch(programs: ProgramPair, x: Data) -> torch.Tensor:
         chunk = _particle_chunk(num_samples, rows_of(x), programs.observed_of(x)[0].numel(), max_elements)
         running = None
         for k in _chunks(num_samples, chunk):
@@ -113,7 +113,7 @@ def log_likelihood(
 def iwae_bound(
     model: Callable,
     guide: Callable,
-    data: torch.Tensor,
+    data: Data,
     k: int,
     *,
     num_repeats: int = 1,
@@ -123,11 +123,8 @@ def iwae_bound(
 ) -> Estimate:
     """The IWAE bound L_k per datapoint, each averaged over ``num_repeats`` independent draws."""
 
-    def per_batch(programs: ProgramPair, x: torch.Tensor) -> torch.Tensor:
-        total = 0.0
-        for _ in range(num_repeats):
-            total = total + log_mean_exp(programs.data_side(x, k).log_weights, 0)
-        return total / num_repeats
+    def per_batch(programs: ProgramPair, x: Data) -> torch.Tensor:
+        return torch.stack([programs.data_side(x, k).iwae_bound() for _ in range(num_repeats)]).mean(0)
 
     return _batched(model, guide, data, per_batch, batch_size, obs_site, data_plate)
 
@@ -135,7 +132,7 @@ def iwae_bound(
 def elbo(
     model: Callable,
     guide: Callable,
-    data: torch.Tensor,
+    data: Data,
     num_samples: int = 1,
     *,
     batch_size: int = 100,
@@ -144,8 +141,8 @@ def elbo(
 ) -> Estimate:
     """The ELBO per datapoint, a Monte Carlo average over ``num_samples`` guide samples."""
 
-    def per_batch(programs: ProgramPair, x: torch.Tensor) -> torch.Tensor:
-        return mean(programs.data_side(x, num_samples).expected_log_weights)
+    def per_batch(programs: ProgramPair, x: Data) -> torch.Tensor:
+        return programs.data_side(x, num_samples).elbo()
 
     return _batched(model, guide, data, per_batch, batch_size, obs_site, data_plate)
 
@@ -153,7 +150,7 @@ def elbo(
 @torch.no_grad()
 def exact_log_likelihood(
     model: Callable,
-    data: torch.Tensor,
+    data: Data,
     *,
     batch_size: int = 100,
     max_elements: int = 1 << 24,
@@ -172,18 +169,18 @@ def exact_log_likelihood(
     if log_marginal is not None:
         return Estimate(log_marginal(data).detach().cpu())
 
-    def per_batch(programs: ProgramPair, x: torch.Tensor) -> torch.Tensor:
+    def per_batch(programs: ProgramPair, x: Data) -> torch.Tensor:
         return _enumerate(programs, x, max_elements, max_latents)
 
     return _batched(model, None, data, per_batch, batch_size, obs_site, data_plate)
 
 
-def _enumerate(programs: ProgramPair, x: torch.Tensor, max_elements: int, max_latents: int) -> torch.Tensor:
+def _enumerate(programs: ProgramPair, x: Data, max_elements: int, max_latents: int) -> torch.Tensor:
     structure = programs.structure
     batch_size = rows_of(x)
-    args, kwargs = programs._model_args(x, batch_size)
+    args, kwargs = programs.model_arguments(x, batch_size)
     trace = poutine.trace(programs.model).get_trace(*args, **kwargs)
-    shapes = {}
+    shapes: dict[str, tuple[int, ...]] = {}
     for name in structure.latent_sites:
         site = trace.nodes[name]
         base = site["fn"]
@@ -211,7 +208,7 @@ def _enumerate(programs: ProgramPair, x: torch.Tensor, max_elements: int, max_la
             name: part.reshape(c, 1, *shape).expand(c, batch_size, *shape)
             for (name, shape), part in zip(shapes.items(), block.split(sizes, -1))
         }
-        conditioned = poutine.condition(programs._particles(programs.model, c), data=values)
+        conditioned = poutine.condition(programs.vectorised(programs.model, c), data=values)
         tr = poutine.trace(conditioned).get_trace(*args, **kwargs)
         lse = torch.logsumexp(programs.log_prob(tr, c, batch_size), 0)
         running = lse if running is None else torch.logaddexp(running, lse)
@@ -222,7 +219,7 @@ def _enumerate(programs: ProgramPair, x: torch.Tensor, max_elements: int, max_la
 def active_units(
     model: Callable,
     guide: Callable,
-    data: torch.Tensor,
+    data: Data,
     *,
     threshold: float = 1e-2,
     num_samples: int = 10,
@@ -245,7 +242,7 @@ def active_units(
         for x in data.split(batch_size):
             side = programs.data_side(x, num_samples)
             per_site = [
-                side.guide_trace.nodes[name]["fn"].mean.reshape(num_samples, rows_of(x), -1).mean(0)
+                distribution_of(side.guide_trace.nodes[name]).mean.reshape(num_samples, rows_of(x), -1).mean(0)
                 for name in programs.structure.latent_sites
             ]
             means.append(torch.cat(per_site, -1))

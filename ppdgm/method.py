@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
-import pyro
 import torch
 
+from ppdgm.batch import Data
+from ppdgm.handlers import unconstrained_params
 from ppdgm.programs import ConventionError, ProgramPair
 
 OptimizerSpec = str | type[torch.optim.Optimizer] | Callable[[list[torch.Tensor]], torch.optim.Optimizer]
@@ -50,8 +51,8 @@ def make_optimizer(
         # torch picks the per-tensor Python loop on CPU; the multi-tensor kernels are ~20% faster there
         options.setdefault("foreach", True)
     if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
-        return optimizer(params, lr=lr, **options)
-    return optimizer(params)
+        return cast(Any, optimizer)(params, lr=lr, **options)
+    return cast(Callable[[list[torch.Tensor]], torch.optim.Optimizer], optimizer)(params)
 
 
 def host_step_counters(optimizer: torch.optim.Optimizer) -> None:
@@ -72,10 +73,15 @@ def host_step_counters(optimizer: torch.optim.Optimizer) -> None:
 
 
 def positive_int(label: str, value: Any) -> int:
-    """``value`` as an int, refusing anything but a positive whole number (``True`` included), naming ``label``."""
-    if isinstance(value, bool) or int(value) != value or value < 1:
+    """``value`` as an int, refusing anything but a positive whole number (``True`` and strings included), naming
+    ``label``: the one check of counts (particles, epochs, steps, batch sizes...)."""
+    try:
+        whole = int(value)
+    except (TypeError, ValueError, OverflowError):
+        whole = None
+    if isinstance(value, bool | str) or whole is None or whole != value or whole < 1:
         raise ValueError(f"{label} must be a positive integer, got {value!r}")
-    return int(value)
+    return whole
 
 
 def _per_player(value: Any, player: str, default: Any) -> Any:
@@ -106,11 +112,11 @@ class Engine:
         extra_params: Mapping[str, list[torch.Tensor]] | None = None,
     ) -> None:
         self.programs = programs
-        store = pyro.get_param_store()
+        store = unconstrained_params()
         self.players: dict[str, Player] = {}
         for name, param_names in players.items():
             param_names = tuple(param_names)
-            params = [store._params[n] for n in param_names]
+            params = [store[n] for n in param_names]
             params += list((extra_params or {}).get(name, ()))
             if not params:
                 continue
@@ -123,7 +129,7 @@ class Engine:
             self.players[name] = Player(name, param_names, params, opt)
         self._base_lrs = {name: [g["lr"] for g in p.optimizer.param_groups] for name, p in self.players.items()}
         #: called on the moving parameters between backward and step (a distributed fit averages gradients there)
-        self.grad_sync: Callable[[list[torch.Tensor]], None] | None = None
+        self.grad_sync: Any = None  # a distributed.GradientSync in a data-parallel fit
         self._counters_hosted: set[str] = set()
 
     def scale_learning_rates(self, factor: float) -> None:
@@ -234,12 +240,12 @@ class Method:
         """Modules the method owns, moved to the training device with the programs."""
         return []
 
-    def step(self, engine: Engine, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def step(self, engine: Engine, x: Data) -> dict[str, torch.Tensor]:
         """One training step on a batch ``x``; returns detached scalar metrics (kept on device)."""
         raise NotImplementedError
 
     @torch.no_grad()
-    def objective(self, programs: ProgramPair, x: torch.Tensor) -> torch.Tensor:
+    def objective(self, programs: ProgramPair, x: Data) -> torch.Tensor:
         """The quantity the method maximises, per datapoint (shape ``(B,)``), for validation."""
         raise NotImplementedError
 

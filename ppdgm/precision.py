@@ -13,13 +13,11 @@ exponent range.
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections.abc import Iterator
 
 import torch
-from pyro.poutine.messenger import Messenger
 
-from ppdgm.distributed import with_params
+from ppdgm.handlers import Float32Sites
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -31,31 +29,6 @@ def check_precision(precision: str, device: torch.device) -> None:
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         name = torch.cuda.get_device_name(device)
         raise ValueError(f"precision='bf16' needs a GPU with bfloat16 support; {name} has none")
-
-
-_LOW = (torch.bfloat16, torch.float16)
-
-
-def _to_float32(fn: torch.distributions.Distribution) -> torch.distributions.Distribution:
-    base = getattr(fn, "base_dist", None)
-    if base is not None:
-        new_base = _to_float32(base)
-        if new_base is base:
-            return fn
-        new = copy.copy(fn)
-        new.base_dist = new_base
-        return new
-    if not any(isinstance(v, torch.Tensor) and v.dtype in _LOW for v in vars(fn).values()):
-        return fn
-    return with_params(fn, lambda v: v.float() if v.dtype in _LOW else v)
-
-
-class Float32Sites(Messenger):
-    """Give every sample site's distribution float32 parameters (autocast leaves network outputs in bfloat16)."""
-
-    def _process_message(self, msg: dict) -> None:
-        if msg["type"] == "sample":
-            msg["fn"] = _to_float32(msg["fn"])
 
 
 @contextlib.contextmanager

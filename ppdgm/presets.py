@@ -94,7 +94,7 @@ def _cyclegan(x_dim: int, conv_channels: int, conv_layers: int) -> tuple[Callabl
     ), None
 
 
-PRESETS: dict[str, Preset] = {
+MODELS: dict[str, Preset] = {
     "pixelcnn": Preset(
         "PixelCNN (masked convolutions, Bernoulli pixels) for square binary images; no guide: method mle",
         _pixelcnn,
@@ -165,9 +165,9 @@ PRESETS: dict[str, Preset] = {
 def build(name: str, x_dim: int, **options: Any) -> tuple[Callable, Callable]:
     """A fresh (model, guide) pair of preset ``name`` for data of ``x_dim`` units; options override defaults."""
     try:
-        preset = PRESETS[name]
+        preset = MODELS[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(PRESETS))}") from None
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}") from None
     unknown = set(options) - set(preset.defaults)
     if unknown:
         raise ValueError(f"model {name!r} takes no option(s) {sorted(unknown)}; it takes {sorted(preset.defaults)}")

@@ -33,150 +33,37 @@ dimensions further left.
 
 from __future__ import annotations
 
-import functools
-import inspect as _inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.distributions import constraints
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.enum_messenger import EnumMessenger
-from pyro.poutine.messenger import Messenger, _context_wrap
 from pyro.poutine.trace_struct import Trace
-from pyro.poutine.util import site_is_subsample
 
-from ppdgm.batch import Batch, Data, Key
+from ppdgm.batch import Batch, Data
 from ppdgm.batch import batch_size as rows_of
+from ppdgm.combine import log_mean_exp, mean
+from ppdgm.handlers import StoreParams, distribution_of
+from ppdgm.inspection import (
+    ConventionError,
+    ProgramError,
+    Structure,
+    accepts,
+    arguments,
+    column_label,
+    inspect_pair,
+    run_program,
+    sample_sites,
+)
+
+__all__ = ["ConventionError", "DataSide", "ProgramError", "ProgramPair", "Structure", "dream_rows", "flatten_rows"]
 
 PARTICLE_PLATE = "_ppdgm_particles"
-
-
-class StoreParams(Messenger):
-    """Answer ``pyro.param`` (and so ``pyro.module``) straight from the param store, unrecorded.
-
-    Once :meth:`ProgramPair.inspect` has fixed the players, the hot loop need not send every
-    parameter through the whole handler stack (trace, replay, plates) on every call: as the
-    innermost handler this one answers known parameters and stops the message. A parameter the
-    store does not hold yet falls through to Pyro's default behaviour.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._store = pyro.get_param_store()
-
-    def _pyro_param(self, msg: dict) -> None:
-        name = msg["name"]
-        unconstrained = self._store._params.get(name)
-        if unconstrained is None:
-            return
-        if self._store._constraints[name] is constraints.real:
-            msg["value"] = unconstrained
-        else:
-            msg["value"] = self._store[name]
-        msg["done"] = True
-        msg["stop"] = True
-
-
-class ConventionError(ValueError):
-    """A model or guide cannot be run as ppdgm needs (see :mod:`ppdgm.programs`); the message says why."""
-
-
-class ProgramError(ConventionError):
-    """A user's model or guide raised: says which program, on which side, with which arguments (the error chained)."""
-
-
-def _signature(fn: Callable) -> _inspect.Signature | None:
-    """The signature of the user's function, seen through Pyro's handler wrappers (``config_enumerate``...)."""
-    bound = 0
-    while isinstance(fn, functools.partial):
-        if fn.func is _context_wrap and len(fn.args) >= 2:  # a Pyro handler around fn: (messenger, fn, *bound)
-            bound += len(fn.args) - 2
-            fn = fn.args[1]
-        else:
-            bound += len(fn.args)
-            fn = fn.func
-    if isinstance(fn, torch.nn.Module):
-        fn = fn.forward
-    try:
-        sig = _inspect.signature(fn)
-    except (TypeError, ValueError):
-        return None
-    if bound:
-        params = list(sig.parameters.values())
-        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        drop = {p.name for p in positional[:bound]}
-        sig = sig.replace(parameters=[p for p in params if p.name not in drop])
-    return sig
-
-
-def _accepts(fn: Callable, keyword: str, named: bool = False) -> bool:
-    """Whether ``fn`` can be called with ``keyword=...`` (with ``named``: only if it names that parameter)."""
-    sig = _signature(fn)
-    if sig is None:
-        return not named
-    params = sig.parameters
-    if keyword in params and params[keyword].kind is not _inspect.Parameter.POSITIONAL_ONLY:
-        return True
-    return not named and any(p.kind is _inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-def _is_reparameterized(site: dict) -> bool:
-    return bool(getattr(site["fn"], "has_rsample", False))
-
-
-def _sample_sites(trace: Trace) -> dict[str, dict]:
-    return {
-        name: site
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample" and not site_is_subsample(site) and not site.get("is_auxiliary", False)
-    }
-
-
-def _auxiliary(site: dict) -> bool:
-    """A ``pyro.factor`` or ``pyro.deterministic`` site: observed in form, but no data."""
-    infer = site.get("infer") or {}
-    return bool(infer.get("is_auxiliary") or infer.get("_deterministic"))
-
-
-def _enumerated(site: dict) -> str | None:
-    return (site.get("infer") or {}).get("enumerate")
-
-
-def _storage(t: torch.Tensor) -> int:
-    return t.untyped_storage().data_ptr()
-
-
-@dataclass(frozen=True)
-class Structure:
-    """What :meth:`ProgramPair.inspect` learnt about a program pair from one trace."""
-
-    latent_sites: tuple[str, ...]
-    reparam_sites: tuple[str, ...]
-    nonreparam_sites: tuple[str, ...]
-    data_plate: str
-    max_plate_nesting: int
-    model_param_names: tuple[str, ...]
-    guide_param_names: tuple[str, ...]
-    #: every observed site of the model
-    observed_sites: tuple[str, ...] = ()
-    #: the data column each observed site reads (column key → site); other columns are inputs
-    observed_columns: tuple[tuple[Key, str], ...] = ()
-    #: guide sites summed out exactly (``infer={"enumerate": "parallel"}``): part of ``latent_sites``
-    guide_enumerated: tuple[str, ...] = ()
-    #: model latents summed out in the model (enumerated, no guide site): not in ``latent_sites``
-    model_enumerated: tuple[str, ...] = ()
-
-    @property
-    def particle_dim(self) -> int:
-        return -(self.max_plate_nesting + 1)
-
-    @property
-    def enumerated(self) -> tuple[str, ...]:
-        return self.guide_enumerated + self.model_enumerated
 
 
 class DataSide:
@@ -247,6 +134,14 @@ class DataSide:
         q_enum = self._log_q_of(self.structure.guide_enumerated).exp()
         return (q_enum * log_w).sum(tuple(range(self._kept_enum))).expand(self._shape)
 
+    def elbo(self) -> torch.Tensor:
+        """The ELBO estimate per datapoint, shape ``(B,)``: the mean over particles of :attr:`expected_log_weights`."""
+        return mean(self.expected_log_weights)
+
+    def iwae_bound(self) -> torch.Tensor:
+        """The IWAE bound L_K per datapoint, shape ``(B,)``: log-mean-exp of :attr:`log_weights` over particles."""
+        return log_mean_exp(self.log_weights, 0)
+
     def latents(self) -> dict[str, torch.Tensor]:
         return {name: self.guide_trace.nodes[name]["value"] for name in self.structure.latent_sites}
 
@@ -301,28 +196,20 @@ class ProgramPair:
         if self.guide is not None and not callable(self.guide):
             raise TypeError(f"guide must be a callable Pyro program or None, got {type(self.guide).__name__}")
         # only a program that names `batch_size` is passed it (an AutoGuide's **kwargs go on to the model)
-        self._model_bs = _accepts(self.model, "batch_size", named=True)
-        self._guide_bs = self.guide is not None and _accepts(self.guide, "batch_size", named=True)
+        self._model_bs = accepts(self.model, "batch_size", named=True)
+        self._guide_bs = self.guide is not None and accepts(self.guide, "batch_size", named=True)
         self._obs_site_given = self.obs_site
 
     # ------------------------------------------------------------------ calling conventions
-    @staticmethod
-    def _arguments(x: Data | None, batch_size: int, with_batch_size: bool) -> tuple[tuple, dict]:
-        if isinstance(x, Batch):
-            args, kwargs = x.args, dict(x.kwargs)
-        else:
-            args, kwargs = (x,), {}
-        if with_batch_size:
-            kwargs["batch_size"] = batch_size
-        return args, kwargs
+    def model_arguments(self, x: Data | None, batch_size: int) -> tuple[tuple, dict]:
+        """The model's arguments for batch ``x`` (as ``SVI.step`` passes them)."""
+        return arguments(x, batch_size, self._model_bs)
 
-    def _model_args(self, x: Data | None, batch_size: int) -> tuple[tuple, dict]:
-        return self._arguments(x, batch_size, self._model_bs)
+    def guide_arguments(self, x: Data, batch_size: int) -> tuple[tuple, dict]:
+        """The guide's arguments for batch ``x``."""
+        return arguments(x, batch_size, self._guide_bs)
 
-    def _guide_args(self, x: Data, batch_size: int) -> tuple[tuple, dict]:
-        return self._arguments(x, batch_size, self._guide_bs)
-
-    def _particles(self, fn: Callable, num_particles: int) -> Callable:
+    def vectorised(self, fn: Callable, num_particles: int) -> Callable:
         """``fn`` run inside the particle plate (none when K = 1), serving known parameters from the store."""
         dim = self.structure.particle_dim if self.structure is not None else None
 
@@ -335,127 +222,26 @@ class ProgramPair:
 
         return vectorised
 
-    def _check_signature(self, name: str, fn: Callable, args: tuple, kwargs: dict, x: Data) -> None:
-        sig = _signature(fn)
-        if sig is None:
-            return
-        try:
-            sig.bind(*args, **kwargs)
-        except TypeError as err:
-            shown = x.describe() if isinstance(x, Batch) else f"(arg 0: {tuple(x.shape)})"
-            raise ConventionError(
-                f"the {name} cannot take the batch {shown}: {err}. Its signature is {name}{sig}; ppdgm calls the "
-                "programs as SVI.step does: a tensor as the first positional argument, a tuple of columns "
-                "positionally, a dict of columns by keyword"
-            ) from None
-
     # ------------------------------------------------------------------ inspection
     def inspect(self, x: Data) -> Structure:
-        """Trace the pair once on a batch, find the observed sites and check the pair can be run.
-
-        Raises :class:`ConventionError` naming the offending site when it cannot.
-        """
+        """Trace the pair once on a batch, find the observed sites and check the pair can be run
+        (:func:`ppdgm.inspection.inspect_pair`). Raises :class:`ConventionError` naming the offending site."""
         batch_size = rows_of(x)
         self.example = x
         self._data_ndim = x.dim() if torch.is_tensor(x) else None
-        model_args = self._model_args(x, batch_size)
-        self._check_signature("model", self.model, *model_args, x)
-        if self.guide is not None:
-            self._check_signature("guide", self.guide, *self._guide_args(x, batch_size), x)
-        with poutine.block(), torch.no_grad():
-            model_only = _run(self.model, model_args, "model", "data side (inspection)", x)
-            model_sites = _sample_sites(model_only)
-            observed = tuple(n for n, s in model_sites.items() if s["is_observed"] and not _auxiliary(s))
-            if not observed:
-                raise ConventionError(
-                    "the model has no observed site; declare the data as `pyro.sample(name, dist, obs=data)`"
-                )
-            self.structure = None
-            columns = self._observed_columns(x, model_sites, observed)
-            self.obs_site = self._primary_site(observed, columns)
-            obs = model_sites[self.obs_site]
-            model_latents = tuple(n for n, s in model_sites.items() if not s["is_observed"])
-            plate = self._find_data_plate(obs, batch_size)
-            guide_trace = None
-            model_enumerated: tuple[str, ...] = ()
-            if self.guide is not None:
-                guide_trace = _run(self.guide, self._guide_args(x, batch_size), "guide", "data side (inspection)", x)
-                guide_sites = _sample_sites(guide_trace)
-                model_enumerated = tuple(
-                    n for n in model_latents if n not in guide_sites and _enumerated(model_sites[n]) == "parallel"
-                )
-                latents = tuple(n for n in model_latents if n not in model_enumerated)
-                missing = [n for n in latents if n not in guide_sites]
-                if self.partial_guide:
-                    latents = tuple(n for n in latents if n in guide_sites)
-                    if not latents:
-                        raise ConventionError(
-                            f"the guide samples none of the model's latent sites {missing}; name its sites as the "
-                            "model's"
-                        )
-                elif missing:
-                    partial = [n for n in missing if n.endswith("_unobserved") and f"{n[:-11]}_observed" in observed]
-                    if partial:
-                        raise ConventionError(
-                            f"the model's site(s) {[n[:-11] for n in partial]} are partially observed (obs_mask): the "
-                            f"guide must propose the missing values at sample site(s) {partial}"
-                        )
-                    raise ConventionError(
-                        f"the guide has no sample site for the model's latent site(s) {missing}; "
-                        "every latent of the model must be sampled by the guide (or enumerated in the model: "
-                        "infer={'enumerate': 'parallel'})"
-                    )
-                sampled_observed = [n for n in observed if n in guide_sites]
-                if sampled_observed:
-                    raise ConventionError(f"the guide must not sample the observed site(s) {sampled_observed}")
-                replayed = _run(
-                    poutine.replay(self.model, trace=guide_trace), model_args, "model", "data side (inspection)", x
-                )
-            else:
-                guide_sites, latents = {}, model_latents
-                replayed = model_only
-        guide_enumerated = tuple(n for n in latents if n in guide_sites and _enumerated(guide_sites[n]) == "parallel")
-        sequential = [n for n, s in {**model_sites, **guide_sites}.items() if _enumerated(s) == "sequential"]
-        if sequential:
-            raise ConventionError(
-                f"site(s) {sequential} ask for sequential enumeration; ppdgm sums out only parallel enumeration "
-                "(infer={'enumerate': 'parallel'})"
-            )
-        frames = [
-            f
-            for trace in (replayed, guide_trace)
-            if trace is not None
-            for site in _sample_sites(trace).values()
-            for f in site["cond_indep_stack"]
-            if f.dim is not None
-        ]
-        max_nesting = max([-f.dim for f in frames], default=0)
-        scored = [n for n in latents if n not in guide_enumerated]
-        reparam = tuple(n for n in scored if _is_reparameterized(guide_sites[n])) if guide_sites else ()
-        nonreparam = tuple(n for n in scored if n not in reparam) if guide_sites else ()
-        model_params = _param_names(replayed)
-        guide_params = _param_names(guide_trace) if guide_trace is not None else ()
-        shared = sorted(set(model_params) & set(guide_params))
-        if shared:
-            raise ConventionError(
-                f"parameters {shared} are used by both the model and the guide; each player owns its own parameters "
-                "(rename the guide's: the name given to pyro.module, or for a PyroModule its attribute names)"
-            )
-        self.structure = Structure(
-            latent_sites=latents,
-            reparam_sites=reparam,
-            nonreparam_sites=nonreparam,
-            data_plate=plate,
-            max_plate_nesting=max_nesting,
-            model_param_names=model_params,
-            guide_param_names=guide_params,
-            observed_sites=observed,
-            observed_columns=tuple(columns.items()),
-            guide_enumerated=guide_enumerated,
-            model_enumerated=model_enumerated,
+        self.structure = None
+        found = inspect_pair(
+            self.model,
+            self.guide,
+            x,
+            model_args=self.model_arguments(x, batch_size),
+            guide_args=None if self.guide is None else self.guide_arguments(x, batch_size),
+            obs_site=self._obs_site_given,
+            data_plate=self.data_plate,
+            partial_guide=self.partial_guide,
         )
-        self.observed_sites = {name: model_sites[name] for name in observed}
-        self.obs_distribution = obs["fn"]
+        self.structure, self.obs_site, self.observed_sites = found.structure, found.obs_site, found.observed_sites
+        self.obs_distribution = self.observed_sites[self.obs_site]["fn"]
         self._generate_with_none = self._model_bs and self._runs_without_data(x)
         return self.structure
 
@@ -467,7 +253,7 @@ class ProgramPair:
         rows = x[:2]
         state = torch.get_rng_state()
         try:
-            args, kwargs = self._model_args(self._without_observed(rows), rows_of(rows))
+            args, kwargs = self.model_arguments(self._without_observed(rows), rows_of(rows))
             with poutine.block(), torch.no_grad():
                 self.model(*args, **kwargs)
             return True
@@ -475,63 +261,6 @@ class ProgramPair:
             return False
         finally:
             torch.set_rng_state(state)
-
-    @staticmethod
-    def _observed_columns(x: Data, sites: dict[str, dict], observed: tuple[str, ...]) -> dict[Key, str]:
-        """Tie each data column to the observed site whose value is that column (or a view of it)."""
-        items = x.items() if isinstance(x, Batch) else [(0, x)]
-        by_storage = {_storage(c): key for key, c in items if c is not None}
-        columns: dict[Key, str] = {}
-        for name in observed:
-            value = sites[name]["value"]
-            key = by_storage.get(_storage(value)) if torch.is_tensor(value) else None
-            if key is not None and key not in columns:
-                columns[key] = name
-        if not columns and len(items) == 1 and len(observed) == 1:
-            columns[items[0][0]] = observed[0]
-        return columns
-
-    def _primary_site(self, observed: tuple[str, ...], columns: dict[Key, str]) -> str:
-        given = self._obs_site_given
-        if given is not None:
-            if given not in observed:
-                raise ConventionError(
-                    f"obs_site={given!r} is not an observed site of the model (its observed sites: {list(observed)})"
-                )
-            return given
-        if len(observed) == 1:
-            return observed[0]
-        if columns:
-            return next(iter(columns.values()))
-        raise ConventionError(
-            f"the model has several observed sites {list(observed)} and none observes a data column as it is; "
-            "pass obs_site=... to say which one the data are"
-        )
-
-    def _find_data_plate(self, obs_site: dict, batch_size: int) -> str:
-        frames = [f for f in obs_site["cond_indep_stack"] if f.vectorized]
-        names = [f.name for f in frames]
-        if self.data_plate is not None:
-            if self.data_plate not in names:
-                raise ConventionError(
-                    f"the observed site {self.obs_site!r} is not inside the plate {self.data_plate!r} "
-                    f"(its plates: {names})"
-                )
-            return self.data_plate
-        if "data" in names:
-            return "data"
-        candidates = [f.name for f in frames if f.size == batch_size]
-        if len(candidates) == 1:
-            return candidates[0]
-        if not candidates:
-            raise ConventionError(
-                f"the observed site {self.obs_site!r} is in no plate of the batch size {batch_size} (its plates: "
-                f"{names}); wrap it in `with pyro.plate('data', x.shape[0]):`"
-            )
-        raise ConventionError(
-            f"several plates of size {batch_size} hold the observed site {self.obs_site!r}: {candidates}; "
-            "name the data plate 'data' or pass data_plate=..."
-        )
 
     # ------------------------------------------------------------------ data checks
     def check_finite(self, data: Data) -> None:
@@ -545,7 +274,7 @@ class ProgramPair:
             if bad.any():
                 rows = torch.nonzero(bad).flatten()[:5].tolist()
                 kind = "NaN" if torch.isnan(column).any() else "infinite values"
-                what = f"data for site {self.obs_site or 'x'!r}" if key is None else f"data column {_column_label(key)}"
+                what = f"data for site {self.obs_site or 'x'!r}" if key is None else f"data column {column_label(key)}"
                 raise ValueError(f"the {what} contain {kind} (first rows: {rows})")
 
     def check_support(self, data: Data) -> None:
@@ -597,26 +326,26 @@ class ProgramPair:
         """
         structure = self._require_structure()
         batch_size = rows_of(x)
-        guide = self._particles(self.guide, num_particles)
-        model = self._particles(self.model, num_particles)
+        guide = self.vectorised(self.guide, num_particles)
+        model = self.vectorised(self.model, num_particles)
         if structure.enumerated:
             guide = EnumMessenger(first_available_dim=structure.particle_dim - 1)(guide)
             model = EnumMessenger()(model)  # allocates its dims left of the guide's
-        guide_args = self._guide_args(x, batch_size)
+        guide_args = self.guide_arguments(x, batch_size)
         with torch.set_grad_enabled(guide_grad and torch.is_grad_enabled()):
-            guide_trace = _run(guide, guide_args, "guide", "data side", x)
+            guide_trace = run_program(guide, guide_args, "guide", "data side", x)
         if detach_latents and guide_grad and structure.reparam_sites:
-            guide_trace = _run(
+            guide_trace = run_program(
                 poutine.replay(guide, trace=self.detached(guide_trace)), guide_args, "guide", "data side", x
             )
         replayed = poutine.replay(model, trace=guide_trace)
-        model_trace = _run(replayed, self._model_args(x, batch_size), "model", "data side", x)
+        model_trace = run_program(replayed, self.model_arguments(x, batch_size), "model", "data side", x)
         return DataSide(self, guide_trace, model_trace, num_particles, batch_size)
 
     def model_trace(self, x: Data) -> Trace:
         """The model run once with ``x`` observed (no guide): the trace of a fully observed model."""
         self._require_structure()
-        return _run(self._particles(self.model, 1), self._model_args(x, rows_of(x)), "model", "data side", x)
+        return run_program(self.vectorised(self.model, 1), self.model_arguments(x, rows_of(x)), "model", "data side", x)
 
     def placeholder(self, batch_size: int) -> Data:
         """``batch_size`` rows of the inspection batch, repeated as needed: inputs and a shape for the model side."""
@@ -631,8 +360,8 @@ class ProgramPair:
         batch_size = rows_of(rows)
         if self._generate_with_none:
             absent = self._without_observed(rows)
-            return self.model, *self._model_args(absent, batch_size)
-        return poutine.uncondition(self.model), *self._model_args(rows, batch_size)
+            return self.model, *self.model_arguments(absent, batch_size)
+        return poutine.uncondition(self.model), *self.model_arguments(rows, batch_size)
 
     def _without_observed(self, rows: Data) -> Data | None:
         if torch.is_tensor(rows):
@@ -654,8 +383,8 @@ class ProgramPair:
         if isinstance(rows, int):
             rows = self.placeholder(rows)
         model, args, kwargs = self._generating(rows)
-        trace = _run(self._particles(model, num_particles), (args, kwargs), "model", "model side", rows)
-        trace.ppdgm_rows = rows
+        trace = run_program(self.vectorised(model, num_particles), (args, kwargs), "model", "model side", rows)
+        vars(trace)[_ROWS] = rows
         return trace
 
     def dreamt_batch(self, dream: Trace, values: dict[str, torch.Tensor] | None = None) -> Data:
@@ -663,7 +392,7 @@ class ProgramPair:
 
         ``values`` overrides the dreamt value of a site (e.g. the generated x *with* its graph).
         """
-        rows = dream.ppdgm_rows
+        rows = dream_rows(dream)
         columns = {}
         for key, name in self._require_structure().observed_columns:
             value = (values or {}).get(name)
@@ -709,8 +438,8 @@ class ProgramPair:
         with poutine.block(), torch.no_grad():
             dream = self.model_side(batch_size)
             x = self.dreamt_batch(dream)
-            guide_trace = _run(
-                self._particles(self.guide, 1), self._guide_args(x, batch_size), "guide", "model side", x
+            guide_trace = run_program(
+                self.vectorised(self.guide, 1), self.guide_arguments(x, batch_size), "guide", "model side", x
             )
         for name in self.structure.latent_sites:
             dreamt = tuple(dream.nodes[name]["value"].shape)
@@ -731,7 +460,7 @@ class ProgramPair:
     def encode(self, x: Data) -> Trace:
         """One run of the guide on ``x`` (a single particle, with its autograd graph): the data side's latents."""
         self._require_structure()
-        return _run(self._particles(self.guide, 1), self._guide_args(x, rows_of(x)), "guide", "data side", x)
+        return run_program(self.vectorised(self.guide, 1), self.guide_arguments(x, rows_of(x)), "guide", "data side", x)
 
     def detached(self, trace: Trace) -> Trace:
         """A trace holding the latent sites of ``trace`` at their values cut from the graph (for replay)."""
@@ -746,8 +475,8 @@ class ProgramPair:
         if isinstance(rows, int):
             rows = self.placeholder(rows)
         model, args, kwargs = self._generating(rows)
-        return _run(
-            poutine.replay(self._particles(model, 1), trace=guide_trace), (args, kwargs), "model", "model side", rows
+        return run_program(
+            poutine.replay(self.vectorised(model, 1), trace=guide_trace), (args, kwargs), "model", "model side", rows
         )
 
     def latent_values(self, trace: Trace, batch_size: int) -> torch.Tensor:
@@ -766,8 +495,10 @@ class ProgramPair:
         batch = self.dreamt_batch(dream, None if x is None else {self.obs_site: x})
         batch_size = rows_of(batch)
         values = {name: dream.nodes[name]["value"].detach() for name in structure.latent_sites}
-        conditioned = poutine.condition(self._particles(self.guide, 1), data=values)
-        guide_trace = _run(conditioned, self._guide_args(batch, batch_size), "guide", "model side (sleep)", batch)
+        conditioned = poutine.condition(self.vectorised(self.guide, 1), data=values)
+        guide_trace = run_program(
+            conditioned, self.guide_arguments(batch, batch_size), "guide", "model side (sleep)", batch
+        )
         return guide_trace, self.log_prob(guide_trace, 1, batch_size, sites=structure.latent_sites)
 
     # ------------------------------------------------------------------ scoring
@@ -792,10 +523,10 @@ class ProgramPair:
         structure = self._require_structure()
         rank = structure.max_plate_nesting + 1
         total = None
-        names = sites if sites is not None else tuple(_sample_sites(trace))
+        names = sites if sites is not None else tuple(sample_sites(trace))
         for name in names:
             site = trace.nodes[name]
-            fn = site["fn"]
+            fn = distribution_of(site)
             if detach_params:
                 fn = pyro.distributions.util.detach(fn)
             lp = scale_and_mask(fn.log_prob(site["value"]), site["scale"], site["mask"])
@@ -812,13 +543,17 @@ class ProgramPair:
         return self.structure
 
 
-def _column_label(key: Key) -> str:
-    return f"at position {key}" if isinstance(key, int) else repr(key)
+_ROWS = "ppdgm_rows"
+
+
+def dream_rows(dream: Trace) -> Data:
+    """The rows a :meth:`ProgramPair.model_side` trace was dreamt for (its inputs, its observed columns' shape)."""
+    return vars(dream)[_ROWS]
 
 
 def _reduce_to_particles_by_data(
     lp: torch.Tensor,
-    site: dict,
+    site: Any,
     data_plate: str,
     rank: int,
     num_particles: int,
@@ -852,38 +587,3 @@ def flatten_rows(values: list[torch.Tensor], batch_size: int) -> torch.Tensor:
     """Flatten each tensor to ``(batch_size, -1)`` and concatenate them along the last dimension."""
     flat = [v.reshape(batch_size, -1) for v in values]
     return flat[0] if len(flat) == 1 else torch.cat(flat, -1)
-
-
-def _describe(x: Data | None) -> str:
-    if isinstance(x, Batch):
-        return x.describe()
-    if x is None:
-        return "(None)"
-    return f"(arg 0: {tuple(x.shape)} {str(x.dtype).removeprefix('torch.')})"
-
-
-def _run(fn: Callable, arguments: tuple[tuple, dict], program: str, side: str, x: Data | None) -> Trace:
-    """Run ``fn`` under a trace handler and return its trace (without the copy ``get_trace`` makes).
-
-    A user program's exception is re-raised as :class:`ProgramError` naming the program, the side and
-    the batch it was given, with the original chained.
-    """
-    args, kwargs = arguments
-    handler = poutine.trace(fn)
-    try:
-        handler(*args, **kwargs)
-    except ConventionError:
-        raise
-    except Exception as err:
-        extra = f", batch_size={kwargs['batch_size']}" if "batch_size" in kwargs else ""
-        raise ProgramError(
-            f"the {program} raised {type(err).__name__} on the {side}, called with the batch {_describe(x)}{extra}: "
-            f"{err}"
-        ) from err
-    return handler.msngr.trace
-
-
-def _param_names(trace: Trace | None) -> tuple[str, ...]:
-    if trace is None:
-        return ()
-    return tuple(name for name, site in trace.nodes.items() if site["type"] == "param")

@@ -6,13 +6,14 @@ import contextlib
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyro.poutine as poutine
 import torch
 
-from ppdgm.batch import Key
+from ppdgm.batch import Batch, Key
+from ppdgm.handlers import distribution_of
 
 
 @torch.no_grad()
@@ -41,11 +42,12 @@ def sample(
     ``batch_size`` argument, else under ``poutine.uncondition`` on a placeholder batch.
     """
     from ppdgm.batch import as_rows
+    from ppdgm.method import positive_int
     from ppdgm.programs import ConventionError, ProgramPair
     from ppdgm.train import Run
 
     if isinstance(model, Run):
-        programs, scope = model.programs, model.params()
+        programs, scope = model.programs, cast(contextlib.AbstractContextManager, model.params())
         if obs_site is not None and obs_site != programs.obs_site:
             programs = ProgramPair(model.model, None, obs_site=obs_site)
             with model.params():
@@ -53,10 +55,11 @@ def sample(
     else:
         if like is None:
             raise ValueError("sampling from a bare model needs like=<a batch of data it can be called with>")
-        programs, scope = ProgramPair(model, None, obs_site=obs_site), contextlib.nullcontext()
+        programs, scope = ProgramPair(model, None, obs_site=obs_site), contextlib.nullcontext({})
         with scope:
             programs.inspect(as_rows(like))
-    inputs = [k for k, _ in programs.placeholder(1).items()] if not torch.is_tensor(programs.example) else []
+    example = programs.placeholder(1)
+    inputs = [k for k, _ in example.items()] if isinstance(example, Batch) else []
     observed = {k for k, _ in programs.structure.observed_columns}
     inputs = [k for k in inputs if k not in observed]
     if condition is not None:
@@ -73,10 +76,10 @@ def sample(
         if len(sizes) != 1 or (n is not None and n not in sizes):
             raise ValueError(f"condition has {sorted(sizes)} rows; give one row per draw (n={n})")
         n = sizes.pop()
-    if n is None or isinstance(n, bool) or int(n) != n or n < 1:
-        raise ValueError(f"n must be a positive integer (or give condition=...), got {n!r}")
-    rows = programs.placeholder(int(n))
-    if condition:
+    if n is None:
+        raise ValueError("give the number of draws n, or condition=... with one row per draw")
+    rows = programs.placeholder(positive_int("n", n))
+    if condition and isinstance(rows, Batch):
         rows = rows.replace({k: v.to(programs.observed_of(rows).device) for k, v in condition.items()})
     with scope:
         dream = programs.model_side(rows)
@@ -84,7 +87,7 @@ def sample(
     value = site["value"]
     if mean:
         with contextlib.suppress(NotImplementedError):
-            value = site["fn"].mean
+            value = distribution_of(site).mean
     return programs.as_column(value.detach(), programs.observed_of(rows))
 
 
@@ -95,9 +98,9 @@ def generate(model: Callable, n: int, obs_site: str = "x", mean: bool = True) ->
     The presets' models are; for any Pyro model (a tutorial's ``model(x)``, a conditional model) use
     :func:`sample`, which needs an example batch.
     """
-    from ppdgm.programs import ConventionError, _accepts
+    from ppdgm.inspection import ConventionError, accepts
 
-    if not _accepts(model, "batch_size", named=True):
+    if not accepts(model, "batch_size", named=True):
         raise ConventionError(
             "generate() calls model(x=None, batch_size=n), but the model has no batch_size parameter; use "
             "ppdgm.sample(run, n) or ppdgm.sample(model, n, like=<a batch of data>)"
@@ -108,28 +111,28 @@ def generate(model: Callable, n: int, obs_site: str = "x", mean: bool = True) ->
         raise ValueError(f"the model has no site {obs_site!r}")
     if mean:
         try:
-            return site["fn"].mean.detach()
+            return distribution_of(site).mean.detach()
         except NotImplementedError:
             pass
     return site["value"].detach()
 
 
-def image_grid(images: torch.Tensor, shape: tuple[int, int], ncols: int | None = None, pad: int = 1) -> np.ndarray:
+def image_grid(images: torch.Tensor, shape: tuple[int, ...], ncols: int | None = None, pad: int = 1) -> np.ndarray:
     """Tile flat images (n, H*W) into one 2-D array with ``pad`` pixels of background between them."""
-    images = images.detach().cpu().float().reshape(-1, *shape).clamp(0, 1).numpy()
-    n = images.shape[0]
+    pixels = images.detach().cpu().float().reshape(-1, *shape).clamp(0, 1).numpy()
+    n = pixels.shape[0]
     ncols = ncols or math.ceil(math.sqrt(n))
     nrows = math.ceil(n / ncols)
     h, w = shape
     grid = np.ones((nrows * (h + pad) + pad, ncols * (w + pad) + pad), dtype=np.float32)
-    for i, img in enumerate(images):
+    for i, img in enumerate(pixels):
         r, c = divmod(i, ncols)
         grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = img
     return grid
 
 
 def save_image_grid(
-    images: torch.Tensor, shape: tuple[int, int], path: str | Path, ncols: int | None = None, scale: int = 1
+    images: torch.Tensor, shape: tuple[int, ...], path: str | Path, ncols: int | None = None, scale: int = 1
 ) -> Path:
     """Write a PNG grid of flat images (values in [0, 1]), each pixel ``scale`` x ``scale``; returns the path."""
     from matplotlib.image import imsave
@@ -155,9 +158,9 @@ def plot_samples_2d(panels: list[tuple[str, torch.Tensor]], dataset, path: str |
     density = dataset.log_density(torch.stack([gx, gy], -1).reshape(-1, 2)).exp().reshape(300, 300)
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6), squeeze=False)
     for ax, (label, xy) in zip(axes[0], panels):
-        xy = xy.detach().cpu().reshape(-1, 2).numpy()
+        points = xy.detach().cpu().reshape(-1, 2).numpy()
         ax.contourf(gx.numpy(), gy.numpy(), density.numpy(), levels=20, cmap="Blues")
-        ax.scatter(xy[:, 0], xy[:, 1], s=2, c="tab:red", alpha=0.5)
+        ax.scatter(points[:, 0], points[:, 1], s=2, c="tab:red", alpha=0.5)
         ax.set_xlim(float(lo[0]), float(hi[0]))
         ax.set_ylim(float(lo[1]), float(hi[1]))
         ax.set_title(label, fontsize=9)

@@ -29,7 +29,7 @@ class TensorBoardLogger:
         self,
         log_dir: str | Path,
         model: Callable | None = None,
-        image_shape: tuple[int, int] | None = None,
+        image_shape: tuple[int, ...] | None = None,
         image_every: int = 1,
         num_images: int = 64,
     ) -> None:

@@ -39,7 +39,8 @@ from ppdgm import distributed
 from ppdgm.batch import Batch, Data
 from ppdgm.batch import batch_size as rows_of
 from ppdgm.data import Dataset, as_dataset
-from ppdgm.method import Engine, Method, get_method
+from ppdgm.handlers import unconstrained_params
+from ppdgm.method import Engine, Method, get_method, positive_int
 from ppdgm.precision import autocast, check_precision
 from ppdgm.programs import ProgramError, ProgramPair
 
@@ -98,7 +99,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-class EpochBatches(torch.utils.data.Sampler):
+class EpochBatches:
     """Yields index tensors of one epoch's minibatches; the order depends on (seed, epoch) only."""
 
     def __init__(self, num_rows: int, batch_size: int, seed: int, shuffle: bool = True) -> None:
@@ -169,23 +170,23 @@ class Run:
     device: torch.device
     config: dict
     history: list[dict] = field(default_factory=list)
-    param_state: dict = field(default_factory=dict)
+    param_state: Any = field(default_factory=dict)
     seconds: float = 0.0
 
     @property
-    def train_data(self) -> torch.Tensor:
+    def train_data(self) -> Data:
         return self.dataset.train
 
     @property
-    def valid_data(self) -> torch.Tensor:
+    def valid_data(self) -> Data:
         return self.dataset.valid
 
     @property
-    def test_data(self) -> torch.Tensor:
+    def test_data(self) -> Data:
         return self.dataset.test
 
     @contextlib.contextmanager
-    def params(self) -> Iterator[dict]:
+    def params(self) -> Iterator[Any]:
         """Make this run's parameters the active Pyro param store inside the ``with`` block."""
         with pyro.get_param_store().scope(self.param_state) as state:
             yield state
@@ -211,7 +212,7 @@ class Run:
             writer.writerows(self.history)
 
 
-def load_params(path: str | Path, programs: ProgramPair, example: torch.Tensor) -> dict:
+def load_params(path: str | Path, programs: ProgramPair, example: Data) -> dict:
     """Load parameters written by :meth:`Run.save` into the modules of ``programs``.
 
     The programs are traced once on ``example`` (a batch of data) in a fresh param-store scope, so
@@ -221,7 +222,7 @@ def load_params(path: str | Path, programs: ProgramPair, example: torch.Tensor) 
     saved = torch.load(path, map_location="cpu", weights_only=False)
     with pyro.get_param_store().scope() as state:
         structure = programs.inspect(example)
-        store = pyro.get_param_store()
+        store = unconstrained_params()
         wanted = set(structure.model_param_names) | set(structure.guide_param_names)
         found = {n: v for player in saved["players"].values() for n, v in player.items() if n in wanted}
         missing = sorted(wanted - set(found))
@@ -229,7 +230,7 @@ def load_params(path: str | Path, programs: ProgramPair, example: torch.Tensor) 
             raise ValueError(f"{path} has no values for parameters {missing}: written for another model or guide?")
         with torch.no_grad():
             for name, value in found.items():
-                target = store._params[name]
+                target = store[name]
                 if target.shape != value.shape:
                     raise ValueError(
                         f"parameter {name!r}: saved shape {tuple(value.shape)}, model has {tuple(target.shape)}"
@@ -245,9 +246,9 @@ def _move_programs(
     for fn in (programs.model, programs.guide, *modules):
         if isinstance(fn, torch.nn.Module):
             fn.to(device)
-    store = pyro.get_param_store()
+    store = unconstrained_params()
     for name in names:
-        p = store._params[name]
+        p = store[name]
         if p.device != device:
             p.data = p.data.to(device)
 
@@ -323,36 +324,78 @@ def fit(
     resolve_schedule(lr_schedule, 1)  # a bad name fails before any data is read
     if method_obj.requires_guide and guide is None:
         raise ValueError(f"method {method_obj.name!r} needs a guide; got guide=None")
-    if epochs is not None and steps is not None:
-        raise ValueError("give epochs or steps, not both")
-    if epochs is None and steps is None:
-        epochs = 10
-    for label, value in (("epochs", epochs), ("steps", steps), ("batch_size", batch_size)):
-        if value is not None and (int(value) != value or value < 1):
-            raise ValueError(f"{label} must be a positive integer, got {value!r}")
     dataset = as_dataset(data, data_dir)
-    dev = resolve_device(device)
-    ctx = distributed.context(dev)
-    if ctx is not None and dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", ctx.local_rank)
-    if dev.type == "cuda":
-        if dev.index is None:  # set_device refuses a bare "cuda" on recent torch; tensors report an index anyway
-            dev = torch.device("cuda", torch.cuda.current_device())
-        torch.cuda.set_device(dev)
-    check_precision(precision, dev)
     if isinstance(dataset.train, Batch) and not method_obj.accepts_columns:
         raise ValueError(f"method {method_obj.name!r} trains on a single tensor of rows, not on data columns")
-    batches_per_epoch = math.ceil(rows_of(dataset.train) / batch_size)
-    total_steps = steps if steps is not None else epochs * batches_per_epoch
-    num_epochs = math.ceil(total_steps / batches_per_epoch)
-    schedule = resolve_schedule(lr_schedule, num_epochs)
-    config = {
-        "method": method_obj.name,
-        "method_options": method_obj.options(),
+    budget = Budget.of(rows_of(dataset.train), epochs, steps, batch_size)
+    dev, ctx = _training_device(device)
+    check_precision(precision, dev)
+    config = _config(method_obj, dataset, budget, lr, optimizer, seed, dev, obs_site, lr_schedule, ctx, precision)
+    loop = TrainingLoop(
+        budget, seed, tuple(callbacks), None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME,
+        resume, validate_every, progress and distributed.is_main(), log_every, validate,
+        resolve_schedule(lr_schedule, budget.num_epochs), precision,
+    )  # fmt: skip
+    pyro.set_rng_seed(seed)
+    programs = ProgramPair(
+        model, guide, obs_site=obs_site, data_plate=data_plate, partial_guide=method_obj.partial_guide
+    )
+    store = pyro.get_param_store()
+    with store.scope() as scope_state:
+        _inspect(programs, method_obj, dataset, budget.batch_size)
+        config["obs_site"] = programs.obs_site
+        engine = _engine(programs, method_obj, dev, ctx, optimizer, lr, optimizer_options)
+        run = Run(model, guide, method_obj, programs, engine, dataset, dev, config, param_state=scope_state)
+        loop.run(run)
+    store.set_state(scope_state)
+    return run
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long a fit trains: minibatch size, batches per epoch, total steps."""
+
+    batch_size: int
+    batches_per_epoch: int
+    total_steps: int
+
+    @classmethod
+    def of(cls, num_rows: int, epochs: int | None, steps: int | None, batch_size: int) -> Budget:
+        """From ``epochs`` or ``steps`` (default 10 epochs), each checked."""
+        if epochs is not None and steps is not None:
+            raise ValueError("give epochs or steps, not both")
+        batch_size = positive_int("batch_size", batch_size)
+        per_epoch = math.ceil(num_rows / batch_size)
+        if steps is not None:
+            return cls(batch_size, per_epoch, positive_int("steps", steps))
+        return cls(batch_size, per_epoch, positive_int("epochs", 10 if epochs is None else epochs) * per_epoch)
+
+    @property
+    def num_epochs(self) -> int:
+        return math.ceil(self.total_steps / self.batches_per_epoch)
+
+
+def _config(
+    method: Method,
+    dataset: Dataset,
+    budget: Budget,
+    lr: Any,
+    optimizer: Any,
+    seed: int,
+    dev: torch.device,
+    obs_site: str | None,
+    lr_schedule: Any,
+    ctx: distributed.Context | None,
+    precision: str,
+) -> dict:
+    """The fit's record of what it runs (``Run.config``, checkpoints, ``config.json``)."""
+    return {
+        "method": method.name,
+        "method_options": method.options(),
         "data": dataset.name,
-        "batch_size": batch_size,
-        "epochs": num_epochs,
-        "steps": total_steps,
+        "batch_size": budget.batch_size,
+        "epochs": budget.num_epochs,
+        "steps": budget.total_steps,
         "lr": dict(lr) if isinstance(lr, Mapping) else lr,
         "optimizer": optimizer if isinstance(optimizer, str) else getattr(optimizer, "__name__", repr(optimizer)),
         "seed": seed,
@@ -363,156 +406,172 @@ def fit(
         "world_size": 1 if ctx is None else ctx.world_size,
         "precision": precision,
     }
-    pyro.set_rng_seed(seed)
-    programs = ProgramPair(
-        model, guide, obs_site=obs_site, data_plate=data_plate, partial_guide=method_obj.partial_guide
+
+
+def _training_device(device: str | torch.device) -> tuple[torch.device, distributed.Context | None]:
+    """The device of this process (a rank's own GPU under torchrun) and the distributed context, if any."""
+    dev = resolve_device(device)
+    ctx = distributed.context(dev)
+    if ctx is not None and dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", ctx.local_rank)
+    if dev.type == "cuda":
+        if dev.index is None:  # set_device refuses a bare "cuda" on recent torch; tensors report an index anyway
+            dev = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(dev)
+    return dev, ctx
+
+
+def _inspect(programs: ProgramPair, method: Method, dataset: Dataset, batch_size: int) -> None:
+    """Inspect the pair on the first batch, check every split's data, and let the method check the pair."""
+    try:
+        programs.inspect(dataset.train[:batch_size])
+    except ProgramError:
+        for split in ("train", "valid", "test"):  # a program that fails on NaN data: report the data
+            programs.check_finite(dataset.split(split))
+        raise
+    for split in ("train", "valid", "test"):
+        rows = dataset.split(split)
+        programs.check_finite(rows)
+        if rows_of(rows):
+            programs.check_support(rows)
+    method.check_programs(programs)
+    method.setup(programs)
+
+
+def _engine(
+    programs: ProgramPair,
+    method: Method,
+    dev: torch.device,
+    ctx: distributed.Context | None,
+    optimizer: Any,
+    lr: float | Mapping[str, float],
+    optimizer_options: Mapping[str, Any] | None,
+) -> Engine:
+    """The players on the training device with their optimizers (gradients averaged over ranks when distributed)."""
+    structure = programs.structure
+    extra_players = method.extra_players()
+    names = structure.model_param_names + structure.guide_param_names + sum(extra_players.values(), ())
+    _move_programs(programs, names, dev, method.modules())
+    engine = Engine(
+        programs,
+        {"model": structure.model_param_names, "guide": structure.guide_param_names, **extra_players},
+        optimizer=optimizer,
+        lr=lr,
+        optimizer_options=optimizer_options,
+        extra_params=method.extra_params(),
     )
-    store = pyro.get_param_store()
-    with store.scope() as scope_state:
-        try:
-            structure = programs.inspect(dataset.train[:batch_size])
-        except ProgramError:
-            for split in ("train", "valid", "test"):  # a program that fails on NaN data: report the data
-                programs.check_finite(dataset.split(split))
-            raise
-        config["obs_site"] = programs.obs_site
-        for split in ("train", "valid", "test"):
-            rows = dataset.split(split)
-            programs.check_finite(rows)
-            if rows_of(rows):
-                programs.check_support(rows)
-        method_obj.check_programs(programs)
-        method_obj.setup(programs)
-        extra_players = method_obj.extra_players()
-        _move_programs(
-            programs,
-            structure.model_param_names + structure.guide_param_names + sum(extra_players.values(), ()),
-            dev,
-            method_obj.modules(),
-        )
-        engine = Engine(
-            programs,
-            {"model": structure.model_param_names, "guide": structure.guide_param_names, **extra_players},
-            optimizer=optimizer,
-            lr=lr,
-            optimizer_options=optimizer_options,
-            extra_params=method_obj.extra_params(),
-        )
-        if ctx is not None:
-            engine.grad_sync = distributed.GradientSync(ctx)
-            engine.grad_sync.broadcast([p for player in engine.players.values() for p in player.params])
-        run = Run(model, guide, method_obj, programs, engine, dataset, dev, config, param_state=scope_state)
-        _train(
-            run,
-            total_steps,
-            batches_per_epoch,
-            batch_size,
-            seed,
-            callbacks,
-            checkpoint_dir,
-            resume,
-            validate_every,
-            progress and distributed.is_main(),
-            log_every,
-            validate,
-            schedule,
-            precision,
-        )
-    store.set_state(scope_state)
-    return run
+    if ctx is not None:
+        engine.grad_sync = distributed.GradientSync(ctx)
+        engine.grad_sync.broadcast([p for player in engine.players.values() for p in player.params])
+    return engine
 
 
 def _device_context(dev: torch.device):
     return torch.device(dev) if dev.type != "cpu" else contextlib.nullcontext()
 
 
-def _train(
-    run: Run,
-    total_steps: int,
-    batches_per_epoch: int,
-    batch_size: int,
-    seed: int,
-    callbacks: Sequence[Callback],
-    checkpoint_dir: str | Path | None,
-    resume: bool,
-    validate_every: int,
-    progress: bool,
-    log_every: int,
-    validate: bool,
-    schedule: Callable[[int], float] | None = None,
-    precision: str = "fp32",
-) -> None:
-    method, engine, programs, dev = run.method, run.engine, run.programs, run.device
-    train_x = run.dataset.train.to(dev)
-    valid_x = run.dataset.valid.to(dev)
-    batches = EpochBatches(rows_of(train_x), batch_size, seed)
-    shards = _Shards(programs, engine)
-    checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    start_epoch, step = 0, 0
-    if checkpoint is not None and resume and checkpoint.exists():
-        start_epoch, step = _restore(run, checkpoint)
-    num_epochs = math.ceil(total_steps / batches_per_epoch)
-    bar = tqdm(
-        total=total_steps,
-        initial=step,
-        disable=not progress,
-        desc=f"{method.name}",
-        unit="step",
-        dynamic_ncols=True,
-        file=sys.stderr,
-    )
-    first_step = True
-    try:
-        for epoch in range(start_epoch, num_epochs):
-            if step >= total_steps:
-                break
-            batches.set_epoch(epoch)
-            if schedule is not None:
-                engine.scale_learning_rates(schedule(epoch))
-            sums: dict[str, torch.Tensor] = {}
-            count = 0
-            tic = time.perf_counter()
-            with _device_context(dev):
-                for index in batches:
-                    if step >= total_steps:
-                        break
-                    with (
-                        pyro.validation_enabled(validate or first_step),
-                        shards.take(index.shape[0]) as rows,
-                        autocast(dev, precision),
-                    ):
-                        metrics = method.step(engine, train_x[index[rows].to(dev)])
-                    first_step = False
-                    if shards.weight != 1.0:
-                        metrics = {k: v * shards.weight for k, v in metrics.items()}
-                    for k, v in metrics.items():
-                        sums[k] = sums[k] + v if k in sums else v.clone()
-                    count += 1
-                    step += 1
-                    bar.update(1)
-                    if progress and count % log_every == 0:
-                        bar.set_postfix({k: f"{(v / count).item():.3f}" for k, v in sums.items()}, refresh=False)
-                record = {"epoch": epoch + 1, "step": step, "seconds": time.perf_counter() - tic}
-                record.update(zip((f"train_{k}" for k in sums), shards.mean(list(sums.values()), count)))
-                if rows_of(valid_x) and validate_every and (epoch + 1) % validate_every == 0:
-                    record[f"valid_{method.objective_name}"] = validation_objective(method, programs, valid_x, shards)
-            run.history.append(record)
-            run.seconds += record["seconds"]
-            bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k.startswith(("train_", "valid_"))})
-            if checkpoint is not None:
-                if distributed.is_main():
-                    _save_checkpoint(run, checkpoint, epoch + 1, step)
-                shards.barrier()
-            if any(cb(run, record) is True for cb in callbacks):
-                break
-    except KeyboardInterrupt:
-        bar.close()
-        if not distributed.is_main():
+@dataclass(frozen=True)
+class TrainingLoop:
+    """The epochs of a fit: batches, steps, metrics, validation, checkpoints, callbacks and the progress bar."""
+
+    budget: Budget
+    seed: int
+    callbacks: tuple[Callback, ...]
+    checkpoint: Path | None
+    resume: bool
+    validate_every: int
+    progress: bool
+    log_every: int
+    validate: bool
+    schedule: Callable[[int], float] | None
+    precision: str
+
+    def run(self, run: Run) -> None:
+        """Train ``run`` from its checkpoint (when resuming) to the end of the budget or a callback's stop."""
+        start_epoch, step = 0, 0
+        if self.checkpoint is not None and self.resume and self.checkpoint.exists():
+            start_epoch, step = _restore(run, self.checkpoint)
+        bar = tqdm(
+            total=self.budget.total_steps,
+            initial=step,
+            disable=not self.progress,
+            desc=f"{run.method.name}",
+            unit="step",
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
+        epoch = _Epoch(self, run, bar)
+        try:
+            for index in range(start_epoch, self.budget.num_epochs):
+                if step >= self.budget.total_steps:
+                    break
+                record = epoch.train(index, step)
+                step = record["step"]
+                run.history.append(record)
+                run.seconds += record["seconds"]
+                bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k.startswith(("train_", "valid_"))})
+                if self.checkpoint is not None:
+                    if distributed.is_main():
+                        _save_checkpoint(run, self.checkpoint, index + 1, step)
+                    epoch.shards.barrier()
+                if any(cb(run, record) is True for cb in self.callbacks):
+                    break
+        except KeyboardInterrupt:
+            bar.close()
+            if not distributed.is_main():
+                raise
+            where = f"; the checkpoint in {self.checkpoint.parent} resumes it" if self.checkpoint is not None else ""
+            print(f"\ninterrupted after {len(run.history)} complete epoch(s){where}", file=sys.stderr)
             raise
-        where = f"; the checkpoint in {checkpoint.parent} resumes it" if checkpoint is not None else ""
-        print(f"\ninterrupted after {len(run.history)} complete epoch(s){where}", file=sys.stderr)
-        raise
-    bar.close()
+        bar.close()
+
+
+class _Epoch:
+    """One epoch of steps over the training rows, then the epoch's record (metrics read once, validation)."""
+
+    def __init__(self, loop: TrainingLoop, run: Run, bar: Any) -> None:
+        self.loop, self.run, self.bar = loop, run, bar
+        self.train_x = run.dataset.train.to(run.device)
+        self.valid_x = run.dataset.valid.to(run.device)
+        self.batches = EpochBatches(rows_of(self.train_x), loop.budget.batch_size, loop.seed)
+        self.shards = _Shards(run.programs, run.engine)
+        self.first_step = True
+
+    def train(self, epoch: int, step: int) -> dict:
+        loop, run, dev = self.loop, self.run, self.run.device
+        method, engine, shards = run.method, run.engine, self.shards
+        self.batches.set_epoch(epoch)
+        if loop.schedule is not None:
+            engine.scale_learning_rates(loop.schedule(epoch))
+        sums: dict[str, torch.Tensor] = {}
+        count = 0
+        tic = time.perf_counter()
+        with _device_context(dev):
+            for index in self.batches:
+                if step >= loop.budget.total_steps:
+                    break
+                with (
+                    pyro.validation_enabled(loop.validate or self.first_step),
+                    shards.take(index.shape[0]) as rows,
+                    autocast(dev, loop.precision),
+                ):
+                    metrics = method.step(engine, self.train_x[index[rows].to(dev)])
+                self.first_step = False
+                if shards.weight != 1.0:
+                    metrics = {k: v * shards.weight for k, v in metrics.items()}
+                for k, v in metrics.items():
+                    sums[k] = sums[k] + v if k in sums else v.clone()
+                count += 1
+                step += 1
+                self.bar.update(1)
+                if loop.progress and count % loop.log_every == 0:
+                    self.bar.set_postfix({k: f"{(v / count).item():.3f}" for k, v in sums.items()}, refresh=False)
+            record = {"epoch": epoch + 1, "step": step, "seconds": time.perf_counter() - tic}
+            record.update(zip((f"train_{k}" for k in sums), shards.mean(list(sums.values()), count)))
+            if rows_of(self.valid_x) and loop.validate_every and (epoch + 1) % loop.validate_every == 0:
+                objective = validation_objective(method, run.programs, self.valid_x, shards)
+                record[f"valid_{method.objective_name}"] = objective
+        return record
 
 
 @torch.no_grad()

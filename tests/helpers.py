@@ -1,10 +1,10 @@
 """Programs shared by tests (the linear-Gaussian pair in float64)."""
 
 import torch
-from ppdgm.guides import AffineGaussianGuide, ExactLinearGaussianGuide
-from ppdgm.models import LinearGaussianModel
 from torch.nn import functional as F
 
+from ppdgm.guides import AffineGaussianGuide, ExactLinearGaussianGuide
+from ppdgm.models import LinearGaussianModel
 from ppdgm.programs import ProgramPair
 
 

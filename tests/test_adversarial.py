@@ -7,14 +7,14 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from ppdgm.guides import Discriminator
-from ppdgm.models import MLPGenerator
 from torch import nn
 
 import ppdgm
 from ppdgm.adversarial import Adversary, Reverse, gaussian_mmd2, reverse
 from ppdgm.data import mixture_centres
 from ppdgm.evaluate import mixture_quality
+from ppdgm.guides import Discriminator
+from ppdgm.models import MLPGenerator
 from ppdgm.presets import build
 from ppdgm.programs import ConventionError
 from ppdgm.sampling import generate

@@ -2,10 +2,10 @@ import json
 
 import pytest
 import torch
-from ppdgm.guides import ImplicitMLPEncoder
 
 import ppdgm
 from ppdgm.cli import _load_run, main
+from ppdgm.guides import ImplicitMLPEncoder
 
 
 def test_methods_lists_one_line_per_method(capsys):

@@ -4,12 +4,12 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from ppdgm.models import ConditionalGenerator, ConditionalVAE, SemiSupervisedVAE
 from pyro.distributions import constraints
 from torch import nn
 from torch.nn import functional as F
 
 import ppdgm
+from ppdgm.models import ConditionalGenerator, ConditionalVAE, SemiSupervisedVAE
 from ppdgm.programs import ConventionError, ProgramError
 
 

@@ -1,9 +1,9 @@
 import math
 
 import torch
-from ppdgm.inference.iwae import vimco_signal
 
 from ppdgm.combine import log_mean_exp, mean, self_normalised_weights
+from ppdgm.inference.iwae import vimco_signal
 
 
 def test_combiners_work_within_each_datapoint():

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from ppdgm.cli import main
-from ppdgm.compare import SpecError, compare, parse_spec, run_dir, spec_from_record
-from ppdgm.comparisons import PRESETS as COMPARISON_PRESETS
+from ppdgm.compare import SpecError, compare, comparison_names, parse_spec, run_dir, spec_from_record
 
 
 def tiny_spec(output, metrics=("log_likelihood", "elbo", "active_units", "seconds_per_epoch")):
@@ -145,19 +144,19 @@ options = {{ num_particles = 2 }}
 
 
 def test_presets_are_listed_and_valid():
-    from ppdgm.comparisons import PRESETS, preset_spec
+    from ppdgm.compare import preset_spec
 
-    for name in PRESETS:
+    for name in comparison_names():
         for budget in ("small", "full"):
             parse_spec(preset_spec(name, budget))
     assert main(["presets"]) == 0
 
 
-@pytest.mark.parametrize("preset", sorted(COMPARISON_PRESETS))
+@pytest.mark.parametrize("preset", comparison_names())
 def test_every_preset_runs_in_its_small_budget(tmp_path, preset, request):
     from dataclasses import replace
 
-    from ppdgm.comparisons import preset_spec
+    from ppdgm.compare import preset_spec
 
     spec = parse_spec(preset_spec(preset, "small"), output=tmp_path)
     if spec.data == "binarized-mnist":
@@ -231,3 +230,35 @@ def test_demo_command_runs_the_digits_preset(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "digits-small: mean ± standard deviation over 2 seeds" in out and "| iwae k=5 dreg |" in out
     assert (tmp_path / "samples.png").exists() and (tmp_path / "learning_curves.png").exists()
+
+
+def test_typos_inside_spec_sections_are_named_with_a_suggestion(tmp_path):
+    raw = tiny_spec(tmp_path)
+    raw["budget"]["batchsize"] = 10
+    raw["evaluation"]["num_sample"] = 5
+    raw["methods"][0]["optoins"] = {}
+    raw["data"]["path"] = "x"
+    with pytest.raises(SpecError) as err:
+        parse_spec(raw)
+    message = str(err.value)
+    assert "budget.batchsize: unknown field; did you mean 'batch_size'?" in message
+    assert "evaluation.num_sample: unknown field; did you mean 'num_samples'?" in message
+    assert "methods[0].optoins: unknown field; did you mean 'options'?" in message
+    assert "data.path: unknown field (known: name, dir)" in message
+
+
+def test_a_shipped_preset_is_printed_copied_edited_and_read_back(tmp_path, capsys):
+    from ppdgm.compare import preset_spec
+
+    assert main(["presets"]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert listing[0].startswith("aavae-mnist      AAVAE vs VAE")  # names padded to one column
+    assert main(["presets", "digits"]) == 0
+    text = capsys.readouterr().out
+    assert 'description = "VAE vs IWAE' in text and "[budgets.small.budget]\nepochs = 5" in text
+    mine = tmp_path / "mine.toml"
+    mine.write_text(text.replace("[budgets.small.budget]\nepochs = 5", "[budgets.small.budget]\nepochs = 1"))
+    spec = parse_spec(preset_spec(mine, "small"))
+    assert spec.name == "mine-small" and spec.epochs == 1 and [m.label for m in spec.methods][1] == "iwae k=5"
+    with pytest.raises(ValueError, match="unknown comparison preset 'nope'"):
+        preset_spec("nope")

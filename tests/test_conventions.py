@@ -73,7 +73,7 @@ def test_program_whose_signature_cannot_take_the_batch_is_refused():
     _, guide = user_pair()
     x = ppdgm.data.load("digits-binary").train[:5]
     with pytest.raises(
-        ConventionError, match=r"the model cannot take the batch \(arg 0: \(5, 64\)\).*signature is model\(\)"
+        ConventionError, match=r"the model cannot take the batch \(arg 0: \(5, 64\) float32\).*signature is model\(\)"
     ):
         ProgramPair(model, guide).inspect(x)
 

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from ppdgm.models import CycleTranslators
 
 import ppdgm
 from ppdgm.evaluate import train_classifier
+from ppdgm.models import CycleTranslators
 from ppdgm.programs import ConventionError
 
 

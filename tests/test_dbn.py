@@ -4,9 +4,9 @@ import itertools
 
 import pyro.poutine as poutine
 import torch
-from ppdgm.models import DBN
 
 import ppdgm
+from ppdgm.models import DBN
 
 
 def _pretrained(sizes=(64, 10, 6), epochs=10):

@@ -5,9 +5,9 @@ import math
 import pyro
 import pytest
 import torch
-from ppdgm.inference import IWAE, VAE
 
 from ppdgm import evaluate
+from ppdgm.inference import IWAE, VAE
 
 from .helpers import inspected, linear_gaussian, poor_guide
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pyro
 import pytest
 import torch
-from ppdgm.guides import GaussianMLPEncoder, SBNRecognition
-from ppdgm.models import RBM, BernoulliMLPModel, CycleTranslators, PixelCNN, SigmoidBeliefNet
 
 import ppdgm
+from ppdgm.guides import GaussianMLPEncoder, SBNRecognition
+from ppdgm.models import RBM, BernoulliMLPModel, CycleTranslators, PixelCNN, SigmoidBeliefNet
 
 from .test_adversarial import user_generator_pair
 

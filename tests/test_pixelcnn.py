@@ -6,11 +6,11 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from ppdgm.inference import MLE
-from ppdgm.models import PixelCNN
 from torch.nn import functional as F
 
 import ppdgm
+from ppdgm.inference import MLE
+from ppdgm.models import PixelCNN
 from ppdgm.programs import ConventionError, ProgramPair
 
 

@@ -4,11 +4,11 @@ import pyro
 import pyro.poutine as poutine
 import pytest
 import torch
-from ppdgm.guides import GaussianMLPEncoder
-from ppdgm.models import BernoulliMLPModel
 from pyro.poutine.util import site_is_subsample
 
 import ppdgm
+from ppdgm.guides import GaussianMLPEncoder
+from ppdgm.models import BernoulliMLPModel
 from ppdgm.precision import autocast
 
 

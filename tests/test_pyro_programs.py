@@ -4,11 +4,12 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from ppdgm.inference import IWAE, VAE
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceEnum_ELBO, config_enumerate
 from torch import nn
 
 import ppdgm
+from ppdgm.handlers import unconstrained_params
+from ppdgm.inference import IWAE, VAE
 from ppdgm.programs import ProgramPair
 
 
@@ -100,8 +101,8 @@ def _grads(loss, params):
 
 
 def _params(programs):
-    store = pyro.get_param_store()
-    return [store._params[n] for n in programs.structure.model_param_names + programs.structure.guide_param_names]
+    store = unconstrained_params()
+    return [store[n] for n in programs.structure.model_param_names + programs.structure.guide_param_names]
 
 
 def test_vae_equals_pyro_trace_elbo(float64):

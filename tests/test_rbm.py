@@ -4,10 +4,10 @@ import itertools
 
 import pytest
 import torch
-from ppdgm.guides import GaussianMLPEncoder
-from ppdgm.models import RBM
 
 import ppdgm
+from ppdgm.guides import GaussianMLPEncoder
+from ppdgm.models import RBM
 from ppdgm.programs import ConventionError
 
 

@@ -1,13 +1,16 @@
-"""The README's example runs as written (with a shorter budget)."""
+"""The code of README.md and docs/ runs as written (with shorter budgets); no link leaves the repository."""
 
 import re
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def _runnable_blocks() -> list[str]:
-    return [b for b in re.findall(r"```python\n(.*?)```", README.read_text(), re.S) if "import ppdgm" in b]
+    text = "\n".join(page.read_text() for page in PAGES)
+    return [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "import ppdgm" in b]
 
 
 def test_readme_sbn_example_runs():
@@ -31,7 +34,7 @@ def test_readme_comparison_spec_is_valid():
 
     from ppdgm.compare import parse_spec
 
-    block = re.findall(r"```toml\n(.*?)```", README.read_text(), re.S)[0]
+    block = re.findall(r"```toml\n(.*?)```", (ROOT / "docs" / "comparisons.md").read_text(), re.S)[0]
     spec = parse_spec(tomllib.loads(block))
     assert [m.label for m in spec.methods] == ["vae", "iwae k=5"] and spec.seeds == (0, 1, 2)
 
@@ -51,3 +54,17 @@ def test_readme_conditional_and_semi_supervised_examples_run():
     namespace: dict = {}
     exec(compile(short, str(README), "exec"), namespace)
     assert namespace["sevens"].shape == (8, 64) and 0.0 <= float(namespace["accuracy"]) <= 1.0
+
+
+def test_every_relative_link_of_the_documentation_resolves_inside_the_repository():
+    for page in PAGES:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" in target:
+                continue
+            resolved = (page.parent / target).resolve()
+            assert resolved.is_relative_to(ROOT), f"{page.name} links outside the repository: {target}"
+            assert resolved.exists(), f"{page.name} links to a missing file: {target}"
+
+
+def test_readme_is_a_short_front_door():
+    assert len(README.read_text().splitlines()) <= 250

@@ -1,8 +1,8 @@
 import pytest
-from ppdgm.guides import GaussianMLPEncoder
-from ppdgm.models import BernoulliMLPModel
 
 import ppdgm
+from ppdgm.guides import GaussianMLPEncoder
+from ppdgm.models import BernoulliMLPModel
 
 pytest.importorskip("tensorboard")
 

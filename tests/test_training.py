@@ -6,12 +6,12 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from ppdgm.guides import GaussianMLPEncoder
-from ppdgm.models import BernoulliMLPModel
 from torch import nn
 
 import ppdgm
 from ppdgm import evaluate
+from ppdgm.guides import GaussianMLPEncoder
+from ppdgm.models import BernoulliMLPModel
 
 METHODS = [
     ("vae", {}),

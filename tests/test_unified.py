@@ -6,12 +6,12 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from ppdgm.guides import Discriminator, GaussianMLPEncoder
-from ppdgm.inference import AAVAE, GAN, IWGAN
 from torch import nn
 
 import ppdgm
 from ppdgm.combine import mean
+from ppdgm.guides import Discriminator, GaussianMLPEncoder
+from ppdgm.inference import AAVAE, GAN, IWGAN
 
 from .test_adversarial import user_generator_pair
 

@@ -6,13 +6,13 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from ppdgm.guides import SBNRecognition
-from ppdgm.inference import RWS
-from ppdgm.models import SigmoidBeliefNet
 from torch import nn
 
 import ppdgm
 from ppdgm import evaluate
+from ppdgm.guides import SBNRecognition
+from ppdgm.inference import RWS
+from ppdgm.models import SigmoidBeliefNet
 from ppdgm.programs import ConventionError, ProgramPair
 from ppdgm.sampling import generate
 

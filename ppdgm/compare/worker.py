@@ -1,4 +1,4 @@
-"""One comparison run on every rank of a torchrun job: ``python -m ppdgm.compare_worker SPEC_JSON METHOD SEED``.
+"""One comparison run on every rank of a torchrun job: ``python -m ppdgm.compare.worker SPEC_JSON METHOD SEED``.
 
 :func:`ppdgm.compare.compare` launches this for specs with ``nproc_per_run > 1``; each rank joins the
 process group, trains its share, and rank 0 evaluates and writes the run's result.
@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from ppdgm import distributed
-from ppdgm.compare import Spec, _deterministic_run, run_dir
+from ppdgm.compare.runner import deterministic_run
+from ppdgm.compare.spec import Spec, run_dir
 from ppdgm.train import resolve_device
 
 
@@ -20,7 +21,7 @@ def main(argv: list[str]) -> int:
     spec = Spec.from_dict(json.loads(Path(spec_file).read_text()))
     distributed.context(resolve_device(spec.device))
     method = spec.methods[method_index]
-    _deterministic_run(spec, method, seed, run_dir(spec, method, seed), "--tensorboard" in argv[3:])
+    deterministic_run(spec, method, seed, run_dir(spec, method, seed), "--tensorboard" in argv[3:])
     return 0
 
 

@@ -1,0 +1,205 @@
+"""Running a comparison: every method x seed as an independent, resumable run, in this process, a pool or torchrun."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ppdgm.compare.metrics import evaluate_run
+from ppdgm.compare.record import run_record
+from ppdgm.compare.report import summarise, write_results
+from ppdgm.compare.spec import MethodSpec, Spec, parse_spec, run_dir
+
+RESULT = "result.json"
+
+
+def build_pair(spec: Spec, x_dim: int) -> tuple[Callable, Callable]:
+    """A fresh (model, guide) pair for the spec: a preset, or a user factory ``module:function``."""
+    if ":" in spec.model:
+        module_name, function_name = spec.model.split(":", 1)
+        factory = getattr(importlib.import_module(module_name), function_name)
+        return factory(x_dim, **spec.model_options)
+    from ppdgm.presets import build
+
+    return build(spec.model, x_dim, **spec.model_options)
+
+
+def run_one(spec_dict: dict, method_index: int, seed: int, tensorboard: bool = False) -> dict:
+    """Train and evaluate one method x seed (in this process); skip it when its result exists."""
+    spec = Spec.from_dict(spec_dict)
+    method = spec.methods[method_index]
+    folder = run_dir(spec, method, seed)
+    done = folder / RESULT
+    if done.exists():
+        result = json.loads(done.read_text())
+        if result.get("spec_hash") == spec.digest():
+            return result
+    folder.mkdir(parents=True, exist_ok=True)
+    if spec.nproc_per_run > 1:
+        return _launch_distributed(spec, method_index, seed, folder, tensorboard)
+    return deterministic_run(spec, method, seed, folder, tensorboard)
+
+
+def deterministic_run(spec: Spec, method: MethodSpec, seed: int, folder: Path, tensorboard: bool) -> dict:
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        return _train_and_evaluate(spec, method, seed, folder, tensorboard)
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+def _launch_distributed(spec: Spec, method_index: int, seed: int, folder: Path, tensorboard: bool) -> dict:
+    """Train one run on ``spec.nproc_per_run`` ranks with torchrun (rank 0 evaluates), then read its result."""
+    spec_file = folder / "spec.json"
+    spec_file.write_text(json.dumps(spec.to_dict(), default=str))
+    threads = max(1, torch.get_num_threads() // spec.nproc_per_run)
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(spec.nproc_per_run),
+        "-m", "ppdgm.compare.worker", str(spec_file), str(method_index), str(seed),
+        *(["--tensorboard"] if tensorboard else []),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    log = folder / "torchrun.log"
+    with open(log, "w") as out:
+        code = subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+    if code != 0 or not (folder / RESULT).exists():
+        tail = "".join(log.read_text().splitlines(keepends=True)[-20:])
+        where = f"the {spec.nproc_per_run}-process run in {folder}"
+        raise RuntimeError(f"{where} failed (exit {code}); {log} ends:\n{tail}")
+    return json.loads((folder / RESULT).read_text())
+
+
+def _train_and_evaluate(spec: Spec, method: MethodSpec, seed: int, folder: Path, tensorboard: bool) -> dict:
+    import ppdgm
+    from ppdgm import distributed
+    from ppdgm.sampling import generate, save_image_grid
+
+    done = folder / RESULT
+    dataset = ppdgm.data.load(spec.data, spec.data_dir)
+    torch.manual_seed(seed)  # the same initial networks for every method of a seed
+    model, guide = build_pair(spec, dataset.dim)
+    config = {
+        "method": method.name,
+        "label": method.label,
+        "options": method.options,
+        "seed": seed,
+        "spec_hash": spec.digest(),
+    }
+    main = distributed.is_main()
+    if main:
+        (folder / "config.json").write_text(json.dumps(config, indent=2, default=str))
+    budget: dict[str, Any] = {"epochs": spec.epochs} if spec.epochs is not None else {"steps": spec.steps}
+    callbacks = []
+    if tensorboard and main:
+        from ppdgm.tensorboard import TensorBoardLogger
+
+        callbacks.append(TensorBoardLogger(folder / "tensorboard", model=model, image_shape=dataset.image_shape))
+    run = ppdgm.fit(
+        model,
+        guide,
+        dataset,
+        method.name,
+        batch_size=spec.batch_size,
+        lr=spec.lr,
+        seed=seed,
+        device=spec.device,
+        checkpoint_dir=folder,
+        progress=False,
+        lr_schedule=spec.lr_schedule,
+        optimizer_options=spec.optimizer_options or None,
+        callbacks=callbacks,
+        **budget,
+        **method.options,
+    )
+    for callback in callbacks:
+        callback.close()
+    if distributed.world_size() > 1:  # trained data-parallel: rank 0 evaluates alone
+        torch.distributed.destroy_process_group()
+        if not main:
+            return {}
+    run.save(folder / "params.pt")
+    run.save_history(folder / "history.csv")
+    torch.manual_seed(seed)
+    test = dataset.test if spec.test_size is None else dataset.test[: spec.test_size]
+    metrics, stderr = evaluate_run(spec, model, guide, test, run.history)
+    if "objective" in spec.metrics:  # the method's own objective on the test split (e.g. -cycle error)
+        from ppdgm.train import validation_objective
+
+        with run.params():
+            metrics["objective"] = validation_objective(run.method, run.programs, test.to(run.device))
+    torch.manual_seed(seed)
+    if dataset.image_shape is not None:
+        save_image_grid(generate(model, 64), dataset.image_shape, folder / "samples.png")
+    elif dataset.dim == 2:
+        np.save(folder / "samples.npy", generate(model, 1000, mean=False).reshape(1000, 2).cpu().numpy())
+    result = {
+        "label": method.label,
+        "seed": seed,
+        "metrics": metrics,
+        "stderr": stderr,
+        "history": run.history,
+        "spec_hash": spec.digest(),
+    }
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(done)
+    return result
+
+
+def compare(
+    spec: Spec | Mapping[str, Any] | str | Path,
+    *,
+    jobs: int = 1,
+    progress: bool = True,
+    on_run_done: Callable[[dict], Any] | None = None,
+    tensorboard: bool = False,
+) -> dict:
+    """Run every method x seed of ``spec`` (skipping completed runs) and write the results.
+
+    Returns the results dict that is also written as ``results.json``.
+    """
+    spec = spec if isinstance(spec, Spec) else parse_spec(spec)
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    out = Path(spec.output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "record.json").write_text(json.dumps(run_record(spec), indent=2))
+    grid = [(i, seed) for i in range(len(spec.methods)) for seed in spec.seeds]
+    spec_dict = spec.to_dict()
+    results: list[dict] = []
+    bar = tqdm(total=len(grid), desc=f"compare {spec.name}", unit="run", disable=not progress, file=sys.stderr)
+    if jobs == 1:
+        for i, seed in grid:
+            bar.set_postfix_str(f"{spec.methods[i].label} seed {seed}")
+            results.append(run_one(spec_dict, i, seed, tensorboard))
+            bar.update(1)
+            if on_run_done is not None:
+                on_run_done(results[-1])
+    else:
+        threads = max(1, (os.cpu_count() or 1) // jobs)  # jobs x threads within the cores: no oversubscription
+        with ProcessPoolExecutor(
+            max_workers=jobs, mp_context=get_context("spawn"), initializer=torch.set_num_threads, initargs=(threads,)
+        ) as pool:
+            futures = [pool.submit(run_one, spec_dict, i, seed, tensorboard) for i, seed in grid]
+            for future in futures:
+                results.append(future.result())
+                bar.update(1)
+                if on_run_done is not None:
+                    on_run_done(results[-1])
+    bar.close()
+    summary = summarise(spec, results)
+    write_results(spec, summary, results)
+    return summary

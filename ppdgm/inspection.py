@@ -1,0 +1,384 @@
+"""Inspection of a program pair: one trace of the first batch tells ppdgm how to run the programs.
+
+:func:`inspect_pair` runs the model and the guide once on a batch (no gradients) and returns the
+:class:`Structure` (sites, plates, players) and the observed sites' messages; it raises
+:class:`ConventionError` naming the site, column or program when the pair cannot be run. The helpers
+here — calling a program as ``SVI.step`` would, running it with errors that name program, side and
+batch — are shared with :mod:`ppdgm.programs`, which runs the two sides.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect as _inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pyro.poutine as poutine
+import torch
+from pyro.poutine.messenger import _context_wrap
+from pyro.poutine.trace_struct import Trace
+from pyro.poutine.util import site_is_subsample
+
+from ppdgm.batch import Batch, Data, Key
+from ppdgm.batch import batch_size as rows_of
+
+
+class ConventionError(ValueError):
+    """A model or guide cannot be run as ppdgm needs (see :mod:`ppdgm.programs`); the message says why."""
+
+
+class ProgramError(ConventionError):
+    """A user's model or guide raised: says which program, on which side, with which arguments (the error chained)."""
+
+
+def signature(fn: Callable) -> _inspect.Signature | None:
+    """The signature of the user's function, seen through Pyro's handler wrappers (``config_enumerate``...)."""
+    bound = 0
+    while isinstance(fn, functools.partial):
+        if fn.func is _context_wrap and len(fn.args) >= 2:  # a Pyro handler around fn: (messenger, fn, *bound)
+            bound += len(fn.args) - 2
+            fn = fn.args[1]
+        else:
+            bound += len(fn.args)
+            fn = fn.func
+    if isinstance(fn, torch.nn.Module):
+        fn = fn.forward
+    try:
+        sig = _inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    if bound:
+        params = list(sig.parameters.values())
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        drop = {p.name for p in positional[:bound]}
+        sig = sig.replace(parameters=[p for p in params if p.name not in drop])
+    return sig
+
+
+def accepts(fn: Callable, keyword: str, named: bool = False) -> bool:
+    """Whether ``fn`` can be called with ``keyword=...`` (with ``named``: only if it names that parameter)."""
+    sig = signature(fn)
+    if sig is None:
+        return not named
+    params = sig.parameters
+    if keyword in params and params[keyword].kind is not _inspect.Parameter.POSITIONAL_ONLY:
+        return True
+    return not named and any(p.kind is _inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def arguments(x: Data | None, batch_size: int, with_batch_size: bool) -> tuple[tuple, dict[str, Any]]:
+    """The arguments ``SVI.step`` would pass for batch ``x`` (plus ``batch_size=`` for a program that names it)."""
+    args: tuple
+    kwargs: dict[str, Any]
+    if isinstance(x, Batch):
+        args, kwargs = x.args, dict(x.kwargs)
+    else:
+        args, kwargs = (x,), {}
+    if with_batch_size:
+        kwargs["batch_size"] = batch_size
+    return args, kwargs
+
+
+def check_signature(name: str, fn: Callable, args: tuple, kwargs: dict, x: Data) -> None:
+    """Refuse a program that cannot be called with the batch's arguments, naming both."""
+    sig = signature(fn)
+    if sig is None:
+        return
+    try:
+        sig.bind(*args, **kwargs)
+    except TypeError as err:
+        raise ConventionError(
+            f"the {name} cannot take the batch {describe(x)}: {err}. Its signature is {name}{sig}; ppdgm calls the "
+            "programs as SVI.step does: a tensor as the first positional argument, a tuple of columns "
+            "positionally, a dict of columns by keyword"
+        ) from None
+
+
+def is_reparameterized(site: dict) -> bool:
+    return bool(getattr(site["fn"], "has_rsample", False))
+
+
+def sample_sites(trace: Trace) -> dict[str, Any]:
+    return {
+        name: site
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site_is_subsample(site) and not site.get("is_auxiliary", False)
+    }
+
+
+def auxiliary(site: dict) -> bool:
+    """A ``pyro.factor`` or ``pyro.deterministic`` site: observed in form, but no data."""
+    infer = site.get("infer") or {}
+    return bool(infer.get("is_auxiliary") or infer.get("_deterministic"))
+
+
+def enumerated(site: dict) -> str | None:
+    return (site.get("infer") or {}).get("enumerate")
+
+
+def storage(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+@dataclass(frozen=True)
+class Structure:
+    """What :meth:`ProgramPair.inspect` learnt about a program pair from one trace."""
+
+    latent_sites: tuple[str, ...]
+    reparam_sites: tuple[str, ...]
+    nonreparam_sites: tuple[str, ...]
+    data_plate: str
+    max_plate_nesting: int
+    model_param_names: tuple[str, ...]
+    guide_param_names: tuple[str, ...]
+    #: every observed site of the model
+    observed_sites: tuple[str, ...] = ()
+    #: the data column each observed site reads (column key → site); other columns are inputs
+    observed_columns: tuple[tuple[Key, str], ...] = ()
+    #: guide sites summed out exactly (``infer={"enumerate": "parallel"}``): part of ``latent_sites``
+    guide_enumerated: tuple[str, ...] = ()
+    #: model latents summed out in the model (enumerated, no guide site): not in ``latent_sites``
+    model_enumerated: tuple[str, ...] = ()
+
+    @property
+    def particle_dim(self) -> int:
+        return -(self.max_plate_nesting + 1)
+
+    @property
+    def enumerated(self) -> tuple[str, ...]:
+        return self.guide_enumerated + self.model_enumerated
+
+
+def describe(x: Data | None) -> str:
+    if isinstance(x, Batch):
+        return x.describe()
+    if x is None:
+        return "(None)"
+    return f"(arg 0: {tuple(x.shape)} {str(x.dtype).removeprefix('torch.')})"
+
+
+def run_program(fn: Callable, arguments: tuple[tuple, dict], program: str, side: str, x: Data | None) -> Trace:
+    """Run ``fn`` under a trace handler and return its trace (without the copy ``get_trace`` makes).
+
+    A user program's exception is re-raised as :class:`ProgramError` naming the program, the side and
+    the batch it was given, with the original chained.
+    """
+    args, kwargs = arguments
+    handler = poutine.trace(fn)
+    try:
+        handler(*args, **kwargs)
+    except ConventionError:
+        raise
+    except Exception as err:
+        extra = f", batch_size={kwargs['batch_size']}" if "batch_size" in kwargs else ""
+        raise ProgramError(
+            f"the {program} raised {type(err).__name__} on the {side}, called with the batch {describe(x)}{extra}: "
+            f"{err}"
+        ) from err
+    return handler.msngr.trace
+
+
+def param_names(trace: Trace | None) -> tuple[str, ...]:
+    if trace is None:
+        return ()
+    return tuple(name for name, site in trace.nodes.items() if site["type"] == "param")
+
+
+def column_label(key: Key) -> str:
+    return f"at position {key}" if isinstance(key, int) else repr(key)
+
+
+@dataclass
+class Inspected:
+    """What :func:`inspect_pair` found: the structure, the primary observed site and every observed site's message."""
+
+    structure: Structure
+    obs_site: str
+    observed_sites: dict[str, Any]
+
+
+def inspect_pair(
+    model: Callable,
+    guide: Callable | None,
+    x: Data,
+    *,
+    model_args: tuple[tuple, dict],
+    guide_args: tuple[tuple, dict] | None,
+    obs_site: str | None = None,
+    data_plate: str | None = None,
+    partial_guide: bool = False,
+) -> Inspected:
+    """Trace the pair once on batch ``x`` (called with ``model_args``/``guide_args``) and check it can be run.
+
+    Raises :class:`ConventionError` naming the offending site, column or program when it cannot.
+    """
+    batch_size = rows_of(x)
+    check_signature("model", model, *model_args, x)
+    if guide is not None and guide_args is not None:
+        check_signature("guide", guide, *guide_args, x)
+    with poutine.block(), torch.no_grad():
+        model_trace = run_program(model, model_args, "model", "data side (inspection)", x)
+        model_sites = sample_sites(model_trace)
+        observed = tuple(n for n, s in model_sites.items() if s["is_observed"] and not auxiliary(s))
+        if not observed:
+            raise ConventionError(
+                "the model has no observed site; declare the data as `pyro.sample(name, dist, obs=data)`"
+            )
+        columns = _observed_columns(x, model_sites, observed)
+        primary = _primary_site(observed, columns, obs_site)
+        plate = _find_data_plate(primary, model_sites[primary], batch_size, data_plate)
+        guide_trace, replayed = None, model_trace
+        if guide is not None and guide_args is not None:
+            guide_trace = run_program(guide, guide_args, "guide", "data side (inspection)", x)
+            replayed = run_program(
+                poutine.replay(model, trace=guide_trace), model_args, "model", "data side (inspection)", x
+            )
+    guide_sites = sample_sites(guide_trace) if guide_trace is not None else {}
+    latents, model_enumerated = _latents(model_sites, guide_sites, observed, guide_trace is not None, partial_guide)
+    _refuse_sequential({**model_sites, **guide_sites})
+    guide_enumerated = tuple(n for n in latents if n in guide_sites and enumerated(guide_sites[n]) == "parallel")
+    scored = [n for n in latents if n not in guide_enumerated]
+    reparam = tuple(n for n in scored if is_reparameterized(guide_sites[n])) if guide_sites else ()
+    model_params, guide_params = _players(replayed, guide_trace)
+    structure = Structure(
+        latent_sites=latents,
+        reparam_sites=reparam,
+        nonreparam_sites=tuple(n for n in scored if n not in reparam) if guide_sites else (),
+        data_plate=plate,
+        max_plate_nesting=_max_plate_nesting(replayed, guide_trace),
+        model_param_names=model_params,
+        guide_param_names=guide_params,
+        observed_sites=observed,
+        observed_columns=tuple(columns.items()),
+        guide_enumerated=guide_enumerated,
+        model_enumerated=model_enumerated,
+    )
+    return Inspected(structure, primary, {name: model_sites[name] for name in observed})
+
+
+def _latents(
+    model_sites: dict[str, Any], guide_sites: dict[str, Any], observed: tuple[str, ...], has_guide: bool, partial: bool
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The latents the guide proposes and those the model enumerates; refuses a guide that misses one."""
+    model_latents = tuple(n for n, s in model_sites.items() if not s["is_observed"])
+    if not has_guide:
+        return model_latents, ()
+    model_enumerated = tuple(
+        n for n in model_latents if n not in guide_sites and enumerated(model_sites[n]) == "parallel"
+    )
+    latents = tuple(n for n in model_latents if n not in model_enumerated)
+    missing = [n for n in latents if n not in guide_sites]
+    if partial:
+        latents = tuple(n for n in latents if n in guide_sites)
+        if not latents:
+            raise ConventionError(
+                f"the guide samples none of the model's latent sites {missing}; name its sites as the model's"
+            )
+    elif missing:
+        masked = [n for n in missing if n.endswith("_unobserved") and f"{n[:-11]}_observed" in observed]
+        if masked:
+            raise ConventionError(
+                f"the model's site(s) {[n[:-11] for n in masked]} are partially observed (obs_mask): the "
+                f"guide must propose the missing values at sample site(s) {masked}"
+            )
+        raise ConventionError(
+            f"the guide has no sample site for the model's latent site(s) {missing}; every latent of the model "
+            "must be sampled by the guide (or enumerated in the model: infer={'enumerate': 'parallel'})"
+        )
+    sampled_observed = [n for n in observed if n in guide_sites]
+    if sampled_observed:
+        raise ConventionError(f"the guide must not sample the observed site(s) {sampled_observed}")
+    return latents, model_enumerated
+
+
+def _refuse_sequential(sites: dict[str, Any]) -> None:
+    sequential = [n for n, s in sites.items() if enumerated(s) == "sequential"]
+    if sequential:
+        raise ConventionError(
+            f"site(s) {sequential} ask for sequential enumeration; ppdgm sums out only parallel enumeration "
+            "(infer={'enumerate': 'parallel'})"
+        )
+
+
+def _max_plate_nesting(*traces: Trace | None) -> int:
+    frames = [
+        f
+        for trace in traces
+        if trace is not None
+        for site in sample_sites(trace).values()
+        for f in site["cond_indep_stack"]
+        if f.dim is not None
+    ]
+    return max([-f.dim for f in frames], default=0)
+
+
+def _players(model_trace: Trace, guide_trace: Trace | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The parameters the model uses (θ) and those the guide uses (φ); one used by both is refused."""
+    model_params = param_names(model_trace)
+    guide_params = param_names(guide_trace)
+    shared = sorted(set(model_params) & set(guide_params))
+    if shared:
+        raise ConventionError(
+            f"parameters {shared} are used by both the model and the guide; each player owns its own parameters "
+            "(rename the guide's: the name given to pyro.module, or for a PyroModule its attribute names)"
+        )
+    return model_params, guide_params
+
+
+def _observed_columns(x: Data, sites: dict[str, dict], observed: tuple[str, ...]) -> dict[Key, str]:
+    """Tie each data column to the observed site whose value is that column (or a view of it)."""
+    items = x.items() if isinstance(x, Batch) else [(0, x)]
+    by_storage = {storage(c): key for key, c in items if c is not None}
+    columns: dict[Key, str] = {}
+    for name in observed:
+        value = sites[name]["value"]
+        key = by_storage.get(storage(value)) if torch.is_tensor(value) else None
+        if key is not None and key not in columns:
+            columns[key] = name
+    if not columns and len(items) == 1 and len(observed) == 1:
+        columns[items[0][0]] = observed[0]
+    return columns
+
+
+def _primary_site(observed: tuple[str, ...], columns: dict[Key, str], given: str | None) -> str:
+    if given is not None:
+        if given not in observed:
+            raise ConventionError(
+                f"obs_site={given!r} is not an observed site of the model (its observed sites: {list(observed)})"
+            )
+        return given
+    if len(observed) == 1:
+        return observed[0]
+    if columns:
+        return next(iter(columns.values()))
+    raise ConventionError(
+        f"the model has several observed sites {list(observed)} and none observes a data column as it is; "
+        "pass obs_site=... to say which one the data are"
+    )
+
+
+def _find_data_plate(obs_name: str, obs_site: Any, batch_size: int, data_plate: str | None) -> str:
+    frames = [f for f in obs_site["cond_indep_stack"] if f.vectorized]
+    names = [f.name for f in frames]
+    if data_plate is not None:
+        if data_plate not in names:
+            raise ConventionError(
+                f"the observed site {obs_name!r} is not inside the plate {data_plate!r} (its plates: {names})"
+            )
+        return data_plate
+    if "data" in names:
+        return "data"
+    candidates = [f.name for f in frames if f.size == batch_size]
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise ConventionError(
+            f"the observed site {obs_name!r} is in no plate of the batch size {batch_size} (its plates: "
+            f"{names}); wrap it in `with pyro.plate('data', x.shape[0]):`"
+        )
+    raise ConventionError(
+        f"several plates of size {batch_size} hold the observed site {obs_name!r}: {candidates}; "
+        "name the data plate 'data' or pass data_plate=..."
+    )
