@@ -432,9 +432,17 @@ class ProgramPair:
         """Check the guide can score dreamt latents: dream once and compare shapes site by site.
 
         Raises :class:`ConventionError` naming the first latent whose dreamt value does not have the
-        shape of the guide's own sample for the dreamt ``x``.
+        shape of the guide's own sample for the dreamt ``x``, or an observed site tied to no data column
+        (the guide could not be handed its dreamt value).
         """
-        self._require_structure()
+        structure = self._require_structure()
+        untied = [n for n in structure.observed_sites if n not in dict((v, k) for k, v in structure.observed_columns)]
+        if untied:
+            raise ConventionError(
+                f"the sleep phase hands the guide dreamt data, but the observed site(s) {untied} observe no data "
+                "column as it is (a transformed copy?); observe the column itself (a view such as x.reshape(...) "
+                "is fine)"
+            )
         with poutine.block(), torch.no_grad():
             dream = self.model_side(batch_size)
             x = self.dreamt_batch(dream)

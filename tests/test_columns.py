@@ -169,3 +169,26 @@ def test_sample_checks_its_condition():
     model, _ = _user_pair()
     with pytest.raises(ConventionError, match="the model has no inputs"):
         ppdgm.sample(model, like=data.train[:3], condition=one_hot(torch.arange(3)))
+
+
+def test_a_sleep_phase_refuses_an_observed_site_tied_to_no_column():
+    """With several columns, a site observing a transformed copy of one cannot be handed its dream."""
+    dec = nn.Linear(2, 64)
+    enc = nn.Linear(74, 2)
+
+    def model(x, y):
+        pyro.module("dec", dec)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=dec(z)).to_event(1), obs=(x > 0.5).float())
+
+    def guide(x, y):
+        pyro.module("enc", enc)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(enc(torch.cat([x, y], -1)), 1.0).to_event(1))
+
+    data = ppdgm.data.load("digits")
+    columns = (data.train, one_hot(data.labels["train"]))
+    ppdgm.fit(model, guide, columns, "vae", steps=2, progress=False)  # the data side needs no tie
+    with pytest.raises(ConventionError, match=r"observed site\(s\) \['x'\] observe no data column as it is"):
+        ppdgm.fit(model, guide, columns, "ws", steps=1, progress=False)
