@@ -7,7 +7,7 @@ measured in the same process, the implementations stepped in turn so that drifts
 hit all alike. Prints the median step time of each, their ratio, and the spread of the ratio over
 rounds.
 
-    python bench/step_time.py [--data-dir ../shared/data] [--steps 60] [--rounds 3] [--device cpu]
+    python bench/step_time.py [--data-dir DIR] [--steps 60] [--rounds 3] [--device cpu]
 """
 
 from __future__ import annotations

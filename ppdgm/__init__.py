@@ -6,6 +6,8 @@ pair; the algorithm is the ``method`` argument. See README.md and docs/.
 
 from ppdgm import adversarial, data, evaluate, sampling
 from ppdgm.batch import Batch
+from ppdgm.checkpoints import CheckpointError
+from ppdgm.divergence import TrainingDiverged
 from ppdgm.method import Engine, Method, available_methods, get_method, register
 from ppdgm.programs import ConventionError, DataSide, ProgramError, ProgramPair
 from ppdgm.sampling import sample
@@ -15,6 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Batch",
+    "CheckpointError",
     "ConventionError",
     "DataSide",
     "Engine",
@@ -22,6 +25,7 @@ __all__ = [
     "ProgramError",
     "ProgramPair",
     "Run",
+    "TrainingDiverged",
     "adversarial",
     "available_methods",
     "data",

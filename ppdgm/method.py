@@ -138,6 +138,16 @@ class Engine:
             for group, base in zip(player.optimizer.param_groups, self._base_lrs[name]):
                 group["lr"] = base * factor
 
+    def apply_settings(self, optimizer_options: Mapping[str, Any] | None) -> None:
+        """After loading a checkpoint's optimizer states: this fit's learning rates and optimizer options apply."""
+        for name, player in self.players.items():
+            options = _per_player_options(optimizer_options, name)
+            for group, base in zip(player.optimizer.param_groups, self._base_lrs[name]):
+                group["lr"] = base
+                for key, value in options.items():
+                    if key in group:
+                        group[key] = tuple(value) if isinstance(group[key], tuple) else value
+
     def update(self, loss: torch.Tensor, players: Iterable[str]) -> None:
         """Back-propagate ``loss`` and step the optimizers of ``players`` only."""
         moving = [self.players[p] for p in players if p in self.players]

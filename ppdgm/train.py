@@ -20,25 +20,23 @@ from __future__ import annotations
 import contextlib
 import csv
 import math
-import os
-import random
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyro
 import torch
 from tqdm.auto import tqdm
 
-from ppdgm import distributed
+from ppdgm import checkpoints, distributed
 from ppdgm.batch import Batch, Data
 from ppdgm.batch import batch_size as rows_of
+from ppdgm.checkpoints import CheckpointError
 from ppdgm.data import Dataset, as_dataset
+from ppdgm.divergence import all_finite, check_every, diagnose, params_finite
 from ppdgm.handlers import unconstrained_params
 from ppdgm.method import Engine, Method, get_method, positive_int
 from ppdgm.precision import autocast, check_precision
@@ -121,36 +119,6 @@ class EpochBatches:
         yield from order.split(self.batch_size)
 
 
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 @dataclass
 class Run:
     """The result of :func:`fit`: the trained pair, its history and the means to save and reload it.
@@ -201,7 +169,7 @@ class Run:
 
     def save(self, path: str | Path) -> None:
         """Write the trained parameters, config and history to ``path`` (atomically)."""
-        atomic_save(self.state(), path)
+        checkpoints.save(self.state(), path)
 
     def save_history(self, path: str | Path) -> None:
         """Write the per-epoch history as CSV (one row per epoch)."""
@@ -219,7 +187,7 @@ def load_params(path: str | Path, programs: ProgramPair, example: Data) -> dict:
     that the names find the tensors the modules really use; values are copied in place.
     Returns the saved record (config and history).
     """
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    saved = checkpoints.load(path, "parameter file", "train the run again")
     with pyro.get_param_store().scope() as state:
         structure = programs.inspect(example)
         store = unconstrained_params()
@@ -269,7 +237,7 @@ def fit(
     seed: int = 0,
     callbacks: Sequence[Callback] = (),
     checkpoint_dir: str | Path | None = None,
-    resume: bool = True,
+    resume: bool | str = True,
     validate_every: int = 1,
     obs_site: str | None = None,
     data_plate: str | None = None,
@@ -300,7 +268,9 @@ def fit(
         seed: seeds Python, NumPy, torch and Pyro, and the data order.
         callbacks: called as ``callback(run, record)`` after every epoch; returning ``True`` stops training.
         checkpoint_dir: where ``checkpoint.pt`` is written (atomically) after every epoch; with
-            ``resume=True`` an existing checkpoint there is continued from.
+            ``resume=True`` an existing checkpoint there is continued from when it was written with the same
+            settings (a longer budget is fine); ``resume="override"`` continues it with this call's learning
+            rate, optimizer options, schedule, precision and budget (see docs/reliability.md).
         validate_every: evaluate the method's objective on the validation split every N epochs.
         obs_site: the observed site generative methods generate, when the model has several (found otherwise).
         data_plate: the plate over datapoints, when it is neither named ``"data"`` nor the only one of batch size.
@@ -321,6 +291,8 @@ def fit(
         A :class:`Run` with the trained programs, per-epoch history, timings and save/load.
     """
     method_obj = get_method(method, **method_options)
+    if resume not in (True, False, "override"):
+        raise ValueError(f"resume must be True, False or 'override', got {resume!r}")
     resolve_schedule(lr_schedule, 1)  # a bad name fails before any data is read
     if method_obj.requires_guide and guide is None:
         raise ValueError(f"method {method_obj.name!r} needs a guide; got guide=None")
@@ -331,6 +303,7 @@ def fit(
     dev, ctx = _training_device(device)
     check_precision(precision, dev)
     config = _config(method_obj, dataset, budget, lr, optimizer, seed, dev, obs_site, lr_schedule, ctx, precision)
+    config["optimizer_options"] = _plain(optimizer_options)
     loop = TrainingLoop(
         budget, seed, tuple(callbacks), None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME,
         resume, validate_every, progress and distributed.is_main(), log_every, validate,
@@ -408,6 +381,17 @@ def _config(
     }
 
 
+def _plain(options: Mapping[str, Any] | None) -> dict:
+    """Optimizer options as plain data (nested mappings to dicts, tuples to lists) for records and comparisons."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: plain(v) for k, v in value.items()}
+        return list(value) if isinstance(value, tuple) else value
+
+    return plain(dict(options or {}))
+
+
 def _training_device(device: str | torch.device) -> tuple[torch.device, distributed.Context | None]:
     """The device of this process (a rank's own GPU under torchrun) and the distributed context, if any."""
     dev = resolve_device(device)
@@ -478,7 +462,7 @@ class TrainingLoop:
     seed: int
     callbacks: tuple[Callback, ...]
     checkpoint: Path | None
-    resume: bool
+    resume: bool | str
     validate_every: int
     progress: bool
     log_every: int
@@ -490,7 +474,7 @@ class TrainingLoop:
         """Train ``run`` from its checkpoint (when resuming) to the end of the budget or a callback's stop."""
         start_epoch, step = 0, 0
         if self.checkpoint is not None and self.resume and self.checkpoint.exists():
-            start_epoch, step = _restore(run, self.checkpoint)
+            start_epoch, step = _restore(run, self.checkpoint, self.resume == "override")
         bar = tqdm(
             total=self.budget.total_steps,
             initial=step,
@@ -544,18 +528,19 @@ class _Epoch:
         if loop.schedule is not None:
             engine.scale_learning_rates(loop.schedule(epoch))
         sums: dict[str, torch.Tensor] = {}
-        count = 0
+        count, checked = 0, step
         tic = time.perf_counter()
         with _device_context(dev):
             for index in self.batches:
                 if step >= loop.budget.total_steps:
                     break
+                batch = self.train_x[index[shards.rows(index.shape[0])].to(dev)]
                 with (
                     pyro.validation_enabled(loop.validate or self.first_step),
-                    shards.take(index.shape[0]) as rows,
+                    shards.take(index.shape[0]),
                     autocast(dev, loop.precision),
                 ):
-                    metrics = method.step(engine, self.train_x[index[rows].to(dev)])
+                    metrics = method.step(engine, batch)
                 self.first_step = False
                 if shards.weight != 1.0:
                     metrics = {k: v * shards.weight for k, v in metrics.items()}
@@ -564,14 +549,26 @@ class _Epoch:
                 count += 1
                 step += 1
                 self.bar.update(1)
-                if loop.progress and count % loop.log_every == 0:
-                    self.bar.set_postfix({k: f"{(v / count).item():.3f}" for k, v in sums.items()}, refresh=False)
+                if count % check_every(loop.log_every) == 0:
+                    checked = self._check(sums, batch, checked, step, params=False)
+                    if loop.progress:
+                        self.bar.set_postfix({k: f"{(v / count).item():.3f}" for k, v in sums.items()}, refresh=False)
+            if count:
+                self._check(sums, batch, checked, step, params=True)
             record = {"epoch": epoch + 1, "step": step, "seconds": time.perf_counter() - tic}
             record.update(zip((f"train_{k}" for k in sums), shards.mean(list(sums.values()), count)))
             if rows_of(self.valid_x) and loop.validate_every and (epoch + 1) % loop.validate_every == 0:
                 objective = validation_objective(method, run.programs, self.valid_x, shards)
                 record[f"valid_{method.objective_name}"] = objective
         return record
+
+    def _check(self, sums: dict[str, torch.Tensor], batch: Data, checked: int, step: int, params: bool) -> int:
+        """Raise :class:`TrainingDiverged` when a metric (or, with ``params``, a parameter) is not finite."""
+        engine = self.run.engine
+        if all_finite(list(sums.values())) and (not params or params_finite(engine)):
+            return step
+        where = str(self.loop.checkpoint.parent) if self.loop.checkpoint is not None else None
+        raise diagnose(self.run.programs, engine, sums, batch, checked + 1, step, where)
 
 
 @torch.no_grad()
@@ -609,6 +606,13 @@ class _Shards:
         self.sampling = None
         if self.world_size > 1:
             self.sampling = distributed.ShardedSampling(programs.structure.data_plate)
+
+    def rows(self, n: int) -> slice:
+        """The slice of a global batch of ``n`` rows this rank takes (all of them in one process)."""
+        if self.sampling is None or n < self.world_size:
+            return slice(None)
+        offset, size = distributed.block(n, self.rank, self.world_size)
+        return slice(offset, offset + size)
 
     @contextlib.contextmanager
     def take(self, n: int, weigh: bool = True) -> Iterator[slice]:
@@ -654,13 +658,13 @@ class _Shards:
 
 
 def _save_checkpoint(run: Run, path: Path, epoch: int, step: int) -> None:
-    atomic_save(
+    checkpoints.save(
         {
             "epoch": epoch,
             "step": step,
             "engine": run.engine.state_dict(),
             "method": run.method.state_dict(),
-            "rng": _rng_state(),
+            "rng": checkpoints.rng_state(),
             "history": run.history,
             "seconds": run.seconds,
             "config": run.config,
@@ -669,18 +673,34 @@ def _save_checkpoint(run: Run, path: Path, epoch: int, step: int) -> None:
     )
 
 
-def _restore(run: Run, path: Path) -> tuple[int, int]:
-    state = torch.load(path, map_location="cpu", weights_only=False)
+#: what a checkpoint must agree on with the fit that resumes it (the run would be another run otherwise)
+_FIXED = ("method", "method_options", "data", "columns", "obs_site", "batch_size", "seed", "optimizer")
+#: training settings a resumed fit may change with ``resume="override"`` (the new values then apply)
+_OVERRIDABLE = ("lr", "optimizer_options", "lr_schedule", "precision")
+
+
+def _restore(run: Run, path: Path, override: bool) -> tuple[int, int]:
+    state = checkpoints.load(path, "checkpoint", "delete it, or pass resume=False (CLI: a new --out), to start fresh")
     saved, current = state["config"], run.config
-    for key in ("method", "method_options", "data", "batch_size", "seed"):
-        if saved.get(key) != current.get(key):
-            raise ValueError(
-                f"the checkpoint {path} was written with {key}={saved.get(key)!r}, this fit has {current.get(key)!r}; "
-                "use another checkpoint_dir or resume=False"
-            )
+    fixed = [k for k in _FIXED if saved.get(k) != current.get(k)]
+    if fixed:
+        changes = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in fixed)
+        raise CheckpointError(
+            f"the checkpoint {path} belongs to another run ({changes}); use another checkpoint_dir or resume=False"
+        )
+    changed = [k for k in _OVERRIDABLE if saved.get(k) != current.get(k)]
+    if current["steps"] < state["step"] or current["steps"] < saved.get("steps", 0):
+        changed.append("steps")
+    if changed and not override:
+        changes = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+        raise CheckpointError(
+            f"resuming {path} with other training settings ({changes}); only a longer budget resumes as is. Pass "
+            "resume='override' (CLI: --override) to continue with the new settings, or resume=False to start fresh"
+        )
     run.engine.load_state_dict(state["engine"])
+    run.engine.apply_settings(current["optimizer_options"])
     run.method.load_state_dict(state["method"])
-    _set_rng_state(state["rng"])
+    checkpoints.set_rng_state(state["rng"])
     run.history[:] = state["history"]
     run.seconds = state["seconds"]
     return state["epoch"], state["step"]

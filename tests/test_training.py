@@ -155,7 +155,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path):
 def test_resume_refuses_a_checkpoint_of_another_method(tmp_path):
     _fresh_run(epochs=1, checkpoint_dir=tmp_path)
     model, guide = BernoulliMLPModel(64, 5, (32,)), GaussianMLPEncoder(64, 5, (32,))
-    with pytest.raises(ValueError, match="method='iwae'"):
+    with pytest.raises(ValueError, match=r"belongs to another run \(method: 'iwae' -> 'vae'"):
         ppdgm.fit(model, guide, "digits-binary", "vae", epochs=2, checkpoint_dir=tmp_path, progress=False, seed=7)
 
 

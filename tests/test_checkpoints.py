@@ -1,0 +1,122 @@
+"""Checkpoints are plain data, checksummed and verified; resume is honest about what changed."""
+
+import os
+import pickle
+
+import pytest
+import torch
+
+import ppdgm
+from ppdgm.checkpoints import CheckpointError
+from ppdgm.cli import main
+
+from .test_training import user_pair
+
+
+class _Payload:
+    """Unpickling this runs a command: what a crafted checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _fit(tmp_path, **options):
+    model, guide = user_pair()
+    options = {"epochs": 2, "lr": 1e-3, "progress": False, "seed": 0, **options}
+    return ppdgm.fit(model, guide, "digits-binary", "vae", checkpoint_dir=tmp_path, **options)
+
+
+@pytest.mark.parametrize("name", ["checkpoint.pt", "params.pt"])
+def test_a_crafted_pickle_is_refused_and_never_run(tmp_path, name):
+    marker = tmp_path / "ran"
+    path = tmp_path / name
+    with open(path, "wb") as f:
+        pickle.dump({"epoch": 1, "payload": _Payload(marker)}, f)
+    with pytest.raises(CheckpointError, match=rf"{name} is damaged or not a ppdgm file, and was not run"):
+        if name == "checkpoint.pt":
+            _fit(tmp_path)
+        else:
+            model, guide = user_pair()
+            ppdgm.load_params(path, ppdgm.ProgramPair(model, guide), ppdgm.data.load("digits-binary").train[:5])
+    assert not marker.exists()
+
+
+def test_a_flipped_byte_in_a_parameter_is_detected(tmp_path):
+    run = _fit(tmp_path)
+    checkpoint = tmp_path / "checkpoint.pt"
+    raw = bytearray(checkpoint.read_bytes())
+    weights = run.engine.players["model"].params[0].detach().cpu().contiguous().numpy().tobytes()
+    at = raw.find(weights[:64])
+    assert at > 0
+    raw[at + 10] ^= 0xFF
+    checkpoint.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match=r"checkpoint\.pt is damaged: its content does not match its checksum"):
+        _fit(tmp_path, epochs=3)
+
+
+def test_resume_refuses_changed_settings_and_an_override_applies_them(tmp_path):
+    _fit(tmp_path, epochs=1)
+    with pytest.raises(CheckpointError, match=r"other training settings \(lr: 0\.001 -> 0\.01\).*resume='override'"):
+        _fit(tmp_path, lr=1e-2)
+    run = _fit(tmp_path, lr=1e-2, resume="override")
+    assert run.config["lr"] == 1e-2 and len(run.history) == 2
+    assert all(g["lr"] == 1e-2 for p in run.engine.players.values() for g in p.optimizer.param_groups)
+
+
+def test_a_shorter_budget_is_refused_and_a_longer_one_resumes(tmp_path):
+    _fit(tmp_path, epochs=2)
+    with pytest.raises(CheckpointError, match=r"steps: 26 -> 13"):
+        _fit(tmp_path, epochs=1)
+    assert len(_fit(tmp_path, epochs=3).history) == 3
+
+
+def test_changed_optimizer_options_apply_with_an_override(tmp_path):
+    _fit(tmp_path, epochs=1, optimizer_options={"betas": (0.9, 0.999)})
+    run = _fit(tmp_path, optimizer_options={"betas": (0.5, 0.999)}, resume="override")
+    assert all(g["betas"] == (0.5, 0.999) for p in run.engine.players.values() for g in p.optimizer.param_groups)
+
+
+def test_the_cli_refuses_a_damaged_checkpoint_in_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--steps", "3", "--hidden", "8", "--z-dim", "2", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    assert main([*args[:2], "6", *args[3:]]) == 2
+    assert "checkpoint.pt is damaged or not a ppdgm file" in capsys.readouterr().err
+
+
+def test_unknown_resume_values_are_refused():
+    model, guide = user_pair()
+    with pytest.raises(ValueError, match="resume must be True, False or 'override'"):
+        ppdgm.fit(model, guide, "digits-binary", "vae", resume="yes")
+
+
+def test_checkpoint_files_load_as_plain_data(tmp_path):
+    _fit(tmp_path, epochs=1)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1 and len(state["checksum"]) == 64
+
+
+def test_divergence_stops_with_a_diagnosis_and_the_last_finite_checkpoint_stays(tmp_path):
+    from ppdgm import checkpoints
+
+    _fit(tmp_path, epochs=1, optimizer="sgd")
+    with pytest.raises(ppdgm.TrainingDiverged) as err:
+        _fit(tmp_path, epochs=3, optimizer="sgd", lr=1e3, resume="override")
+    message = str(err.value)
+    assert message.startswith("training diverged (steps 14 to ") and "non-finite elbo" in message, message
+    assert "non-finite parameters of player(s) ['model', 'guide']" in message
+    assert "first non-finite log-density at site 'z' of the guide" in message
+    assert f"The checkpoint in {tmp_path} holds the last finite epoch" in message
+    state = checkpoints.load(tmp_path / "checkpoint.pt")
+    assert state["epoch"] == 1
+    assert all(bool(torch.isfinite(p).all()) for player in state["engine"].values() for p in player["params"])
+
+
+def test_a_fit_without_checkpoints_that_diverges_says_nothing_was_saved():
+    model, guide = user_pair()
+    with pytest.raises(ppdgm.TrainingDiverged, match="Nothing was saved; lower the learning rate"):
+        ppdgm.fit(model, guide, "digits-binary", "vae", epochs=2, optimizer="sgd", lr=1e3, progress=False)
