@@ -15,6 +15,8 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from ppdgm.errors import UsageError
+
 
 class Discriminator(nn.Module):
     """Turn a network ``inputs -> logit`` (shape ``(B,)`` or ``(B, 1)``) into a discriminator program.
@@ -63,7 +65,7 @@ class ConvDiscriminator(Discriminator):
 
     def __init__(self, side: int = 28, channels: tuple[int, int] = (64, 128), name: str = "discriminator") -> None:
         if side % 4:
-            raise ValueError(f"ConvDiscriminator needs an image side divisible by 4, got {side}")
+            raise UsageError(f"ConvDiscriminator needs an image side divisible by 4, got {side}")
         c1, c2 = channels
         net = nn.Sequential(
             nn.Unflatten(1, (1, side, side)),

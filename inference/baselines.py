@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from ppdgm.errors import UsageError
+
 
 class NVILBaseline:
     """Running-mean (and optional learned, input-dependent) baseline with variance normalisation.
@@ -22,7 +24,7 @@ class NVILBaseline:
 
     def __init__(self, decay: float = 0.9, net: torch.nn.Module | None = None, normalise: bool = True) -> None:
         if not 0.0 <= decay < 1.0:
-            raise ValueError(f"baseline decay must be in [0, 1), got {decay}")
+            raise UsageError(f"baseline decay must be in [0, 1), got {decay}")
         self.decay = decay
         self.net = net
         self.normalise = normalise

@@ -25,6 +25,7 @@ import torch
 
 from ppdgm.adversarial import AdversarialMethod, generated_x
 from ppdgm.batch import Data
+from ppdgm.errors import UsageError
 from ppdgm.method import Engine, register
 from ppdgm.programs import ProgramPair
 
@@ -47,7 +48,7 @@ class GAN(AdversarialMethod):
     def __init__(self, generator_loss: str = "nonsaturating", **options) -> None:
         super().__init__(**options)
         if generator_loss not in ("nonsaturating", "minimax"):
-            raise ValueError(f"generator_loss must be 'nonsaturating' or 'minimax', got {generator_loss!r}")
+            raise UsageError(f"generator_loss must be 'nonsaturating' or 'minimax', got {generator_loss!r}")
         self.generator_loss = generator_loss
 
     def options(self) -> dict:

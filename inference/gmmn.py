@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 
 from ppdgm.adversarial import check_generator, gaussian_mmd2, generated_x, generator_output_option
+from ppdgm.errors import UsageError
 from ppdgm.method import Engine, Method, register
 from ppdgm.programs import ProgramPair
 
@@ -50,7 +51,7 @@ class GMMN(Method):
         generator_output: str = "sample",
     ) -> None:
         if bandwidths is not None and (not len(bandwidths) or min(bandwidths) <= 0):
-            raise ValueError(f"bandwidths must be positive, got {bandwidths!r}")
+            raise UsageError(f"bandwidths must be positive, got {bandwidths!r}")
         self.bandwidths = None if bandwidths is None else tuple(float(b) for b in bandwidths)
         self.scales = tuple(float(s) for s in scales)
         self.generator_output = generator_output_option(generator_output)

@@ -41,6 +41,7 @@ from __future__ import annotations
 import torch
 
 from ppdgm.combine import log_mean_exp, self_normalised_weights
+from ppdgm.errors import UsageError
 from ppdgm.method import Engine, Method, positive_int, register
 from ppdgm.programs import DataSide, ProgramPair
 
@@ -64,7 +65,7 @@ class IWAE(Method):
 
     def __init__(self, num_particles: int = 5, guide_gradient: str = "reparam") -> None:
         if guide_gradient not in _GUIDE_GRADIENTS:
-            raise ValueError(f"guide_gradient must be one of {_GUIDE_GRADIENTS}, got {guide_gradient!r}")
+            raise UsageError(f"guide_gradient must be one of {_GUIDE_GRADIENTS}, got {guide_gradient!r}")
         self.num_particles = positive_int("num_particles", num_particles)
         self.guide_gradient = guide_gradient
 
@@ -74,17 +75,17 @@ class IWAE(Method):
     def setup(self, programs: ProgramPair) -> None:
         structure = programs.structure
         if structure.nonreparam_sites and self.guide_gradient == "dreg":
-            raise ValueError(
+            raise UsageError(
                 f"guide_gradient='dreg' needs reparameterisable latents; sites {list(structure.nonreparam_sites)} "
                 "are not (use guide_gradient='reparam', which adds the VIMCO score-function term)"
             )
         if structure.guide_enumerated and (self.guide_gradient == "dreg" or structure.nonreparam_sites):
-            raise ValueError(
+            raise UsageError(
                 f"iwae sums out the enumerated site(s) {list(structure.guide_enumerated)} with "
                 "guide_gradient='reparam' and reparameterisable other latents only"
             )
         if structure.nonreparam_sites and self.num_particles < 2:
-            raise ValueError("IWAE with non-reparameterisable latents (VIMCO) needs num_particles >= 2")
+            raise UsageError("IWAE with non-reparameterisable latents (VIMCO) needs num_particles >= 2")
 
     def loss(self, programs: ProgramPair, x: torch.Tensor) -> tuple[torch.Tensor, DataSide, torch.Tensor]:
         """The surrogate loss of one data-side phase, the phase itself, and the bound per datapoint."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from ppdgm.combine import log_mean_exp, self_normalised_weights
+from ppdgm.errors import UsageError
 from ppdgm.method import Engine, Method, positive_int, register
 from ppdgm.programs import ProgramPair
 
@@ -48,7 +49,7 @@ class RWS(Method):
 
     def __init__(self, num_particles: int = 5, sleep_fraction: float = 0.5) -> None:
         if not 0.0 <= sleep_fraction <= 1.0:
-            raise ValueError(f"sleep_fraction must be in [0, 1], got {sleep_fraction!r}")
+            raise UsageError(f"sleep_fraction must be in [0, 1], got {sleep_fraction!r}")
         self.num_particles = positive_int("num_particles", num_particles)
         self.sleep_fraction = float(sleep_fraction)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from ppdgm.adversarial import AdversarialMethod, generated_x
+from ppdgm.errors import UsageError
 from ppdgm.method import Engine, register
 from ppdgm.programs import ProgramPair
 
@@ -42,7 +43,7 @@ class WGANGP(AdversarialMethod):
     def __init__(self, gradient_penalty: float = 10.0, discriminator_steps: int = 5, **options) -> None:
         super().__init__(discriminator_steps=discriminator_steps, **options)
         if gradient_penalty < 0:
-            raise ValueError(f"gradient_penalty must be >= 0, got {gradient_penalty!r}")
+            raise UsageError(f"gradient_penalty must be >= 0, got {gradient_penalty!r}")
         self.gradient_penalty = float(gradient_penalty)
 
     def options(self) -> dict:

@@ -16,6 +16,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from ppdgm.errors import UsageError
 from ppdgm.models.gan import _output
 from ppdgm.models.nets import mlp
 
@@ -74,7 +75,7 @@ class CycleTranslators(nn.Module):
         self.dims = tuple(dims)
         if image_side is not None:
             if self.dims != (image_side**2, image_side**2):
-                raise ValueError(f"image_side={image_side} needs dims ({image_side**2}, {image_side**2}), got {dims}")
+                raise UsageError(f"image_side={image_side} needs dims ({image_side**2}, {image_side**2}), got {dims}")
             self.ab = ConvTranslator(image_side, conv_channels, conv_layers, output, "translator_ab")
             self.ba = ConvTranslator(image_side, conv_channels, conv_layers, output, "translator_ba")
         else:
@@ -90,7 +91,7 @@ class CycleTranslators(nn.Module):
 
     def forward(self, x: torch.Tensor | None = None, batch_size: int | None = None) -> torch.Tensor:
         if x is None:
-            raise ValueError("CycleTranslators translates given rows; it does not generate from nothing")
+            raise UsageError("CycleTranslators translates given rows; it does not generate from nothing")
         a, b = self.split(x)
         swapped = torch.cat([self.translate(self.ba, b), self.translate(self.ab, a)], -1)
         with pyro.plate("data", x.shape[0]):

@@ -26,6 +26,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from ppdgm.errors import UsageError
 from ppdgm.models.rbm import RBM, RBMMarginal
 
 
@@ -42,7 +43,7 @@ class DBN(nn.Module):
         super().__init__()
         sizes = tuple(int(n) for n in sizes)
         if len(sizes) < 3 or min(sizes) < 1:
-            raise ValueError(f"a DBN needs the visible size and at least two hidden sizes, got {sizes!r}")
+            raise UsageError(f"a DBN needs the visible size and at least two hidden sizes, got {sizes!r}")
         self.sizes, self.name = sizes, name
         self.rbms = nn.ModuleList(RBM(sizes[i], sizes[i + 1], seed=i) for i in range(len(sizes) - 1))
         self.rbms[-1].sample_steps = sample_steps

@@ -15,6 +15,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from ppdgm.errors import UsageError
 from ppdgm.models.nets import mlp
 
 OUTPUTS = {"identity": nn.Identity, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
@@ -43,7 +44,7 @@ def _output(name: str) -> nn.Module:
     try:
         return OUTPUTS[name]()
     except KeyError:
-        raise ValueError(f"unknown output {name!r}; known: {sorted(OUTPUTS)}") from None
+        raise UsageError(f"unknown output {name!r}; known: {sorted(OUTPUTS)}") from None
 
 
 class MLPGenerator(_Generator):
@@ -88,7 +89,7 @@ class DCGANGenerator(_Generator):
         name: str = "generator",
     ) -> None:
         if side % 4:
-            raise ValueError(f"DCGANGenerator needs an image side divisible by 4, got {side}")
+            raise UsageError(f"DCGANGenerator needs an image side divisible by 4, got {side}")
         c1, c2 = channels
         quarter = side // 4
         net = nn.Sequential(

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ppdgm.errors import UsageError
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
     "relu": nn.ReLU,
@@ -21,7 +23,7 @@ def mlp(sizes: Sequence[int], activation: str = "tanh") -> nn.Sequential:
     try:
         act = ACTIVATIONS[activation]
     except KeyError:
-        raise ValueError(f"unknown activation {activation!r}; known: {sorted(ACTIVATIONS)}") from None
+        raise UsageError(f"unknown activation {activation!r}; known: {sorted(ACTIVATIONS)}") from None
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(n_in, n_out))

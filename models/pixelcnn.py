@@ -20,13 +20,15 @@ from pyro.distributions import constraints
 from torch import nn
 from torch.nn import functional as F
 
+from ppdgm.errors import UsageError
+
 
 class MaskedConv2d(nn.Conv2d):
     """A convolution whose kernel sees only pixels before the centre in raster order (and the centre for type B)."""
 
     def __init__(self, mask_type: str, in_channels: int, out_channels: int, kernel_size: int) -> None:
         if mask_type not in ("A", "B"):
-            raise ValueError(f"mask_type must be 'A' or 'B', got {mask_type!r}")
+            raise UsageError(f"mask_type must be 'A' or 'B', got {mask_type!r}")
         super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
         mask = torch.ones_like(self.weight)
         centre = kernel_size // 2

@@ -26,6 +26,8 @@ from pyro.distributions import constraints
 from torch import nn
 from torch.nn import functional as F
 
+from ppdgm.errors import UsageError
+
 
 class RBM(nn.Module):
     """Binary-binary RBM with ``n_visible`` and ``n_hidden`` units.
@@ -68,7 +70,7 @@ class RBM(nn.Module):
         """log Z exactly, summing over the smaller layer's 2^n configurations (at most ``max_units`` units)."""
         small = min(self.n_visible, self.n_hidden)
         if small > max_units:
-            raise ValueError(
+            raise UsageError(
                 f"exact log Z sums 2^{small} terms; at most 2^{max_units} are enumerated (use ais_log_partition)"
             )
         configs = torch.tensor(list(itertools.product([0.0, 1.0], repeat=small)), dtype=self.weight.dtype)

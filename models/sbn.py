@@ -20,6 +20,8 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from ppdgm.errors import UsageError
+
 
 class SigmoidBeliefNet(nn.Module):
     """A plain Pyro model: ``model(x)`` on the data side, ``model(batch_size=n)`` to generate.
@@ -34,7 +36,7 @@ class SigmoidBeliefNet(nn.Module):
     def __init__(self, x_dim: int, layers: Sequence[int] = (200,), name: str = "sbn") -> None:
         super().__init__()
         if not layers or any(int(n) < 1 for n in layers):
-            raise ValueError(f"layers must be one or more positive sizes, got {layers!r}")
+            raise UsageError(f"layers must be one or more positive sizes, got {layers!r}")
         self.x_dim, self.layers, self.name = x_dim, tuple(int(n) for n in layers), name
         sizes = [x_dim, *self.layers]
         # generative[l] maps layer l+1 to the logits of layer l (layer 0 is x)

@@ -8,6 +8,7 @@ from ppdgm import adversarial, data, evaluate, sampling
 from ppdgm.batch import Batch
 from ppdgm.checkpoints import CheckpointError
 from ppdgm.divergence import TrainingDiverged
+from ppdgm.errors import PpdgmError, UsageError
 from ppdgm.method import Engine, Method, available_methods, get_method, register
 from ppdgm.programs import ConventionError, DataSide, ProgramError, ProgramPair
 from ppdgm.sampling import sample
@@ -24,6 +25,8 @@ __all__ = [
     "Method",
     "ProgramError",
     "ProgramPair",
+    "PpdgmError",
+    "UsageError",
     "Run",
     "TrainingDiverged",
     "adversarial",

@@ -36,6 +36,7 @@ import torch
 from pyro.poutine.trace_struct import Trace
 
 from ppdgm.batch import Data
+from ppdgm.errors import UsageError
 from ppdgm.handlers import Reverse, StoreParams, distribution_of
 from ppdgm.inspection import ConventionError, accepts
 from ppdgm.method import Method, positive_int
@@ -58,7 +59,7 @@ class Adversary:
 
     def __init__(self, program: Callable, site: str = "y") -> None:
         if not callable(program):
-            raise TypeError(f"a discriminator must be a Pyro program or an nn.Module, got {type(program).__name__}")
+            raise UsageError(f"a discriminator must be a Pyro program or an nn.Module, got {type(program).__name__}")
         if not accepts(program, "y"):
             raise ConventionError(
                 "a discriminator program must accept the keyword argument 'y' (the observed indicator); "
@@ -303,7 +304,7 @@ class AdversarialMethod(Method):
 def generator_output_option(value: str) -> str:
     """Check the ``generator_output`` option: ``"sample"`` or ``"mean"``."""
     if value not in ("sample", "mean"):
-        raise ValueError(f"generator_output must be 'sample' or 'mean', got {value!r}")
+        raise UsageError(f"generator_output must be 'sample' or 'mean', got {value!r}")
     return value
 
 

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ppdgm.errors import UsageError
+
 Key = int | str
 Rows = torch.Tensor  # one column: first dimension over datapoints
 
@@ -111,12 +113,12 @@ def as_column(value: Any, name: str) -> torch.Tensor:
         if column.is_floating_point():
             column = column.float()
     else:
-        raise TypeError(
+        raise UsageError(
             "data must be a data set name, a ppdgm Dataset, a tensor, or a tuple/dict of tensor columns; "
             f"the column {name} is a {type(value).__name__}"
         )
     if column.dim() == 0 or column.shape[0] == 0:
-        raise ValueError(f"data column {name} must have one datapoint per row, got shape {tuple(column.shape)}")
+        raise UsageError(f"data column {name} must have one datapoint per row, got shape {tuple(column.shape)}")
     return column
 
 
@@ -125,15 +127,15 @@ def as_batch(data: tuple | list | Mapping) -> Batch:
     if isinstance(data, Mapping):
         bad = [k for k in data if not isinstance(k, str) or not k.isidentifier()]
         if bad:
-            raise ValueError(f"the keys of dict data name keyword arguments; {bad} are not valid names")
+            raise UsageError(f"the keys of dict data name keyword arguments; {bad} are not valid names")
         batch = Batch(kwargs={k: as_column(v, repr(k)) for k, v in data.items()})
     else:
         batch = Batch([as_column(v, f"at position {i}") for i, v in enumerate(data)])
     if not batch.items():
-        raise ValueError("data with no columns")
+        raise UsageError("data with no columns")
     rows = {key: int(column.shape[0]) for key, column in batch.items()}
     if len(set(rows.values())) > 1:
-        raise ValueError(f"the data columns have different numbers of rows: {rows}")
+        raise UsageError(f"the data columns have different numbers of rows: {rows}")
     return batch
 
 
@@ -145,4 +147,4 @@ def as_rows(data: Any) -> Data:
         return torch.as_tensor(data, dtype=torch.float32)
     if isinstance(data, tuple | list | Mapping):
         return as_batch(data)
-    raise TypeError(f"data must be a tensor, an array, or a tuple/dict of columns, got {type(data).__name__}")
+    raise UsageError(f"data must be a tensor, an array, or a tuple/dict of columns, got {type(data).__name__}")

@@ -25,10 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ppdgm.errors import PpdgmError
+
 CHECKSUM = "checksum"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(PpdgmError, ValueError):
     """A checkpoint or parameter file is damaged, foreign, or does not fit the fit that reads it."""
 
 

@@ -15,6 +15,7 @@ import torch
 from ppdgm import data as data_mod
 from ppdgm import distributed
 from ppdgm import evaluate as evaluate_mod
+from ppdgm.errors import PpdgmError, UsageError
 from ppdgm.method import available_methods
 from ppdgm.presets import ENCODERS, MODELS, build
 from ppdgm.programs import ProgramPair
@@ -37,7 +38,7 @@ def _options(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--option takes KEY=VALUE, got {pair!r}")
+            raise UsageError(f"--option takes KEY=VALUE, got {pair!r}")
         out[key.replace("-", "_")] = _literal(value)
     return out
 
@@ -77,6 +78,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.guide_gradient is not None:
         method_options["guide_gradient"] = args.guide_gradient
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a file; give a folder for the run")
     config = {
         "model": args.model,
         "model_options": model_options,
@@ -93,7 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "precision": args.precision,
         "world_size": 1 if ctx is None else ctx.world_size,
     }
-    if main:
+    if main and not (out / CONFIG).exists():  # a new run folder; a resumed one keeps what it ran until this run ends
         out.mkdir(parents=True, exist_ok=True)
         (out / CONFIG).write_text(json.dumps(config, indent=2))
     budget = {"steps": args.steps} if args.steps is not None else {"epochs": args.epochs}
@@ -109,11 +112,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         checkpoint_dir=out,
         progress=not args.quiet,
         precision=args.precision,
+        resume="override" if args.override else True,
         **budget,
         **method_options,
     )
     if not main:
         return 0
+    (out / CONFIG).write_text(json.dumps({**config, "fit": run.config}, indent=2, default=str))  # what ran
     run.save(out / PARAMS)
     run.save_history(out / "history.csv")
     last = run.history[-1]
@@ -137,8 +142,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _load_run(run_dir: Path):
     config_path = run_dir / CONFIG
     if not config_path.exists():
-        raise SystemExit(f"{run_dir} is not a ppdgm run folder (no {CONFIG}); train one with `ppdgm train --out DIR`")
+        raise UsageError(f"{run_dir} is not a ppdgm run folder (no {CONFIG}); train one with `ppdgm train --out DIR`")
     config = json.loads(config_path.read_text())
+    if not {"data", "model", "model_options"} <= set(config):
+        raise UsageError(
+            f"{run_dir} holds a run of `ppdgm compare` (or another tool), not of `ppdgm train`; its parameters are in "
+            f"{run_dir / PARAMS} and its metrics in result.json"
+        )
     dataset = data_mod.load(config["data"], config.get("data_dir"))
     model, guide = build(config["model"], dataset.dim, **config["model_options"])
     programs = ProgramPair(model, guide)
@@ -176,7 +186,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     run_dir = Path(args.run)
     _, dataset, model, _ = _load_run(run_dir)
     if dataset.image_shape is None:
-        raise SystemExit(f"data set {dataset.name!r} is not images; nothing to draw as a grid")
+        raise UsageError(f"data set {dataset.name!r} is not images; nothing to draw as a grid")
     torch.manual_seed(args.seed)
     path = save_image_grid(
         generate(model, args.n, mean=not args.binary), dataset.image_shape, args.png or run_dir / "samples.png"
@@ -190,7 +200,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     sources = [args.spec is not None, args.preset is not None, args.rerun is not None]
     if sum(sources) != 1:
-        raise ValueError("give exactly one of SPEC.toml, --preset NAME or --rerun RECORD")
+        raise UsageError("give exactly one of SPEC.toml, --preset NAME or --rerun RECORD")
     if args.rerun is not None:
         spec = spec_from_record(args.rerun, output=args.out)
     else:
@@ -258,6 +268,11 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", required=True, help="run folder (config, checkpoint, params, history, samples)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--override",
+        action="store_true",
+        help="resume the run in --out with this command's learning rate, budget and precision (else refused)",
+    )
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="importance-sampled log-likelihood of a trained run")
@@ -302,9 +317,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, RuntimeError, data_mod.DataUnavailableError) as err:  # SpecError is a ValueError
+    except PpdgmError as err:  # a user mistake ppdgm names; anything else is a bug and keeps its traceback
         print(f"ppdgm: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:  # one line (with the checkpoint, during training), status 130
+        print(f"ppdgm: {interrupt}" if str(interrupt) else "ppdgm: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -28,12 +28,13 @@ import numpy as np
 import torch
 
 from ppdgm.batch import Batch, as_batch
+from ppdgm.errors import MissingResourceError, UsageError
 
 MNIST_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/binarized_mnist_{split}.amat"
 _SPLITS = ("train", "valid", "test")
 
 
-class DataUnavailableError(RuntimeError):
+class DataUnavailableError(MissingResourceError):
     """A data set is neither in the data directory nor reachable for download."""
 
 
@@ -68,12 +69,12 @@ class Dataset:
         """A split of a single-tensor data set (a clear error for data of several columns)."""
         rows = self.split(name)
         if not torch.is_tensor(rows):
-            raise TypeError(f"data set {self.name!r} has several columns; this needs a single tensor of rows")
+            raise UsageError(f"data set {self.name!r} has several columns; this needs a single tensor of rows")
         return rows
 
     def split(self, name: str) -> torch.Tensor | Batch:
         if name not in _SPLITS:
-            raise ValueError(f"unknown split {name!r}; expected one of {_SPLITS}")
+            raise UsageError(f"unknown split {name!r}; expected one of {_SPLITS}")
         return getattr(self, name)
 
 
@@ -152,7 +153,7 @@ def mixture_centres(name: str) -> tuple[torch.Tensor, float]:
     if name == "grid25":
         grid = torch.arange(-4.0, 5.0, 2.0)
         return torch.cartesian_prod(grid, grid), 0.05
-    raise ValueError(f"unknown mixture {name!r}; known: ring8, grid25")
+    raise UsageError(f"unknown mixture {name!r}; known: ring8, grid25")
 
 
 def mixture_log_density(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -204,7 +205,7 @@ def load(name: str, data_dir: str | Path | None = None, **options) -> Dataset:
     try:
         loader = _LOADERS[name]
     except KeyError:
-        raise ValueError(f"unknown data set {name!r}; known: {', '.join(available_datasets())}") from None
+        raise UsageError(f"unknown data set {name!r}; known: {', '.join(available_datasets())}") from None
     return loader(data_dir=data_dir, **options)
 
 
@@ -223,10 +224,10 @@ def as_dataset(data: Any, data_dir: str | Path | None = None) -> Dataset:
     if isinstance(data, np.ndarray | torch.Tensor):
         x = torch.as_tensor(data, dtype=torch.float32)
         if x.dim() < 2 or x.shape[0] == 0:
-            raise ValueError(f"data must have one datapoint per row, got shape {tuple(x.shape)}")
+            raise UsageError(f"data must have one datapoint per row, got shape {tuple(x.shape)}")
         empty = x[:0]
         return Dataset("tensor", x, empty, empty, None, bool(((x == 0) | (x == 1)).all()))
-    raise TypeError(
+    raise UsageError(
         "data must be a data set name, a ppdgm Dataset, a tensor, or a tuple/dict of columns, got "
         f"{type(data).__name__}"
     )

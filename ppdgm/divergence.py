@@ -19,13 +19,14 @@ import torch
 
 from ppdgm import distributed
 from ppdgm.batch import Data
+from ppdgm.errors import PpdgmError
 from ppdgm.handlers import distribution_of
 from ppdgm.inspection import sample_sites
 from ppdgm.method import Engine
 from ppdgm.programs import ProgramPair
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(PpdgmError, RuntimeError):
     """Training produced a non-finite loss or parameter; the message says where."""
 
 

@@ -23,8 +23,10 @@ import torch
 
 from ppdgm.batch import Data, as_rows
 from ppdgm.batch import batch_size as rows_of
+from ppdgm.errors import UsageError
 from ppdgm.handlers import distribution_of
-from ppdgm.programs import ProgramPair
+from ppdgm.method import positive_int
+from ppdgm.programs import ProgramError, ProgramPair
 
 
 @dataclass
@@ -73,9 +75,16 @@ def _batched(
     data_plate: str | None,
 ) -> Estimate:
     data = as_rows(data)
+    batch_size = positive_int("batch_size", batch_size)
     if rows_of(data) == 0:
-        raise ValueError("no data to evaluate on (the split is empty)")
-    programs = _programs(model, guide, data[:batch_size], obs_site, data_plate)
+        raise UsageError("no data to evaluate on (the split is empty)")
+    try:
+        programs = _programs(model, guide, data[:batch_size], obs_site, data_plate)
+    except ProgramError:
+        ProgramPair(model, guide).check_finite(data)  # a program that fails on NaN data: report the data
+        raise
+    programs.check_finite(data)  # the checks fit makes: a score of data outside the support is no score
+    programs.check_support(data)
     out = []
     with pyro.validation_enabled(False):
         for x in data.split(batch_size):
@@ -98,6 +107,7 @@ def log_likelihood(
 
     Memory stays bounded: at most about ``max_elements`` numbers of x-sized tensors at once.
     """
+    num_samples, max_elements = positive_int("num_samples", num_samples), positive_int("max_elements", max_elements)
 
     def per_batch(programs: ProgramPair, x: Data) -> torch.Tensor:
         chunk = _particle_chunk(num_samples, rows_of(x), programs.observed_of(x)[0].numel(), max_elements)
@@ -122,6 +132,7 @@ def iwae_bound(
     data_plate: str | None = None,
 ) -> Estimate:
     """The IWAE bound L_k per datapoint, each averaged over ``num_repeats`` independent draws."""
+    k, num_repeats = positive_int("k", k), positive_int("num_repeats", num_repeats)
 
     def per_batch(programs: ProgramPair, x: Data) -> torch.Tensor:
         return torch.stack([programs.data_side(x, k).iwae_bound() for _ in range(num_repeats)]).mean(0)
@@ -140,6 +151,7 @@ def elbo(
     data_plate: str | None = None,
 ) -> Estimate:
     """The ELBO per datapoint, a Monte Carlo average over ``num_samples`` guide samples."""
+    num_samples = positive_int("num_samples", num_samples)
 
     def per_batch(programs: ProgramPair, x: Data) -> torch.Tensor:
         return programs.data_side(x, num_samples).elbo()
@@ -187,14 +199,14 @@ def _enumerate(programs: ProgramPair, x: Data, max_elements: int, max_latents: i
         while hasattr(base, "base_dist"):
             base = base.base_dist
         if not isinstance(base, torch.distributions.Bernoulli):
-            raise TypeError(f"exact enumeration needs Bernoulli latents; site {name!r} is {type(base).__name__}")
+            raise UsageError(f"exact enumeration needs Bernoulli latents; site {name!r} is {type(base).__name__}")
         if [f.name for f in site["cond_indep_stack"] if f.vectorized] != [structure.data_plate]:
-            raise TypeError(f"exact enumeration needs latents in the data plate only; site {name!r} is not")
+            raise UsageError(f"exact enumeration needs latents in the data plate only; site {name!r} is not")
         shapes[name] = tuple(site["fn"].event_shape)
     sizes = [math.prod(shape) for shape in shapes.values()]
     total = sum(sizes)
     if total > max_latents:
-        raise ValueError(f"{total} binary latents make 2^{total} configurations; at most {max_latents} are enumerated")
+        raise UsageError(f"{total} binary latents make 2^{total} configurations; at most {max_latents} are enumerated")
     if total == 0:
         return programs.log_prob(trace, 1, batch_size)[0]
     observed = programs.observed_of(x)
@@ -235,7 +247,7 @@ def active_units(
     """
     data = as_rows(data)
     if rows_of(data) < 2:
-        raise ValueError("active units need at least two datapoints")
+        raise UsageError("active units need at least two datapoints")
     programs = _programs(model, guide, data[:batch_size], obs_site, data_plate)
     means = []
     with pyro.validation_enabled(False):
@@ -259,7 +271,7 @@ def mixture_quality(
     Returns ``{"mode_coverage": covered modes, "high_quality_fraction": fraction of samples}``.
     """
     if samples.dim() != 2 or samples.shape[-1] != centres.shape[-1]:
-        raise ValueError(f"samples must be (n, {centres.shape[-1]}), got {tuple(samples.shape)}")
+        raise UsageError(f"samples must be (n, {centres.shape[-1]}), got {tuple(samples.shape)}")
     distance, nearest = torch.cdist(samples.double(), centres.double()).min(-1)
     good = distance <= k * std
     counts = torch.bincount(nearest[good], minlength=len(centres))

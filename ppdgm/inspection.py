@@ -23,9 +23,10 @@ from pyro.poutine.util import site_is_subsample
 
 from ppdgm.batch import Batch, Data, Key
 from ppdgm.batch import batch_size as rows_of
+from ppdgm.errors import PpdgmError
 
 
-class ConventionError(ValueError):
+class ConventionError(PpdgmError, ValueError):
     """A model or guide cannot be run as ppdgm needs (see :mod:`ppdgm.programs`); the message says why."""
 
 
@@ -173,9 +174,10 @@ def run_program(fn: Callable, arguments: tuple[tuple, dict], program: str, side:
         raise
     except Exception as err:
         extra = f", batch_size={kwargs['batch_size']}" if "batch_size" in kwargs else ""
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""  # Pyro appends a shape table
         raise ProgramError(
             f"the {program} raised {type(err).__name__} on the {side}, called with the batch {describe(x)}{extra}: "
-            f"{err}"
+            f"{first}"
         ) from err
     return handler.msngr.trace
 
@@ -226,12 +228,16 @@ def inspect_pair(
             raise ConventionError(
                 "the model has no observed site; declare the data as `pyro.sample(name, dist, obs=data)`"
             )
+        _check_data_shapes(model_sites, observed)
         columns = _observed_columns(x, model_sites, observed)
         primary = _primary_site(observed, columns, obs_site)
         plate = _find_data_plate(primary, model_sites[primary], batch_size, data_plate)
         guide_trace, replayed = None, model_trace
         if guide is not None and guide_args is not None:
             guide_trace = run_program(guide, guide_args, "guide", "data side (inspection)", x)
+            proposed = sample_sites(guide_trace)
+            # before the model runs on them: a latent of the wrong shape fails (or broadcasts) inside the model
+            _check_latent_shapes(model_sites, proposed, [n for n, s in proposed.items() if not enumerated(s)])
             replayed = run_program(
                 poutine.replay(model, trace=guide_trace), model_args, "model", "data side (inspection)", x
             )
@@ -291,6 +297,34 @@ def _latents(
     if sampled_observed:
         raise ConventionError(f"the guide must not sample the observed site(s) {sampled_observed}")
     return latents, model_enumerated
+
+
+def _check_data_shapes(model_sites: dict[str, Any], observed: tuple[str, ...]) -> None:
+    """Each observed value must have its distribution's event shape (data of the wrong width fail here, named)."""
+    for name in observed:
+        site = model_sites[name]
+        fn, value = site["fn"], site["value"]
+        event = tuple(getattr(fn, "event_shape", ()))
+        if not torch.is_tensor(value) or not event:
+            continue
+        if tuple(value.shape[value.dim() - len(event) :]) != event:
+            raise ConventionError(
+                f"the data observed at site {name!r} have shape {tuple(value.shape)}, but its distribution's rows "
+                f"have shape {event}: are the data as wide as the model expects?"
+            )
+
+
+def _check_latent_shapes(model_sites: dict[str, Any], guide_sites: dict[str, Any], names: list[str]) -> None:
+    """Each guide latent must have the shape of the model's own draw (from its prior) at that site."""
+    for name in names:
+        if name not in guide_sites or name not in model_sites or model_sites[name]["is_observed"]:
+            continue
+        prior, proposed = tuple(model_sites[name]["value"].shape), tuple(guide_sites[name]["value"].shape)
+        if prior != proposed:
+            raise ConventionError(
+                f"the guide samples latent site {name!r} with shape {proposed}, but the model draws it with shape "
+                f"{prior}; the guide must propose values of the model's shape"
+            )
 
 
 def _refuse_sequential(sites: dict[str, Any]) -> None:

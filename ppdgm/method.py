@@ -8,6 +8,7 @@ moves — a player whose phase did not run keeps its parameters *and* its optimi
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
@@ -15,6 +16,7 @@ from typing import Any, ClassVar, cast
 import torch
 
 from ppdgm.batch import Data
+from ppdgm.errors import UsageError
 from ppdgm.handlers import unconstrained_params
 from ppdgm.programs import ConventionError, ProgramPair
 
@@ -47,7 +49,7 @@ def make_optimizer(
         try:
             optimizer = _OPTIMIZERS[optimizer.lower()]
         except KeyError:
-            raise ValueError(f"unknown optimizer {optimizer!r}; known: {sorted(_OPTIMIZERS)}") from None
+            raise UsageError(f"unknown optimizer {optimizer!r}; known: {sorted(_OPTIMIZERS)}") from None
         # torch picks the per-tensor Python loop on CPU; the multi-tensor kernels are ~20% faster there
         options.setdefault("foreach", True)
     if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
@@ -80,7 +82,7 @@ def positive_int(label: str, value: Any) -> int:
     except (TypeError, ValueError, OverflowError):
         whole = None
     if isinstance(value, bool | str) or whole is None or whole != value or whole < 1:
-        raise ValueError(f"{label} must be a positive integer, got {value!r}")
+        raise UsageError(f"{label} must be a positive integer, got {value!r}")
     return whole
 
 
@@ -113,6 +115,9 @@ class Engine:
     ) -> None:
         self.programs = programs
         store = unconstrained_params()
+        known = sorted({*players, *(extra_params or {})})
+        for label, value in (("lr", lr), ("optimizer", optimizer), ("optimizer_options", optimizer_options)):
+            _check_players(label, value, known, nested=label == "optimizer_options")
         self.players: dict[str, Player] = {}
         for name, param_names in players.items():
             param_names = tuple(param_names)
@@ -120,17 +125,29 @@ class Engine:
             params += list((extra_params or {}).get(name, ()))
             if not params:
                 continue
-            opt = make_optimizer(
-                params,
-                _per_player(optimizer, name, "adam"),
-                _per_player(lr, name, 1e-3),
-                _per_player_options(optimizer_options, name),
-            )
+            rate = _per_player(lr, name, 1e-3)
+            if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate < float("inf"):
+                raise UsageError(f"lr must be a positive finite number (or a mapping per player), got {rate!r}")
+            if rate == 0 and not isinstance(lr, Mapping):  # 0 in a mapping freezes that player on purpose
+                raise UsageError(
+                    "lr must be a positive finite number, got 0 (freeze a player with lr={'model': 0, ...})"
+                )
+            try:
+                opt = make_optimizer(
+                    params, _per_player(optimizer, name, "adam"), rate, _per_player_options(optimizer_options, name)
+                )
+            except (TypeError, ValueError) as err:
+                if isinstance(err, UsageError):
+                    raise
+                raise UsageError(f"the optimizer of player {name!r} refuses its options: {err}") from None
             self.players[name] = Player(name, param_names, params, opt)
         self._base_lrs = {name: [g["lr"] for g in p.optimizer.param_groups] for name, p in self.players.items()}
         #: called on the moving parameters between backward and step (a distributed fit averages gradients there)
         self.grad_sync: Any = None  # a distributed.GradientSync in a data-parallel fit
         self._counters_hosted: set[str] = set()
+        #: skip an update whose loss or gradients are not finite (as GradScaler does), instead of applying it
+        self.skip_nonfinite = False
+        self.skipped_updates = 0
 
     def scale_learning_rates(self, factor: float) -> None:
         """Set every player's learning rates to ``factor`` times their initial values."""
@@ -160,11 +177,22 @@ class Engine:
         loss.backward(inputs=params)
         if self.grad_sync is not None:
             self.grad_sync(params)
+        if self.skip_nonfinite and not self._finite(loss, params):  # one host read per phase: skipping's price
+            for player in moving:
+                player.optimizer.zero_grad(set_to_none=True)
+            self.skipped_updates += 1
+            return
         for player in moving:
             player.optimizer.step()
             if player.name not in self._counters_hosted and player.optimizer.state:
                 host_step_counters(player.optimizer)  # once, after the step that created the state
                 self._counters_hosted.add(player.name)
+
+    @staticmethod
+    def _finite(loss: torch.Tensor, params: list[torch.Tensor]) -> bool:
+        grads = [p.grad for p in params if p.grad is not None]
+        checks = [torch.isfinite(loss.detach()).all(), *(torch.isfinite(g).all() for g in grads)]
+        return bool(torch.stack(checks).all())
 
     def state_dict(self) -> dict:
         return {
@@ -179,19 +207,34 @@ class Engine:
         for name, player in self.players.items():
             saved = state[name]
             if len(saved["params"]) != len(player.params):
-                raise ValueError(
+                raise UsageError(
                     f"checkpoint has {len(saved['params'])} tensors for player {name!r}, expected "
                     f"{len(player.params)}: was it written for another model or guide?"
                 )
             with torch.no_grad():
                 for p, v in zip(player.params, saved["params"]):
                     if p.shape != v.shape:
-                        raise ValueError(
+                        raise UsageError(
                             f"checkpoint tensor of shape {tuple(v.shape)} for player {name!r} does "
                             f"not fit a parameter of shape {tuple(p.shape)}"
                         )
                     p.copy_(v)
             player.optimizer.load_state_dict(saved["optimizer"])
+
+
+def _check_players(label: str, value: Any, players: list[str], nested: bool = False) -> None:
+    """Refuse a per-player mapping that names no player of this fit (a typo would silently use the default)."""
+    if not isinstance(value, Mapping):
+        return
+    if nested and not any(isinstance(v, Mapping) for v in value.values()):
+        return  # the same options for every player
+    unknown = [k for k in value if k not in players]
+    if unknown:
+        close = {k: difflib.get_close_matches(str(k), players, n=1) for k in unknown}
+        hints = "; ".join(f"{k!r}: did you mean {c[0]!r}?" for k, c in close.items() if c)
+        raise UsageError(
+            f"{label} names unknown player(s) {unknown} (this fit's players: {players}){'; ' + hints if hints else ''}"
+        )
 
 
 def _per_player_options(options: Mapping[str, Any] | None, player: str) -> Mapping[str, Any]:
@@ -281,7 +324,7 @@ def register(cls: type[Method]) -> type[Method]:
     """Class decorator: register a method under its ``name`` and ``aliases``."""
     for key in (cls.name, *cls.aliases):
         if key in _REGISTRY and _REGISTRY[key] is not cls:
-            raise ValueError(f"method name {key!r} is already registered to {_REGISTRY[key].__name__}")
+            raise UsageError(f"method name {key!r} is already registered to {_REGISTRY[key].__name__}")
         _REGISTRY[key] = cls
     return cls
 
@@ -300,18 +343,20 @@ def get_method(method: str | Method, **options: Any) -> Method:
     """A method instance from a registered name (with options) or an instance (options must be empty)."""
     if isinstance(method, Method):
         if options:
-            raise TypeError(
+            raise UsageError(
                 f"options {sorted(options)} were given with a method instance; pass them to its constructor"
             )
         return method
     if not isinstance(method, str):
-        raise TypeError(f"method must be a name or a ppdgm Method, got {type(method).__name__}")
+        raise UsageError(f"method must be a name or a ppdgm Method, got {type(method).__name__}")
     _ensure_builtin_methods()
     cls = _REGISTRY.get(method.lower())
     if cls is None:
         known = ", ".join(sorted(available_methods()))
-        raise ValueError(f"unknown method {method!r}; known methods: {known}")
+        raise UsageError(f"unknown method {method!r}; known methods: {known}")
     try:
         return cls(**options)
+    except UsageError:
+        raise
     except TypeError as err:
-        raise TypeError(f"bad options for method {cls.name!r}: {err}") from None
+        raise UsageError(f"bad options for method {cls.name!r}: {err}") from None

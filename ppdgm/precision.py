@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import torch
 
+from ppdgm.errors import UsageError
 from ppdgm.handlers import Float32Sites
 
 PRECISIONS = ("fp32", "bf16")
@@ -25,10 +26,10 @@ PRECISIONS = ("fp32", "bf16")
 def check_precision(precision: str, device: torch.device) -> None:
     """Refuse an unknown precision, or bf16 on a device whose autocast lacks it."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise UsageError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         name = torch.cuda.get_device_name(device)
-        raise ValueError(f"precision='bf16' needs a GPU with bfloat16 support; {name} has none")
+        raise UsageError(f"precision='bf16' needs a GPU with bfloat16 support; {name} has none")
 
 
 @contextlib.contextmanager

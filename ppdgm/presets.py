@@ -6,7 +6,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ppdgm.errors import UsageError
 from ppdgm.guides import AffineGaussianGuide, GaussianMLPEncoder, ImplicitMLPEncoder, SBNRecognition
+from ppdgm.method import positive_int
 from ppdgm.models import (
     DBN,
     RBM,
@@ -50,7 +52,7 @@ def _mlp_gan(
     x_dim: int, z_dim: int, hidden: Sequence[int], output: str, noise_scale: float | None, encoder: str
 ) -> tuple[Callable, Callable]:
     if encoder not in ENCODERS:
-        raise ValueError(f"encoder must be one of {tuple(ENCODERS)}, got {encoder!r}")
+        raise UsageError(f"encoder must be one of {tuple(ENCODERS)}, got {encoder!r}")
     return (
         MLPGenerator(x_dim, z_dim, hidden, "relu", output, noise_scale),
         ENCODERS[encoder](x_dim, z_dim, tuple(reversed(hidden)), activation="relu"),
@@ -64,7 +66,7 @@ def _dcgan(x_dim: int, z_dim: int, hidden: Sequence[int]) -> tuple[Callable, Cal
 def _side(x_dim: int, name: str) -> int:
     side = round(x_dim**0.5)
     if side * side != x_dim:
-        raise ValueError(f"{name} needs square single-channel images, got {x_dim} pixels")
+        raise UsageError(f"{name} needs square single-channel images, got {x_dim} pixels")
     return side
 
 
@@ -87,7 +89,7 @@ def _dbn(x_dim: int, hidden: Sequence[int], pretrain_data: str, pretrain_epochs:
 
 def _cyclegan(x_dim: int, conv_channels: int, conv_layers: int) -> tuple[Callable, None]:
     if x_dim % 2:
-        raise ValueError(f"cyclegan needs rows [a | b] of two equal halves, got {x_dim} features")
+        raise UsageError(f"cyclegan needs rows [a | b] of two equal halves, got {x_dim} features")
     side = _side(x_dim // 2, "cyclegan")
     return CycleTranslators(
         (x_dim // 2, x_dim // 2), image_side=side, conv_channels=conv_channels, conv_layers=conv_layers
@@ -167,9 +169,17 @@ def build(name: str, x_dim: int, **options: Any) -> tuple[Callable, Callable]:
     try:
         preset = MODELS[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}") from None
+        raise UsageError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}") from None
     unknown = set(options) - set(preset.defaults)
     if unknown:
-        raise ValueError(f"model {name!r} takes no option(s) {sorted(unknown)}; it takes {sorted(preset.defaults)}")
+        raise UsageError(f"model {name!r} takes no option(s) {sorted(unknown)}; it takes {sorted(preset.defaults)}")
     kwargs = {**preset.defaults, **{k: v for k, v in options.items() if v is not None}}
+    for key in SIZES & set(kwargs):
+        value = kwargs[key]
+        for size in value if isinstance(value, list | tuple) else [value]:
+            positive_int(f"model option {key}", size)
     return preset.factory(x_dim, **kwargs)
+
+
+#: options that are sizes of networks: positive integers (or sequences of them)
+SIZES = {"z_dim", "hidden", "layers", "n_hidden", "channels", "kernel_size", "conv_channels", "conv_layers"}

@@ -48,6 +48,7 @@ from pyro.poutine.trace_struct import Trace
 from ppdgm.batch import Batch, Data
 from ppdgm.batch import batch_size as rows_of
 from ppdgm.combine import log_mean_exp, mean
+from ppdgm.errors import UsageError
 from ppdgm.handlers import StoreParams, distribution_of
 from ppdgm.inspection import (
     ConventionError,
@@ -192,9 +193,9 @@ class ProgramPair:
 
     def __post_init__(self) -> None:
         if not callable(self.model):
-            raise TypeError(f"model must be a callable Pyro program, got {type(self.model).__name__}")
+            raise UsageError(f"model must be a callable Pyro program, got {type(self.model).__name__}")
         if self.guide is not None and not callable(self.guide):
-            raise TypeError(f"guide must be a callable Pyro program or None, got {type(self.guide).__name__}")
+            raise UsageError(f"guide must be a callable Pyro program or None, got {type(self.guide).__name__}")
         # only a program that names `batch_size` is passed it (an AutoGuide's **kwargs go on to the model)
         self._model_bs = accepts(self.model, "batch_size", named=True)
         self._guide_bs = self.guide is not None and accepts(self.guide, "batch_size", named=True)
@@ -274,8 +275,11 @@ class ProgramPair:
             if bad.any():
                 rows = torch.nonzero(bad).flatten()[:5].tolist()
                 kind = "NaN" if torch.isnan(column).any() else "infinite values"
-                what = f"data for site {self.obs_site or 'x'!r}" if key is None else f"data column {column_label(key)}"
-                raise ValueError(f"the {what} contain {kind} (first rows: {rows})")
+                if key is not None:
+                    what = f"data column {column_label(key)}"
+                else:
+                    what = "data" if self.obs_site is None else f"data for site {self.obs_site!r}"
+                raise UsageError(f"the {what} contain {kind} (first rows: {rows})")
 
     def check_support(self, data: Data) -> None:
         """Check the data lie in the support of the distributions of the observed sites that read them.
@@ -300,7 +304,7 @@ class ProgramPair:
                 rows = torch.nonzero(bad).flatten()[:5].tolist()
                 kind = type(getattr(fn, "base_dist", fn)).__name__
                 hint = " (values must be 0 or 1; binarise the data)" if "Bernoulli" in kind else ""
-                raise ValueError(
+                raise UsageError(
                     f"the data lie outside the support of the {kind} likelihood at site {name!r}{hint}; "
                     f"first offending rows: {rows}"
                 )

@@ -13,6 +13,7 @@ import pyro.poutine as poutine
 import torch
 
 from ppdgm.batch import Batch, Key
+from ppdgm.errors import UsageError
 from ppdgm.handlers import distribution_of
 
 
@@ -54,7 +55,7 @@ def sample(
                 programs.inspect(model.programs.example)
     else:
         if like is None:
-            raise ValueError("sampling from a bare model needs like=<a batch of data it can be called with>")
+            raise UsageError("sampling from a bare model needs like=<a batch of data it can be called with>")
         programs, scope = ProgramPair(model, None, obs_site=obs_site), contextlib.nullcontext({})
         with scope:
             programs.inspect(as_rows(like))
@@ -74,10 +75,10 @@ def sample(
             raise ConventionError(f"condition names column(s) {unknown} that are not inputs of the model {inputs}")
         sizes = {int(v.shape[0]) for v in condition.values()}
         if len(sizes) != 1 or (n is not None and n not in sizes):
-            raise ValueError(f"condition has {sorted(sizes)} rows; give one row per draw (n={n})")
+            raise UsageError(f"condition has {sorted(sizes)} rows; give one row per draw (n={n})")
         n = sizes.pop()
     if n is None:
-        raise ValueError("give the number of draws n, or condition=... with one row per draw")
+        raise UsageError("give the number of draws n, or condition=... with one row per draw")
     rows = programs.placeholder(positive_int("n", n))
     if condition and isinstance(rows, Batch):
         rows = rows.replace({k: v.to(programs.observed_of(rows).device) for k, v in condition.items()})
@@ -105,10 +106,12 @@ def generate(model: Callable, n: int, obs_site: str = "x", mean: bool = True) ->
             "generate() calls model(x=None, batch_size=n), but the model has no batch_size parameter; use "
             "ppdgm.sample(run, n) or ppdgm.sample(model, n, like=<a batch of data>)"
         )
-    trace = poutine.trace(model).get_trace(**{obs_site: None, "batch_size": n})
+    from ppdgm.method import positive_int
+
+    trace = poutine.trace(model).get_trace(**{obs_site: None, "batch_size": positive_int("n", n)})
     site = trace.nodes.get(obs_site)
     if site is None:
-        raise ValueError(f"the model has no site {obs_site!r}")
+        raise UsageError(f"the model has no site {obs_site!r}")
     if mean:
         try:
             return distribution_of(site).mean.detach()

@@ -37,6 +37,7 @@ from ppdgm.batch import batch_size as rows_of
 from ppdgm.checkpoints import CheckpointError
 from ppdgm.data import Dataset, as_dataset
 from ppdgm.divergence import all_finite, check_every, diagnose, params_finite
+from ppdgm.errors import MissingResourceError, UsageError
 from ppdgm.handlers import unconstrained_params
 from ppdgm.method import Engine, Method, get_method, positive_int
 from ppdgm.precision import autocast, check_precision
@@ -84,16 +85,21 @@ def resolve_schedule(
     try:
         return LR_SCHEDULES[schedule]
     except KeyError:
-        raise ValueError(f"unknown lr_schedule {schedule!r}; known: {schedule_names()}") from None
+        raise UsageError(f"unknown lr_schedule {schedule!r}; known: {schedule_names()}") from None
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; a clear error without a GPU."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"unknown device {device!r}; use 'cpu', 'cuda', 'cuda:N' or 'auto'") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {str(device)!r} was asked for but no CUDA GPU is available; use device='cpu'")
+        raise MissingResourceError(
+            f"device {str(device)!r} was asked for but no CUDA GPU is available; use device='cpu'"
+        )
     return dev
 
 
@@ -195,12 +201,12 @@ def load_params(path: str | Path, programs: ProgramPair, example: Data) -> dict:
         found = {n: v for player in saved["players"].values() for n, v in player.items() if n in wanted}
         missing = sorted(wanted - set(found))
         if missing:
-            raise ValueError(f"{path} has no values for parameters {missing}: written for another model or guide?")
+            raise UsageError(f"{path} has no values for parameters {missing}: written for another model or guide?")
         with torch.no_grad():
             for name, value in found.items():
                 target = store[name]
                 if target.shape != value.shape:
-                    raise ValueError(
+                    raise UsageError(
                         f"parameter {name!r}: saved shape {tuple(value.shape)}, model has {tuple(target.shape)}"
                     )
                 target.copy_(value.to(target.device))
@@ -247,58 +253,49 @@ def fit(
     validate: bool = False,
     lr_schedule: str | Callable[[int], float] | None = None,
     precision: str = "fp32",
+    skip_nonfinite: bool = False,
     **method_options: Any,
 ) -> Run:
-    """Train ``model`` and ``guide`` on ``data`` with the algorithm ``method``.
+    """Train ``model`` and ``guide`` on ``data`` with the algorithm ``method`` (in full: docs/usage.md).
 
     Args:
-        model: a Pyro model, called with each batch as ``SVI.step`` would call it: ``model(x)`` for a tensor of
-            rows, ``model(*columns)`` for a tuple, ``model(**columns)`` for a dict (see :mod:`ppdgm.programs`).
-        guide: a Pyro guide called with the same arguments, or ``None`` for methods needing none.
-        data: a data set name (``"digits-binary"``, ``"binarized-mnist"``...), a :class:`~ppdgm.data.Dataset`,
-            a tensor of training rows, or a tuple/dict of columns with one row per datapoint (images and
-            labels, say; a column no observed site reads is an input of a conditional model).
-        method: a registered name (``"vae"``, ``"iwae"``...; ``ppdgm.available_methods()``) or a
-            :class:`~ppdgm.method.Method` instance. ``method_options`` go to its constructor.
+        model, guide: Pyro programs, called with each batch as ``SVI.step`` calls them (``model(x)``,
+            ``model(*columns)``, ``model(**columns)``, see :mod:`ppdgm.programs`); ``guide=None``: guide-less methods
+        data: a data set name, a :class:`~ppdgm.data.Dataset`, a tensor of rows, or a tuple/dict of columns.
+        method: a registered name (``ppdgm.available_methods()``) or a :class:`~ppdgm.method.Method`;
+            ``method_options`` go to its constructor.
         epochs, steps: the budget (default 10 epochs); with ``steps`` the last epoch may be partial.
-        batch_size: minibatch size.
-        lr, optimizer, optimizer_options: per-player settings; each may be a mapping from player
-            name (``"model"``, ``"guide"``...) to a value.
-        device: ``"cpu"``, ``"cuda"``, ``"auto"``...
-        seed: seeds Python, NumPy, torch and Pyro, and the data order.
-        callbacks: called as ``callback(run, record)`` after every epoch; returning ``True`` stops training.
-        checkpoint_dir: where ``checkpoint.pt`` is written (atomically) after every epoch; with
-            ``resume=True`` an existing checkpoint there is continued from when it was written with the same
-            settings (a longer budget is fine); ``resume="override"`` continues it with this call's learning
-            rate, optimizer options, schedule, precision and budget (see docs/reliability.md).
-        validate_every: evaluate the method's objective on the validation split every N epochs.
-        obs_site: the observed site generative methods generate, when the model has several (found otherwise).
-        data_plate: the plate over datapoints, when it is neither named ``"data"`` nor the only one of batch size.
-        data_dir: where named data sets are read from / cached.
-        progress: show a tqdm progress bar with the live objective (refreshed every ``log_every`` steps).
-        validate: keep Pyro's argument validation on in every step (it is always on in the first).
-        lr_schedule: a function from the epoch index (from 0) to a factor on every player's learning
-            rate, or a name: ``"burda2016"`` (3^i epochs at 10^(-i/7), i = 0..7) or ``"linear"`` (from the
-            full rate down to zero over the run; it lets a GAN's samples settle).
-        precision: ``"fp32"`` or ``"bf16"`` (networks autocast to bfloat16, distributions kept in float32;
-            see :mod:`ppdgm.precision`).
+        batch_size: the (global) minibatch size.
+        lr, optimizer, optimizer_options: each a value or a mapping from player name (``"model"``...) to one.
+        device, seed: ``"cpu"``, ``"cuda"``, ``"auto"``...; ``seed`` seeds every generator and the data order.
+        callbacks: ``callback(run, record)`` after every epoch; returning ``True`` stops training.
+        checkpoint_dir, resume: a checkpoint after every epoch; ``resume=True`` continues one written with the
+            same settings (a longer budget is fine), ``"override"`` with this call's (docs/reliability.md).
+        validate_every: the method's objective on the validation split every N epochs (0: never).
+        obs_site, data_plate: only to pick among several observed sites / plates of the batch's size.
+        data_dir: where named data sets are read from.
+        progress, log_every: a progress bar refreshed every N steps (one line per epoch when not a terminal).
+        validate: Pyro's argument checks in every step (always in the first).
+        lr_schedule: a function of the epoch giving a factor on the learning rates, or ``"burda2016"``/``"linear"``.
+        precision: ``"fp32"`` or ``"bf16"`` (networks in bfloat16, distributions in float32).
+        skip_nonfinite: skip updates with a non-finite loss or gradient (counted as ``skipped_updates``)
+            instead of stopping with ``TrainingDiverged``.
 
-    Under ``torchrun`` (or in a process group the caller initialised) the fit is data-parallel:
-    ``batch_size`` is the global minibatch, split over the ranks, and the result equals a
-    single-process fit to float tolerance (see :mod:`ppdgm.distributed`). Rank 0 writes checkpoints.
+    Under ``torchrun`` the fit is data-parallel and equals one process to float tolerance (docs/scaling.md).
 
     Returns:
         A :class:`Run` with the trained programs, per-epoch history, timings and save/load.
     """
-    method_obj = get_method(method, **method_options)
+    _check_fit_arguments(seed, log_every, validate_every, callbacks, checkpoint_dir, progress, validate, skip_nonfinite)
     if resume not in (True, False, "override"):
-        raise ValueError(f"resume must be True, False or 'override', got {resume!r}")
+        raise UsageError(f"resume must be True, False or 'override', got {resume!r}")
+    method_obj = get_method(method, **method_options)
     resolve_schedule(lr_schedule, 1)  # a bad name fails before any data is read
     if method_obj.requires_guide and guide is None:
-        raise ValueError(f"method {method_obj.name!r} needs a guide; got guide=None")
+        raise UsageError(f"method {method_obj.name!r} needs a guide; got guide=None")
     dataset = as_dataset(data, data_dir)
     if isinstance(dataset.train, Batch) and not method_obj.accepts_columns:
-        raise ValueError(f"method {method_obj.name!r} trains on a single tensor of rows, not on data columns")
+        raise UsageError(f"method {method_obj.name!r} trains on a single tensor of rows, not on data columns")
     budget = Budget.of(rows_of(dataset.train), epochs, steps, batch_size)
     dev, ctx = _training_device(device)
     check_precision(precision, dev)
@@ -318,10 +315,36 @@ def fit(
         _inspect(programs, method_obj, dataset, budget.batch_size)
         config["obs_site"] = programs.obs_site
         engine = _engine(programs, method_obj, dev, ctx, optimizer, lr, optimizer_options)
+        engine.skip_nonfinite = skip_nonfinite
         run = Run(model, guide, method_obj, programs, engine, dataset, dev, config, param_state=scope_state)
         loop.run(run)
     store.set_state(scope_state)
     return run
+
+
+def _check_fit_arguments(
+    seed: Any,
+    log_every: Any,
+    validate_every: Any,
+    callbacks: Any,
+    checkpoint_dir: Any,
+    progress: Any,
+    validate: Any,
+    skip_nonfinite: Any,
+) -> None:
+    """The checks of ``fit``'s plain arguments, before any work."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise UsageError(f"seed must be a non-negative integer, got {seed!r}")
+    positive_int("log_every", log_every)
+    if isinstance(validate_every, bool) or not isinstance(validate_every, int) or validate_every < 0:
+        raise UsageError(f"validate_every must be a non-negative integer (0: never), got {validate_every!r}")
+    if not all(callable(cb) for cb in callbacks):
+        raise UsageError("callbacks must be callables callback(run, record)")
+    for label, flag in (("progress", progress), ("validate", validate), ("skip_nonfinite", skip_nonfinite)):
+        if not isinstance(flag, bool):
+            raise UsageError(f"{label} must be True or False, got {flag!r}")
+    if checkpoint_dir is not None and Path(checkpoint_dir).exists() and not Path(checkpoint_dir).is_dir():
+        raise UsageError(f"checkpoint_dir {str(checkpoint_dir)!r} is a file, not a folder")
 
 
 @dataclass(frozen=True)
@@ -336,7 +359,7 @@ class Budget:
     def of(cls, num_rows: int, epochs: int | None, steps: int | None, batch_size: int) -> Budget:
         """From ``epochs`` or ``steps`` (default 10 epochs), each checked."""
         if epochs is not None and steps is not None:
-            raise ValueError("give epochs or steps, not both")
+            raise UsageError("give epochs or steps, not both")
         batch_size = positive_int("batch_size", batch_size)
         per_epoch = math.ceil(num_rows / batch_size)
         if steps is not None:
@@ -410,6 +433,8 @@ def _inspect(programs: ProgramPair, method: Method, dataset: Dataset, batch_size
     try:
         programs.inspect(dataset.train[:batch_size])
     except ProgramError:
+        with contextlib.suppress(ProgramError), pyro.validation_enabled(False):
+            programs.inspect(dataset.train[:batch_size])  # learn the observed site's name for the report
         for split in ("train", "valid", "test"):  # a program that fails on NaN data: report the data
             programs.check_finite(dataset.split(split))
         raise
@@ -454,6 +479,10 @@ def _device_context(dev: torch.device):
     return torch.device(dev) if dev.type != "cpu" else contextlib.nullcontext()
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says how many epochs completed and where the checkpoint is."""
+
+
 @dataclass(frozen=True)
 class TrainingLoop:
     """The epochs of a fit: batches, steps, metrics, validation, checkpoints, callbacks and the progress bar."""
@@ -475,10 +504,11 @@ class TrainingLoop:
         start_epoch, step = 0, 0
         if self.checkpoint is not None and self.resume and self.checkpoint.exists():
             start_epoch, step = _restore(run, self.checkpoint, self.resume == "override")
+        interactive = sys.stderr.isatty()
         bar = tqdm(
             total=self.budget.total_steps,
             initial=step,
-            disable=not self.progress,
+            disable=not (self.progress and interactive),
             desc=f"{run.method.name}",
             unit="step",
             dynamic_ncols=True,
@@ -494,19 +524,23 @@ class TrainingLoop:
                 run.history.append(record)
                 run.seconds += record["seconds"]
                 bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k.startswith(("train_", "valid_"))})
+                if self.progress and not interactive:  # a log file: one line per epoch, no bar redraws
+                    values = " ".join(f"{k}={v:.4g}" for k, v in record.items() if k.startswith(("train_", "valid_")))
+                    print(
+                        f"{run.method.name} epoch {record['epoch']}/{self.budget.num_epochs} step {step}: {values}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 if self.checkpoint is not None:
                     if distributed.is_main():
                         _save_checkpoint(run, self.checkpoint, index + 1, step)
                     epoch.shards.barrier()
                 if any(cb(run, record) is True for cb in self.callbacks):
                     break
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
             bar.close()
-            if not distributed.is_main():
-                raise
             where = f"; the checkpoint in {self.checkpoint.parent} resumes it" if self.checkpoint is not None else ""
-            print(f"\ninterrupted after {len(run.history)} complete epoch(s){where}", file=sys.stderr)
-            raise
+            raise TrainingInterrupted(f"interrupted after {len(run.history)} complete epoch(s){where}") from interrupt
         bar.close()
 
 
@@ -528,6 +562,8 @@ class _Epoch:
         if loop.schedule is not None:
             engine.scale_learning_rates(loop.schedule(epoch))
         sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, torch.Tensor] = {}
+        skipped_before = engine.skipped_updates
         count, checked = 0, step
         tic = time.perf_counter()
         with _device_context(dev):
@@ -544,6 +580,11 @@ class _Epoch:
                 self.first_step = False
                 if shards.weight != 1.0:
                     metrics = {k: v * shards.weight for k, v in metrics.items()}
+                if engine.skip_nonfinite:  # a skipped step's non-finite metrics stay out of the means
+                    for k, v in metrics.items():
+                        finite = torch.isfinite(v)
+                        counts[k] = counts[k] + finite if k in counts else finite.double()
+                    metrics = {k: torch.where(torch.isfinite(v), v, torch.zeros_like(v)) for k, v in metrics.items()}
                 for k, v in metrics.items():
                     sums[k] = sums[k] + v if k in sums else v.clone()
                 count += 1
@@ -556,7 +597,14 @@ class _Epoch:
             if count:
                 self._check(sums, batch, checked, step, params=True)
             record = {"epoch": epoch + 1, "step": step, "seconds": time.perf_counter() - tic}
-            record.update(zip((f"train_{k}" for k in sums), shards.mean(list(sums.values()), count)))
+            if counts:
+                means = shards.mean(list(sums.values()), 1)
+                steps_counted = shards.mean(list(counts.values()), 1)
+                means = [m / c if c else float("nan") for m, c in zip(means, steps_counted)]
+                record["skipped_updates"] = engine.skipped_updates - skipped_before
+            else:
+                means = shards.mean(list(sums.values()), count)
+            record.update(zip((f"train_{k}" for k in sums), means))
             if rows_of(self.valid_x) and loop.validate_every and (epoch + 1) % loop.validate_every == 0:
                 objective = validation_objective(method, run.programs, self.valid_x, shards)
                 record[f"valid_{method.objective_name}"] = objective
@@ -567,7 +615,8 @@ class _Epoch:
         engine = self.run.engine
         if all_finite(list(sums.values())) and (not params or params_finite(engine)):
             return step
-        where = str(self.loop.checkpoint.parent) if self.loop.checkpoint is not None else None
+        checkpoint = self.loop.checkpoint
+        where = str(checkpoint.parent) if checkpoint is not None and checkpoint.exists() else None
         raise diagnose(self.run.programs, engine, sums, batch, checked + 1, step, where)
 
 

@@ -120,3 +120,88 @@ def test_a_fit_without_checkpoints_that_diverges_says_nothing_was_saved():
     model, guide = user_pair()
     with pytest.raises(ppdgm.TrainingDiverged, match="Nothing was saved; lower the learning rate"):
         ppdgm.fit(model, guide, "digits-binary", "vae", epochs=2, optimizer="sgd", lr=1e3, progress=False)
+
+
+def test_the_cli_states_what_ran_and_needs_override_for_a_changed_rate(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "run"
+    base = ["train", "--steps", "3", "--hidden", "8", "--z-dim", "2", "--quiet", "--out", str(out)]
+    assert main(base) == 0
+    assert main([*base, "--lr", "0.01"]) == 2
+    assert "other training settings (lr: 0.001 -> 0.01)" in capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["lr"] == 0.001  # still what ran
+    assert main(["train", "--steps", "6", *base[3:], "--lr", "0.01", "--override"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["lr"] == 0.01 and config["fit"]["lr"] == 0.01 and config["fit"]["steps"] == 6
+
+
+def test_ctrl_c_in_training_is_one_line_naming_the_checkpoint_and_status_130(tmp_path, capsys, monkeypatch):
+    from ppdgm import cli
+
+    def interrupt(run, record):
+        raise KeyboardInterrupt
+
+    fit = cli.fit
+    monkeypatch.setattr(cli, "fit", lambda *a, **k: fit(*a, callbacks=[interrupt], **k))
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "3", "--hidden", "8", "--z-dim", "2", "--quiet", "--out", str(out)]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == f"ppdgm: interrupted after 1 complete epoch(s); the checkpoint in {out} resumes it"
+
+
+def test_skipping_non_finite_updates_keeps_the_parameters_finite_and_counts_the_skips():
+    model, guide = user_pair()
+    run = ppdgm.fit(
+        model, guide, "digits-binary", "vae", epochs=2, optimizer="sgd", lr=1e3, progress=False, skip_nonfinite=True
+    )
+    assert all(bool(torch.isfinite(p).all()) for player in run.engine.players.values() for p in player.params)
+    skipped = [record["skipped_updates"] for record in run.history]
+    assert sum(skipped) > 0 and all(0 <= s <= 13 for s in skipped), skipped  # 13 updates an epoch (one phase)
+
+
+KILLED_RUN = """
+import os, signal, sys
+import torch
+import ppdgm
+from ppdgm.presets import build
+
+out, kill_at = sys.argv[1], int(sys.argv[2])
+torch.set_num_threads(1)
+data = ppdgm.data.load("digits-binary")
+torch.manual_seed(0)
+model, guide = build("vae-mlp", data.dim, hidden=(16,), z_dim=4)
+method = ppdgm.get_method("vae")
+step, count = method.step, [0]
+
+def step_then_maybe_die(engine, x):
+    count[0] += 1
+    if count[0] == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)  # mid-epoch: no chance to clean up
+    return step(engine, x)
+
+method.step = step_then_maybe_die
+run = ppdgm.fit(model, guide, data, method, epochs=3, seed=3, progress=False, checkpoint_dir=out)
+torch.save([p.detach() for pl in run.engine.players.values() for p in pl.params], os.path.join(out, "final.pt"))
+"""
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_result_bit_for_bit(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "run.py"
+    script.write_text(KILLED_RUN)
+
+    def launch(out, kill_at):
+        return subprocess.run([sys.executable, str(script), str(out), str(kill_at)], capture_output=True, text=True)
+
+    assert launch(tmp_path / "whole", 0).returncode == 0
+    killed = launch(tmp_path / "killed", 20)  # epoch 2 of 3 (13 steps an epoch), step 7 of it
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    resumed = launch(tmp_path / "killed", 0)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    whole = torch.load(tmp_path / "whole" / "final.pt", weights_only=True)
+    again = torch.load(tmp_path / "killed" / "final.pt", weights_only=True)
+    assert all(torch.equal(a, b) for a, b in zip(whole, again))

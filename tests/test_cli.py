@@ -63,8 +63,8 @@ def test_errors_are_reported_without_a_traceback(tmp_path, capsys):
     assert f"unknown method 'nope'; known methods: {known}" in capsys.readouterr().err
     assert main(["train", "--data", "digits", "--steps", "1", "--out", str(tmp_path), "--quiet"]) == 2
     assert "outside the support of the Bernoulli likelihood" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="not a ppdgm run folder"):
-        main(["evaluate", str(tmp_path / "missing")])
+    assert main(["evaluate", str(tmp_path / "missing")]) == 2
+    assert "not a ppdgm run folder" in capsys.readouterr().err
 
 
 def test_train_a_sigmoid_belief_net_with_rws(tmp_path, capsys):

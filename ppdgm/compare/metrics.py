@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ppdgm.batch import Data
+from ppdgm.errors import UsageError
 
 if TYPE_CHECKING:
     from ppdgm.compare.spec import Spec
@@ -52,7 +53,7 @@ def evaluate_run(
             from ppdgm.data import mixture_log_density
 
             if not isinstance(test, torch.Tensor):
-                raise TypeError("kl_true_model needs a single tensor of test rows (a 2-D mixture)")
+                raise UsageError("kl_true_model needs a single tensor of test rows (a 2-D mixture)")
             out["kl_true_model"] = evaluate.mixture_kl(samples, test, mixture_log_density(spec.data), bandwidth=std)
     if set(spec.metrics) & set(CLASSIFIER_METRICS):
         from ppdgm.data import load

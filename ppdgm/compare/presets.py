@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ppdgm.compare.spec import SpecError, read_toml
+from ppdgm.errors import UsageError
 
 FOLDER = Path(__file__).resolve().parent / "toml"
 PRESET_FIELDS = ("description", "runtime", "spec", "budgets")
@@ -47,7 +48,7 @@ def load_preset(name_or_path: str | Path) -> tuple[str, dict[str, Any]]:
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.exists():
         return path.stem, read_preset(path)
-    raise ValueError(f"unknown comparison preset {str(name_or_path)!r}; known: {', '.join(shipped)}")
+    raise UsageError(f"unknown comparison preset {str(name_or_path)!r}; known: {', '.join(shipped)}")
 
 
 def preset_path(name: str) -> Path:
@@ -67,7 +68,7 @@ def preset_spec(name: str | Path, budget: str = "small") -> dict[str, Any]:
     """The raw spec of preset ``name`` (a shipped name or a file) at ``budget`` (``"small"``, ``"full"``...)."""
     name, preset = load_preset(name)
     if budget not in preset["budgets"]:
-        raise ValueError(f"preset {name!r} has budgets {sorted(preset['budgets'])}, not {budget!r}")
+        raise UsageError(f"preset {name!r} has budgets {sorted(preset['budgets'])}, not {budget!r}")
     spec = _merge(preset["spec"], preset["budgets"][budget])
     spec["name"] = f"{name}-{budget}"
     return spec

@@ -60,7 +60,12 @@ def run_record(spec: Spec) -> dict:
 
 def spec_from_record(path: str | Path, output: str | Path | None = None) -> Spec:
     """The spec stored in a ``record.json``, for ``ppdgm compare --rerun``."""
-    record = json.loads(Path(path).read_text())
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SpecError(f"cannot read the comparison record {path}: {err}") from None
+    if not isinstance(record, dict) or not {"spec", "spec_hash"} <= set(record):
+        raise SpecError(f"{path} is not a comparison record (record.json of `ppdgm compare`)")
     spec = Spec.from_dict(record["spec"])
     if output is not None:
         spec = replace(spec, output=str(output))

@@ -21,6 +21,7 @@ from ppdgm.compare.metrics import evaluate_run
 from ppdgm.compare.record import run_record
 from ppdgm.compare.report import summarise, write_results
 from ppdgm.compare.spec import MethodSpec, Spec, parse_spec, run_dir
+from ppdgm.errors import UsageError
 
 RESULT = "result.json"
 
@@ -173,7 +174,7 @@ def compare(
     """
     spec = spec if isinstance(spec, Spec) else parse_spec(spec)
     if jobs < 1:
-        raise ValueError(f"jobs must be at least 1, got {jobs}")
+        raise UsageError(f"jobs must be at least 1, got {jobs}")
     out = Path(spec.output)
     out.mkdir(parents=True, exist_ok=True)
     (out / "record.json").write_text(json.dumps(run_record(spec), indent=2))

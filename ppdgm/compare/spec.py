@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from ppdgm.compare.metrics import CLASSIFIER_METRICS, METRICS, MIXTURE_METRICS
+from ppdgm.errors import PpdgmError
 
 
-class SpecError(ValueError):
+class SpecError(PpdgmError, ValueError):
     """A comparison spec has bad fields; the message lists every one."""
 
 
