@@ -57,10 +57,11 @@ class StoreParams(Messenger):
 
     def _pyro_param(self, msg: Message) -> None:
         name = msg["name"]
-        unconstrained = unconstrained_params().get(name)
+        store = self._store  # the hot loop: the store's dicts read directly (this module is their one reader)
+        unconstrained = store._params.get(name)
         if unconstrained is None:
             return
-        if param_constraint(name) is constraints.real:
+        if store._constraints[name] is constraints.real:
             msg["value"] = unconstrained
         else:
             msg["value"] = self._store[name]

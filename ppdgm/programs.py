@@ -336,8 +336,11 @@ class ProgramPair:
             guide = EnumMessenger(first_available_dim=structure.particle_dim - 1)(guide)
             model = EnumMessenger()(model)  # allocates its dims left of the guide's
         guide_args = self.guide_arguments(x, batch_size)
-        with torch.set_grad_enabled(guide_grad and torch.is_grad_enabled()):
+        if guide_grad:
             guide_trace = run_program(guide, guide_args, "guide", "data side", x)
+        else:
+            with torch.no_grad():
+                guide_trace = run_program(guide, guide_args, "guide", "data side", x)
         if detach_latents and guide_grad and structure.reparam_sites:
             guide_trace = run_program(
                 poutine.replay(guide, trace=self.detached(guide_trace)), guide_args, "guide", "data side", x
