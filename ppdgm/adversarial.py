@@ -312,8 +312,7 @@ def generated_x(programs: ProgramPair, dream: Trace, output: str = "sample") -> 
     """The generated x of a model-side trace (its value, or its distribution's mean), with its graph."""
     site = dream.nodes[programs.obs_site]
     x = site["value"] if output == "sample" else distribution_of(site).mean
-    rows = vars(dream).get("ppdgm_rows")
-    return programs.as_column(x, None if rows is None else programs.observed_of(rows))
+    return programs.as_column(x, programs.observed_of(dream_rows(dream)))
 
 
 def check_generator(programs: ProgramPair, dream: Trace, output: str, method: str) -> None:

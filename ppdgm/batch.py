@@ -43,9 +43,6 @@ class Batch:
         """``(key, column)`` pairs: positions for ``args``, names for ``kwargs``."""
         return [*enumerate(self.args), *self.kwargs.items()]
 
-    def keys(self) -> list[Key]:
-        return [key for key, _ in self.items()]
-
     def get(self, key: Key) -> Rows | None:
         return self.args[key] if isinstance(key, int) else self.kwargs[key]
 

@@ -10,7 +10,6 @@ parameters went non-finite and the first site whose log-density did on the last 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import pyro
@@ -85,8 +84,3 @@ def _first_bad_site(programs: ProgramPair, batch: Data) -> str | None:
             if not bool(torch.isfinite(torch.as_tensor(log_prob)).all()):
                 return f"site {name!r} of the {role}"
     return None
-
-
-def check_every(log_every: int) -> int:
-    """Steps between two checks: the progress interval, at least 1."""
-    return max(1, int(log_every)) if math.isfinite(log_every) else 1

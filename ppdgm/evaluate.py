@@ -26,7 +26,7 @@ from ppdgm.batch import batch_size as rows_of
 from ppdgm.errors import UsageError
 from ppdgm.handlers import distribution_of
 from ppdgm.method import positive_int
-from ppdgm.programs import ProgramError, ProgramPair
+from ppdgm.programs import ProgramPair
 
 
 @dataclass
@@ -78,13 +78,8 @@ def _batched(
     batch_size = positive_int("batch_size", batch_size)
     if rows_of(data) == 0:
         raise UsageError("no data to evaluate on (the split is empty)")
-    try:
-        programs = _programs(model, guide, data[:batch_size], obs_site, data_plate)
-    except ProgramError:
-        ProgramPair(model, guide).check_finite(data)  # a program that fails on NaN data: report the data
-        raise
-    programs.check_finite(data)  # the checks fit makes: a score of data outside the support is no score
-    programs.check_support(data)
+    programs = ProgramPair(model, guide, obs_site=obs_site, data_plate=data_plate)
+    programs.inspect_data(data[:batch_size], [data])  # fit's checks: data outside the support has no score
     out = []
     with pyro.validation_enabled(False):
         for x in data.split(batch_size):

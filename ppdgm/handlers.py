@@ -37,11 +37,6 @@ def unconstrained_params() -> dict[str, torch.Tensor]:
     return pyro.get_param_store()._params
 
 
-def param_constraint(name: str) -> constraints.Constraint:
-    """The constraint the param store keeps for parameter ``name``."""
-    return pyro.get_param_store()._constraints[name]
-
-
 class StoreParams(Messenger):
     """Answer ``pyro.param`` (and so ``pyro.module``) straight from the param store, unrecorded.
 

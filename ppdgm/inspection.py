@@ -153,11 +153,10 @@ class Structure:
 
 
 def describe(x: Data | None) -> str:
-    if isinstance(x, Batch):
-        return x.describe()
+    """``"(arg 0: (100, 64) float32, ...)"``: what a program was called with."""
     if x is None:
         return "(None)"
-    return f"(arg 0: {tuple(x.shape)} {str(x.dtype).removeprefix('torch.')})"
+    return (x if isinstance(x, Batch) else Batch((x,))).describe()
 
 
 def run_program(fn: Callable, arguments: tuple[tuple, dict], program: str, side: str, x: Data | None) -> Trace:

@@ -136,9 +136,9 @@ class Engine:
                 opt = make_optimizer(
                     params, _per_player(optimizer, name, "adam"), rate, _per_player_options(optimizer_options, name)
                 )
+            except UsageError:
+                raise
             except (TypeError, ValueError) as err:
-                if isinstance(err, UsageError):
-                    raise
                 raise UsageError(f"the optimizer of player {name!r} refuses its options: {err}") from None
             self.players[name] = Player(name, param_names, params, opt)
         self._base_lrs = {name: [g["lr"] for g in p.optimizer.param_groups] for name, p in self.players.items()}

@@ -33,7 +33,8 @@ dimensions further left.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -45,7 +46,7 @@ from pyro.distributions.util import scale_and_mask
 from pyro.poutine.enum_messenger import EnumMessenger
 from pyro.poutine.trace_struct import Trace
 
-from ppdgm.batch import Batch, Data
+from ppdgm.batch import Batch, Data, Key
 from ppdgm.batch import batch_size as rows_of
 from ppdgm.combine import log_mean_exp, mean
 from ppdgm.errors import UsageError
@@ -95,10 +96,6 @@ class DataSide:
         if model_dims:
             log_p = torch.logsumexp(log_p, model_dims, keepdim=True)
         self.log_p = log_p if self._kept_enum else log_p.reshape(self._shape)
-
-    @property
-    def enumerated(self) -> bool:
-        return bool(self._n_enum)
 
     def _log_q_of(self, sites: tuple[str, ...]) -> torch.Tensor:
         return self.programs.log_prob(self.guide_trace, *self._shape, sites=sites, enum_rank=self._kept_enum)
@@ -246,6 +243,27 @@ class ProgramPair:
         self._generate_with_none = self._model_bs and self._runs_without_data(x)
         return self.structure
 
+    def inspect_data(self, first: Data, splits: Iterable[Data]) -> Structure:
+        """:meth:`inspect` on ``first``, then :meth:`check_finite` and :meth:`check_support` on every split.
+
+        A program that fails at inspection on bad data (NaN rows, say) is reported as the data's fault when it
+        is: the pair is traced again with validation off to learn the observed site's name, the data checked.
+        """
+        splits = list(splits)
+        try:
+            structure = self.inspect(first)
+        except ProgramError:
+            with contextlib.suppress(ProgramError), pyro.validation_enabled(False):
+                self.inspect(first)
+            for rows in splits:
+                self.check_finite(rows)
+            raise
+        for rows in splits:
+            self.check_finite(rows)
+            if rows_of(rows):
+                self.check_support(rows)
+        return structure
+
     def _runs_without_data(self, x: Data) -> bool:
         """Whether the model generates when called with its observed columns ``None`` and ``batch_size``.
 
@@ -382,7 +400,7 @@ class ProgramPair:
 
         ``rows`` is a batch whose inputs (a conditional model's labels, say) the dream keeps and whose
         observed columns serve only as the placeholder of their shape, or a number of rows taken from
-        the inspection batch. The returned trace remembers the rows (``trace.ppdgm_rows``).
+        the inspection batch. The returned trace remembers the rows (:func:`dream_rows`).
         """
         self._require_structure()
         if rows is None:
@@ -391,8 +409,7 @@ class ProgramPair:
             rows = self.placeholder(rows)
         model, args, kwargs = self._generating(rows)
         trace = run_program(self.vectorised(model, num_particles), (args, kwargs), "model", "model side", rows)
-        vars(trace)[_ROWS] = rows
-        return trace
+        return _remember_rows(trace, rows)
 
     def dreamt_batch(self, dream: Trace, values: dict[str, torch.Tensor] | None = None) -> Data:
         """The rows of ``dream`` with each observed column replaced by the dreamt values of its site.
@@ -428,12 +445,17 @@ class ProgramPair:
             raise ConventionError(f"the observed site {self.obs_site!r} reads no data column as it is")
         return x.get(key)
 
-    def inputs_of(self, x: Data) -> list[torch.Tensor]:
-        """The columns of ``x`` that no observed site reads: a conditional model's inputs (empty for a tensor)."""
+    def input_keys(self, x: Data) -> list[Key]:
+        """The keys of the columns of ``x`` that no observed site reads: a conditional model's inputs."""
         if torch.is_tensor(x):
             return []
         observed = {k for k, _ in self._require_structure().observed_columns}
-        return [c for k, c in x.items() if k not in observed and c is not None]
+        return [k for k, _ in x.items() if k not in observed]
+
+    def inputs_of(self, x: Data) -> list[torch.Tensor]:
+        """The columns of ``x`` that no observed site reads (empty for a tensor)."""
+        columns = [x.get(k) for k in self.input_keys(x)] if isinstance(x, Batch) else []
+        return [c for c in columns if c is not None]
 
     def check_sleep(self, batch_size: int = 3) -> None:
         """Check the guide can score dreamt latents: dream once and compare shapes site by site.
@@ -443,7 +465,8 @@ class ProgramPair:
         (the guide could not be handed its dreamt value).
         """
         structure = self._require_structure()
-        untied = [n for n in structure.observed_sites if n not in dict((v, k) for k, v in structure.observed_columns)]
+        tied = {name for _, name in structure.observed_columns}
+        untied = [n for n in structure.observed_sites if n not in tied]
         if untied:
             raise ConventionError(
                 f"the sleep phase hands the guide dreamt data, but the observed site(s) {untied} observe no data "
@@ -490,9 +513,10 @@ class ProgramPair:
         if isinstance(rows, int):
             rows = self.placeholder(rows)
         model, args, kwargs = self._generating(rows)
-        return run_program(
+        trace = run_program(
             poutine.replay(self.vectorised(model, 1), trace=guide_trace), (args, kwargs), "model", "model side", rows
         )
+        return _remember_rows(trace, rows)
 
     def latent_values(self, trace: Trace, batch_size: int) -> torch.Tensor:
         """The latents of ``trace`` (the guide's sites), flattened per datapoint and concatenated: ``(B, D)``."""
@@ -561,8 +585,14 @@ class ProgramPair:
 _ROWS = "ppdgm_rows"
 
 
+def _remember_rows(trace: Trace, rows: Data) -> Trace:
+    vars(trace)[_ROWS] = rows
+    return trace
+
+
 def dream_rows(dream: Trace) -> Data:
-    """The rows a :meth:`ProgramPair.model_side` trace was dreamt for (its inputs, its observed columns' shape)."""
+    """The rows a model-side trace (:meth:`ProgramPair.model_side`, :meth:`ProgramPair.reconstruct`) was dreamt
+    for: its inputs, and its observed columns' shapes."""
     return vars(dream)[_ROWS]
 
 

@@ -59,10 +59,7 @@ def sample(
         programs, scope = ProgramPair(model, None, obs_site=obs_site), contextlib.nullcontext({})
         with scope:
             programs.inspect(as_rows(like))
-    example = programs.placeholder(1)
-    inputs = [k for k, _ in example.items()] if isinstance(example, Batch) else []
-    observed = {k for k, _ in programs.structure.observed_columns}
-    inputs = [k for k in inputs if k not in observed]
+    inputs = programs.input_keys(programs.example)
     if condition is not None:
         if not inputs:
             raise ConventionError("condition= was given but the model has no inputs (every data column is observed)")

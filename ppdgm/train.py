@@ -36,12 +36,12 @@ from ppdgm.batch import Batch, Data
 from ppdgm.batch import batch_size as rows_of
 from ppdgm.checkpoints import CheckpointError
 from ppdgm.data import Dataset, as_dataset
-from ppdgm.divergence import all_finite, check_every, diagnose, params_finite
+from ppdgm.divergence import all_finite, diagnose, params_finite
 from ppdgm.errors import MissingResourceError, UsageError
 from ppdgm.handlers import unconstrained_params
 from ppdgm.method import Engine, Method, get_method, positive_int
 from ppdgm.precision import autocast, check_precision
-from ppdgm.programs import ProgramError, ProgramPair
+from ppdgm.programs import ProgramPair
 
 CHECKPOINT_NAME = "checkpoint.pt"
 Callback = Callable[["Run", dict], Any]
@@ -430,19 +430,7 @@ def _training_device(device: str | torch.device) -> tuple[torch.device, distribu
 
 def _inspect(programs: ProgramPair, method: Method, dataset: Dataset, batch_size: int) -> None:
     """Inspect the pair on the first batch, check every split's data, and let the method check the pair."""
-    try:
-        programs.inspect(dataset.train[:batch_size])
-    except ProgramError:
-        with contextlib.suppress(ProgramError), pyro.validation_enabled(False):
-            programs.inspect(dataset.train[:batch_size])  # learn the observed site's name for the report
-        for split in ("train", "valid", "test"):  # a program that fails on NaN data: report the data
-            programs.check_finite(dataset.split(split))
-        raise
-    for split in ("train", "valid", "test"):
-        rows = dataset.split(split)
-        programs.check_finite(rows)
-        if rows_of(rows):
-            programs.check_support(rows)
+    programs.inspect_data(dataset.train[:batch_size], (dataset.split(s) for s in ("train", "valid", "test")))
     method.check_programs(programs)
     method.setup(programs)
 
@@ -570,12 +558,12 @@ class _Epoch:
             for index in self.batches:
                 if step >= loop.budget.total_steps:
                     break
-                batch = self.train_x[index[shards.rows(index.shape[0])].to(dev)]
                 with (
                     pyro.validation_enabled(loop.validate or self.first_step),
-                    shards.take(index.shape[0]),
+                    shards.take(index.shape[0]) as rows,
                     autocast(dev, loop.precision),
                 ):
+                    batch = self.train_x[index[rows].to(dev)]
                     metrics = method.step(engine, batch)
                 self.first_step = False
                 if shards.weight != 1.0:
@@ -590,7 +578,7 @@ class _Epoch:
                 count += 1
                 step += 1
                 self.bar.update(1)
-                if count % check_every(loop.log_every) == 0:
+                if count % loop.log_every == 0:
                     checked = self._check(sums, batch, checked, step, params=False)
                     if loop.progress:
                         self.bar.set_postfix({k: f"{(v / count).item():.3f}" for k, v in sums.items()}, refresh=False)
@@ -655,13 +643,6 @@ class _Shards:
         self.sampling = None
         if self.world_size > 1:
             self.sampling = distributed.ShardedSampling(programs.structure.data_plate)
-
-    def rows(self, n: int) -> slice:
-        """The slice of a global batch of ``n`` rows this rank takes (all of them in one process)."""
-        if self.sampling is None or n < self.world_size:
-            return slice(None)
-        offset, size = distributed.block(n, self.rank, self.world_size)
-        return slice(offset, offset + size)
 
     @contextlib.contextmanager
     def take(self, n: int, weigh: bool = True) -> Iterator[slice]:
