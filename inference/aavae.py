@@ -29,6 +29,13 @@ the factor 2 cancelling the mixture's ½. Generated samples the discriminator fi
 learned from like data; real rows it finds fake count less. With D = 1 on real and 0 on generated
 rows it is the plain VAE objective (tested exactly). The discriminator learns as in a GAN, on real
 rows against the VAE's own samples (the x site sampled, so they lie in the likelihood's support).
+
+**Data columns: the adversary-activated semi-supervised VAE (AA-SVAE).** With several columns — a
+semi-supervised model's ``(x, y, labelled)``, whose label site is partially observed — a generated row is
+the dream of every observed site (x̃ and its label ỹ, drawn together from the model) in the place of the
+real row's, its inputs (the mask) kept; both ELBOs sum out enumerated labels exactly as ``vae`` does, and
+the discriminator sees x beside the row's inputs. This is the semi-supervised extension of the paper's
+§6.2, with D(x) weighting real and generated rows alike.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from __future__ import annotations
 import torch
 
 from ppdgm.adversarial import AdversarialMethod, generated_x
+from ppdgm.batch import Data
 from ppdgm.method import Engine, register
 from ppdgm.programs import ProgramPair
 
@@ -48,30 +56,37 @@ class AAVAE(AdversarialMethod):
     """
 
     name = "aavae"
+    accepts_columns = True
+    enumeration = "all"
     requires_guide = True
     needs_reparameterised_guide = True
     needs_likelihood = True
     needs_generator_gradient = False
     objective_name = "elbo"
 
-    def realness(self, x: torch.Tensor) -> torch.Tensor:
-        """D(x) = q^r(y=0 | x) per row, a constant weight."""
+    def realness(self, programs: ProgramPair, rows: Data) -> torch.Tensor:
+        """D(x) = q^r(y=0 | x) per row (x beside the row's inputs), a constant weight."""
         with torch.no_grad():
-            return self.adversary.log_prob(x, self.adversary.labels(len(x), 0, x), reversed=True).exp()
+            seen = self.view(programs, programs.observed_of(rows), rows)
+            return self.adversary.log_prob(seen, self.adversary.labels(len(seen), 0, seen), reversed=True).exp()
 
-    def weighted_elbo(self, programs: ProgramPair, x: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def weighted_elbo(self, programs: ProgramPair, x: Data, fake: Data) -> tuple[torch.Tensor, ...]:
         """L_aavae on real rows ``x`` and generated rows ``fake``; also the real rows' ELBO and weights."""
         elbo_real = programs.data_side(x, 1).elbo()
         elbo_fake = programs.data_side(fake, 1).elbo()
-        w_real, w_fake = self.realness(x), self.realness(fake)
+        w_real, w_fake = self.realness(programs, x), self.realness(programs, fake)
         objective = (w_real * elbo_real).mean() + (w_fake * elbo_fake).mean()
         return objective, elbo_real, w_real, w_fake
 
-    def step(self, engine: Engine, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def step(self, engine: Engine, x: Data) -> dict[str, torch.Tensor]:
         programs = engine.programs
         with torch.no_grad():
-            fake = generated_x(programs, programs.model_side(x), self.generator_output)
-        d_loss = -self.adversary.score(x, fake)
+            dream = programs.model_side(x)
+            fake = programs.dreamt_batch(
+                dream, {programs.obs_site: generated_x(programs, dream, self.generator_output)}
+            )
+        real_seen = self.view(programs, programs.observed_of(x), x)
+        d_loss = -self.adversary.score(real_seen, self.view(programs, programs.observed_of(fake), fake))
         engine.update(d_loss, ("discriminator",))
         if not self.generator_turn():
             return {"discriminator_loss": d_loss.detach(), **self.recall()}
@@ -83,5 +98,5 @@ class AAVAE(AdversarialMethod):
         return {"discriminator_loss": d_loss.detach(), **self.recall()}
 
     @torch.no_grad()
-    def objective(self, programs: ProgramPair, x: torch.Tensor) -> torch.Tensor:
+    def objective(self, programs: ProgramPair, x: Data) -> torch.Tensor:
         return programs.data_side(x, 1).elbo()

@@ -1,6 +1,7 @@
 """Generative models written as plain Pyro programs (called with a batch as ``SVI.step`` calls them)."""
 
 from ppdgm.models.conditional import ConditionalGenerator, ConditionalVAE
+from ppdgm.models.convolutional import ConvDiscriminator, ConvGenerator, ConvVAE, DiscretizedLogistic
 from ppdgm.models.cyclegan import CycleTranslators
 from ppdgm.models.dbn import DBN
 from ppdgm.models.gan import DCGANGenerator, MLPGenerator
@@ -15,6 +16,10 @@ from ppdgm.models.vae import BernoulliMLPModel
 __all__ = [
     "ConditionalGenerator",
     "ConditionalVAE",
+    "ConvDiscriminator",
+    "ConvGenerator",
+    "ConvVAE",
+    "DiscretizedLogistic",
     "SemiSupervisedVAE",
     "CycleTranslators",
     "DBN",

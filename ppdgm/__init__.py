@@ -4,7 +4,7 @@
 pair; the algorithm is the ``method`` argument. See README.md and docs/.
 """
 
-from ppdgm import adversarial, data, evaluate, sampling
+from ppdgm import adversarial, data, evaluate, fidelity, images, sampling, streams
 from ppdgm.batch import Batch
 from ppdgm.checkpoints import CheckpointError
 from ppdgm.divergence import TrainingDiverged
@@ -12,7 +12,7 @@ from ppdgm.errors import PpdgmError, UsageError
 from ppdgm.method import Engine, Method, available_methods, get_method, register
 from ppdgm.programs import ConventionError, DataSide, ProgramError, ProgramPair
 from ppdgm.sampling import sample
-from ppdgm.train import Run, fit, load_params
+from ppdgm.train import Run, TrainingInterrupted, fit, load_params
 
 __version__ = "0.1.0"
 
@@ -29,14 +29,18 @@ __all__ = [
     "UsageError",
     "Run",
     "TrainingDiverged",
+    "TrainingInterrupted",
     "adversarial",
     "available_methods",
     "data",
     "evaluate",
+    "fidelity",
+    "images",
     "fit",
     "get_method",
     "load_params",
     "register",
     "sample",
     "sampling",
+    "streams",
 ]

@@ -15,6 +15,7 @@ import torch
 from ppdgm import data as data_mod
 from ppdgm import distributed
 from ppdgm import evaluate as evaluate_mod
+from ppdgm.batch import batch_size
 from ppdgm.errors import PpdgmError, UsageError
 from ppdgm.method import available_methods
 from ppdgm.presets import ENCODERS, MODELS, build
@@ -152,7 +153,7 @@ def _load_run(run_dir: Path):
     dataset = data_mod.load(config["data"], config.get("data_dir"))
     model, guide = build(config["model"], dataset.dim, **config["model_options"])
     programs = ProgramPair(model, guide)
-    load_params(run_dir / PARAMS, programs, dataset.train[:100])
+    load_params(run_dir / PARAMS, programs, dataset.rows("train", limit=100))
     return config, dataset, model, guide
 
 
@@ -160,7 +161,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     run_dir = Path(args.run)
     config, dataset, model, guide = _load_run(run_dir)
     torch.manual_seed(args.seed)
-    x = dataset.split(args.split)
+    x = dataset.rows(args.split, seed=args.seed)
     tic = time.perf_counter()
     if guide is None:  # a fully observed or energy model: its likelihood is exact
         estimate = evaluate_mod.exact_log_likelihood(model, x)
@@ -175,7 +176,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "num_samples": args.num_samples if guide is not None else None,
         "mean": estimate.mean,
         "stderr": estimate.stderr,
-        "n": int(x.shape[0]),
+        "n": batch_size(x),
         "seed": args.seed,
     }
     (run_dir / f"eval_{args.split}.json").write_text(json.dumps(result, indent=2))

@@ -10,7 +10,14 @@ datapoint per row, plus the image shape for plotting and, for synthetic data, th
   arrays ``train``/``valid``/``test`` of shape (N, 98)) or the classic
   ``binarized_mnist_{train,valid,test}.amat`` text files; when neither is there the .amat files are
   fetched into ``data_dir`` (a clear error says what to do when offline).
+* ``mnist``, ``fashion-mnist``, ``svhn``, ``cifar10`` — image sets in torchvision's file layout, read
+  from ``data_dir`` (:mod:`ppdgm.images`), pixel intensities in [0, 1]; ``transform="binarize"`` or
+  ``"dequantize"`` in ``fit`` for likelihood models.
 * ``ring8`` / ``grid25`` — mixtures of 8 Gaussians on a circle and 25 on a 5x5 grid.
+
+Labelled sets (the digits and the image sets) take ``columns="x,y"`` (one-hot labels as a second column,
+for conditional models) or ``columns="x,y,labelled"`` with ``labelled=`` a fraction or a count per class
+(semi-supervised models); ``load("mnist", columns="x,y")``.
 """
 
 from __future__ import annotations
@@ -28,54 +35,66 @@ import numpy as np
 import torch
 
 from ppdgm.batch import Batch, as_batch
-from ppdgm.errors import MissingResourceError, UsageError
+from ppdgm.errors import UsageError
+from ppdgm.images import DataUnavailableError
+from ppdgm.streams import RowTransform, as_source, is_stream, materialize
 
 MNIST_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/binarized_mnist_{split}.amat"
 _SPLITS = ("train", "valid", "test")
 
 
-class DataUnavailableError(MissingResourceError):
-    """A data set is neither in the data directory nor reachable for download."""
-
-
 @dataclass
 class Dataset:
-    """Train/valid/test rows of one data set: tensors, or :class:`~ppdgm.batch.Batch` es of several columns."""
+    """Train/valid/test rows of one data set.
+
+    Each split is rows in memory (a tensor, or a :class:`~ppdgm.batch.Batch` of several columns), a torch
+    ``Dataset``/``IterableDataset``/``DataLoader`` read in minibatches (:mod:`ppdgm.streams`), or ``None``
+    when the data set has no such split. ``transform`` (e.g. :class:`~ppdgm.streams.DynamicBinarization`)
+    is applied to every batch as it is read.
+    """
 
     name: str
-    train: torch.Tensor | Batch
-    valid: torch.Tensor | Batch
-    test: torch.Tensor | Batch
+    train: Any
+    valid: Any = None
+    test: Any = None
     image_shape: tuple[int, ...] | None = None
     binary: bool = False
     log_density: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
     labels: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    transform: RowTransform | None = None
+    classes: int | None = None
 
     @property
     def dim(self) -> int:
         """Numbers per row of the (first) data column."""
-        first = self.train if torch.is_tensor(self.train) else next(c for _, c in self.train.items() if c is not None)
+        head = as_source(self.train).head(1)
+        first = head if torch.is_tensor(head) else next(c for _, c in head.items() if c is not None)
         return int(first[0].numel())
 
     def describe_columns(self) -> str | None:
         """The columns' shapes per row, for run records (``None`` for a single tensor)."""
-        if torch.is_tensor(self.train):
-            return None
-        return ", ".join(
-            f"{k}: {tuple(c.shape[1:])} {str(c.dtype).removeprefix('torch.')}" for k, c in self.train.items()
-        )
+        return as_source(self.train).describe_columns()
 
     def tensor(self, name: str) -> torch.Tensor:
-        """A split of a single-tensor data set (a clear error for data of several columns)."""
-        rows = self.split(name)
+        """A split of a single-tensor data set in memory (a clear error for data of several columns)."""
+        rows = self.rows(name)
         if not torch.is_tensor(rows):
             raise UsageError(f"data set {self.name!r} has several columns; this needs a single tensor of rows")
         return rows
 
-    def split(self, name: str) -> torch.Tensor | Batch:
+    def split(self, name: str) -> Any:
+        """A split as given: rows in memory, a torch data set, or ``None``."""
         if name not in _SPLITS:
             raise UsageError(f"unknown split {name!r}; expected one of {_SPLITS}")
         return getattr(self, name)
+
+    def rows(self, name: str, limit: int | None = None, seed: int = 0) -> torch.Tensor | Batch:
+        """A split's rows in memory, in order (at most ``limit``), with the data set's transform drawn once per
+        ``seed``: what evaluation reads."""
+        split = self.split(name)
+        if split is None:
+            raise UsageError(f"data set {self.name!r} has no {name} split")
+        return materialize(split, limit, transform=self.transform, seed=seed)
 
 
 def default_data_dir() -> Path:
@@ -186,9 +205,54 @@ def load_mixture(name: str, n_train: int = 10000, n_valid: int = 1000, n_test: i
     return Dataset(name, train, valid, test, None, False, mixture_log_density(name))
 
 
+def with_columns(data: Dataset, columns: str, labelled: float | int | None = None, seed: int = 0) -> Dataset:
+    """A labelled in-memory data set with its labels as columns: ``"x,y"`` (one-hot, float) or ``"x,y,labelled"``
+    (semi-supervised: ``labelled`` is a fraction of the training rows or a count per class; evaluation splits keep
+    every label). ``"x"`` returns ``data`` unchanged."""
+    from ppdgm.images import COLUMNS, labelled_mask
+
+    if columns not in COLUMNS:
+        raise UsageError(f"columns must be one of {COLUMNS}, got {columns!r}")
+    if columns == "x":
+        return data
+    if data.labels is None:
+        raise UsageError(f"data set {data.name!r} has no labels to make columns {columns!r} of")
+    classes = int(max(int(y.max()) for y in data.labels.values())) + 1
+    splits = {}
+    for split in _SPLITS:
+        x, y = data.tensor(split), data.labels[split]
+        onehot = torch.nn.functional.one_hot(y, classes).float()
+        if columns == "x,y":
+            splits[split] = Batch((x, onehot))
+        else:
+            mask = labelled_mask(y, labelled, seed) if split == "train" else torch.ones(len(y), dtype=torch.bool)
+            splits[split] = Batch((x, onehot, mask))
+    return Dataset(
+        f"{data.name}[{columns}]", splits["train"], splits["valid"], splits["test"], data.image_shape, data.binary,
+        labels=data.labels, classes=classes,
+    )  # fmt: skip
+
+
+def _digits(binary: bool, columns: str = "x", labelled: float | int | None = None, split_seed: int = 0) -> Dataset:
+    return with_columns(load_digits(binary, split_seed), columns, labelled, split_seed)
+
+
+def _images(name: str) -> Callable[..., Dataset]:
+    def load_named(data_dir: str | Path | None = None, **options: Any) -> Dataset:
+        from ppdgm.images import load_images
+
+        return load_images(name, data_dir, **options)
+
+    return load_named
+
+
 _LOADERS: dict[str, Callable[..., Dataset]] = {
-    "digits": lambda data_dir=None, **kw: load_digits(binary=False, **kw),
-    "digits-binary": lambda data_dir=None, **kw: load_digits(binary=True, **kw),
+    "digits": lambda data_dir=None, **kw: _digits(False, **kw),
+    "digits-binary": lambda data_dir=None, **kw: _digits(True, **kw),
+    "mnist": _images("mnist"),
+    "fashion-mnist": _images("fashion-mnist"),
+    "svhn": _images("svhn"),
+    "cifar10": _images("cifar10"),
     "binarized-mnist": lambda data_dir=None, **kw: load_binarized_mnist(data_dir, **kw),
     "digits-inverted": lambda data_dir=None, **kw: _digits_inverted(**kw),
     "ring8": lambda data_dir=None, **kw: load_mixture("ring8", **kw),
@@ -210,12 +274,15 @@ def load(name: str, data_dir: str | Path | None = None, **options) -> Dataset:
 
 
 def as_dataset(data: Any, data_dir: str | Path | None = None) -> Dataset:
-    """Accept a name, a :class:`Dataset`, a tensor/array of training rows, or a tuple/dict of columns (no valid/test
-    split)."""
+    """Accept a name, a :class:`Dataset`, a tensor/array of training rows, a tuple/dict of columns, or a torch
+    ``Dataset``/``IterableDataset``/``DataLoader`` (no valid/test split)."""
     if isinstance(data, Dataset):
         return data
     if isinstance(data, str):
         return load(data, data_dir)
+    if is_stream(data):
+        source = data.dataset if hasattr(data, "dataset") else data
+        return Dataset(type(source).__name__, data)
     if isinstance(data, Batch | tuple | list | Mapping):
         rows = data if isinstance(data, Batch) else as_batch(data)
         first = next(c for _, c in rows.items() if c is not None)

@@ -298,7 +298,7 @@ def mixture_kl(
 
 def train_classifier(
     x: torch.Tensor, labels: torch.Tensor, hidden: int = 128, epochs: int = 60, seed: int = 0
-) -> torch.nn.Module:
+) -> torch.nn.Sequential:
     """A small MLP classifier ``x -> class logits`` trained on labelled data (full-batch Adam), for sample scores."""
     gen = torch.Generator().manual_seed(seed)
     num_classes = int(labels.max()) + 1
@@ -331,3 +331,33 @@ def classifier_scores(classifier: torch.nn.Module, samples: torch.Tensor, min_sh
     kl = (probs * (probs.clamp_min(1e-30).log() - marginal.clamp_min(1e-30).log())).sum(-1)
     share = torch.bincount(probs.argmax(-1), minlength=probs.shape[-1]).double() / probs.shape[0]
     return {"inception_score": float(kl.mean().exp()), "class_coverage": float((share >= min_share).sum())}
+
+
+@torch.no_grad()
+def label_accuracy(guide: Callable, rows: Data, chunk: int = 1000) -> float:
+    """How often a semi-supervised guide's proposal for a partially observed label picks the true class.
+
+    ``rows`` are ``(x, y, labelled)`` columns (one-hot ``y``, a boolean mask, as in
+    :class:`~ppdgm.models.SemiSupervisedVAE`); every row is shown to the guide as unlabelled, and its
+    ``<label>_unobserved`` site's most probable class is compared with ``y``.
+    """
+    from ppdgm.batch import Batch
+
+    if not isinstance(rows, Batch):
+        raise UsageError("label_accuracy needs data columns (x, y, labelled)")
+    masks = [k for k, c in rows.items() if c is not None and c.dtype == torch.bool]
+    if len(masks) != 1:
+        raise UsageError(f"label_accuracy needs one boolean mask column, found {len(masks)} in {rows.describe()}")
+    correct, total = 0.0, 0
+    for part in rows.split(chunk):
+        hidden = part.replace({masks[0]: torch.zeros_like(part.get(masks[0]))})
+        with poutine.trace() as tracer, poutine.block(hide_types=["param"]):
+            guide(*hidden.args, **hidden.kwargs)
+        sites = [s for n, s in tracer.trace.nodes.items() if n.endswith("_unobserved") and s["type"] == "sample"]
+        if not sites:
+            raise UsageError("the guide has no '<site>_unobserved' sample site (a partially observed label)")
+        probs = sites[0]["fn"].probs  # type: ignore[attr-defined]
+        labels = next(c for _, c in part.items() if c is not None and c.shape[1:] == probs.shape[-1:])
+        correct += float((probs.argmax(-1) == labels.argmax(-1)).double().sum())
+        total += len(part)
+    return correct / total

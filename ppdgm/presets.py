@@ -13,13 +13,17 @@ from ppdgm.models import (
     DBN,
     RBM,
     BernoulliMLPModel,
+    ConvGenerator,
+    ConvVAE,
     CycleTranslators,
     DCGANGenerator,
     LinearGaussianModel,
     MLPGenerator,
     PixelCNN,
+    SemiSupervisedVAE,
     SigmoidBeliefNet,
 )
+from ppdgm.models.convolutional import image_shape_of
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,27 @@ def _mlp_gan(
 
 def _dcgan(x_dim: int, z_dim: int, hidden: Sequence[int]) -> tuple[Callable, Callable]:
     return DCGANGenerator(z_dim, _side(x_dim, "dcgan")), GaussianMLPEncoder(x_dim, z_dim, hidden, "relu")
+
+
+def _conv_gan(
+    x_dim: int, z_dim: int, channels: Sequence[int], classes: int, image_shape: Sequence[int] | None
+) -> tuple[Callable, None]:
+    shape = tuple(image_shape) if image_shape else image_shape_of(x_dim)
+    return ConvGenerator(shape, z_dim, channels, classes), None
+
+
+def _conv_vae(
+    x_dim: int, z_dim: int, channels: Sequence[int], likelihood: str, classes: int, image_shape: Sequence[int] | None
+) -> tuple[Callable, Callable]:
+    vae = ConvVAE(tuple(image_shape) if image_shape else image_shape_of(x_dim), z_dim, channels, likelihood, classes)
+    return vae.model, vae.guide
+
+
+def _semi_supervised(
+    x_dim: int, classes: int, z_dim: int, hidden: Sequence[int], classification_weight: float
+) -> tuple[Callable, Callable]:
+    m2 = SemiSupervisedVAE(x_dim, classes, z_dim, hidden, classification_weight)
+    return m2.model, m2.guide
 
 
 def _side(x_dim: int, name: str) -> int:
@@ -135,6 +160,24 @@ MODELS: dict[str, Preset] = {
         "to the matching convolutional discriminator",
         _dcgan,
         {"z_dim": 64, "hidden": (256,)},
+    ),
+    "conv-gan": Preset(
+        "DCGAN generator/discriminator for (C, H, W) images (1 or 3 channels, inferred from the row size, or "
+        "image_shape); classes > 0: class-conditional on one-hot labels (data columns x,y); method gan/iwgan",
+        _conv_gan,
+        {"z_dim": 64, "channels": (128, 64), "classes": 0, "image_shape": None},
+    ),
+    "conv-vae": Preset(
+        "convolutional VAE for (C, H, W) images, Bernoulli (binary) or discretized-logistic (8-bit) pixels; "
+        "classes > 0: class-conditional (data columns x,y)",
+        _conv_vae,
+        {"z_dim": 32, "channels": (32, 64), "likelihood": "bernoulli", "classes": 0, "image_shape": None},
+    ),
+    "semi-supervised-vae": Preset(
+        "Kingma et al. (2014) M2 for binary images: labels partially observed (data columns x,y,labelled), the "
+        "guide's q(y|x) the classifier; vae sums the missing labels out, aavae is the adversary-activated SVAE",
+        _semi_supervised,
+        {"classes": 10, "z_dim": 16, "hidden": (256,), "classification_weight": 64.0},
     ),
     "sbn": Preset(
         "sigmoid belief net (binary latents, layers from the data up) + MLP Bernoulli recognition per layer",

@@ -42,6 +42,17 @@ from ppdgm.handlers import unconstrained_params
 from ppdgm.method import Engine, Method, get_method, positive_int
 from ppdgm.precision import autocast, check_precision
 from ppdgm.programs import ProgramPair
+from ppdgm.streams import (
+    RowTransform,
+    TensorSource,
+    as_source,
+    epoch_order,
+    get_transform,
+    is_stream,
+    materialize,
+    noise_key,
+    rank_rows,
+)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 Callback = Callable[["Run", dict], Any]
@@ -117,12 +128,7 @@ class EpochBatches:
         return math.ceil(self.num_rows / self.batch_size)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        if self.shuffle:
-            gen = torch.Generator(device="cpu").manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(self.num_rows, generator=gen, device="cpu")
-        else:
-            order = torch.arange(self.num_rows, device="cpu")
-        yield from order.split(self.batch_size)
+        yield from epoch_order(self.num_rows, self.batch_size, self.seed, self.epoch, self.shuffle)
 
 
 @dataclass
@@ -230,12 +236,14 @@ def _move_programs(
 def fit(
     model: Callable,
     guide: Callable | None,
-    data: str | Dataset | torch.Tensor,
+    data: Any,
     method: str | Method = "vae",
     *,
     epochs: int | None = None,
     steps: int | None = None,
-    batch_size: int = 100,
+    batch_size: int | None = None,
+    shuffle: bool | None = None,
+    transform: str | RowTransform | None = None,
     lr: float | Mapping[str, float] = 1e-3,
     optimizer: Any = "adam",
     optimizer_options: Mapping[str, Any] | None = None,
@@ -243,6 +251,7 @@ def fit(
     seed: int = 0,
     callbacks: Sequence[Callback] = (),
     checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int | None = None,
     resume: bool | str = True,
     validate_every: int = 1,
     obs_site: str | None = None,
@@ -261,16 +270,22 @@ def fit(
     Args:
         model, guide: Pyro programs, called with each batch as ``SVI.step`` calls them (``model(x)``,
             ``model(*columns)``, ``model(**columns)``, see :mod:`ppdgm.programs`); ``guide=None``: guide-less methods
-        data: a data set name, a :class:`~ppdgm.data.Dataset`, a tensor of rows, or a tuple/dict of columns.
+        data: a data set name, a :class:`~ppdgm.data.Dataset`, a tensor of rows, a tuple/dict of columns, or a
+            torch ``Dataset``, ``IterableDataset`` or ``DataLoader`` (read in minibatches, see :mod:`ppdgm.streams`).
         method: a registered name (``ppdgm.available_methods()``) or a :class:`~ppdgm.method.Method`;
             ``method_options`` go to its constructor.
         epochs, steps: the budget (default 10 epochs); with ``steps`` the last epoch may be partial.
-        batch_size: the (global) minibatch size.
+        batch_size: the (global) minibatch size (default: a DataLoader's own, else 100).
+        shuffle: a fresh seeded order every epoch (default: a DataLoader's own setting, else ``True``); an
+            IterableDataset keeps its own order.
+        transform: ``"binarize"`` (dynamic binarization), ``"dequantize"`` or a
+            :class:`~ppdgm.streams.RowTransform`, applied to each batch's first column (default: the data set's).
         lr, optimizer, optimizer_options: each a value or a mapping from player name (``"model"``...) to one.
         device, seed: ``"cpu"``, ``"cuda"``, ``"auto"``...; ``seed`` seeds every generator and the data order.
         callbacks: ``callback(run, record)`` after every epoch; returning ``True`` stops training.
         checkpoint_dir, resume: a checkpoint after every epoch; ``resume=True`` continues one written with the
             same settings (a longer budget is fine), ``"override"`` with this call's (docs/reliability.md).
+        checkpoint_every: also a checkpoint every N steps inside an epoch (resumed mid-epoch, bit for bit).
         validate_every: the method's objective on the validation split every N epochs (0: never).
         obs_site, data_plate: only to pick among several observed sites / plates of the batch's size.
         data_dir: where named data sets are read from.
@@ -289,22 +304,37 @@ def fit(
     _check_fit_arguments(seed, log_every, validate_every, callbacks, checkpoint_dir, progress, validate, skip_nonfinite)
     if resume not in (True, False, "override"):
         raise UsageError(f"resume must be True, False or 'override', got {resume!r}")
+    if checkpoint_every is not None:
+        positive_int("checkpoint_every", checkpoint_every)
+    if shuffle is not None and not isinstance(shuffle, bool):
+        raise UsageError(f"shuffle must be True or False, got {shuffle!r}")
     method_obj = get_method(method, **method_options)
     resolve_schedule(lr_schedule, 1)  # a bad name fails before any data is read
     if method_obj.requires_guide and guide is None:
         raise UsageError(f"method {method_obj.name!r} needs a guide; got guide=None")
     dataset = as_dataset(data, data_dir)
-    if isinstance(dataset.train, Batch) and not method_obj.accepts_columns:
+    source = as_source(dataset.train)
+    transform = get_transform(transform) if transform is not None else dataset.transform
+    if batch_size is None:
+        batch_size = source.preferred_batch_size or 100
+    shuffle = shuffle if shuffle is not None else source.shuffle if source.shuffle is not None else True
+    budget = Budget.of(source.num_rows, epochs, steps, batch_size)
+    first = _transformed(source.head(budget.batch_size), transform, seed)
+    if isinstance(first, Batch) and not method_obj.accepts_columns:
         raise UsageError(f"method {method_obj.name!r} trains on a single tensor of rows, not on data columns")
-    budget = Budget.of(rows_of(dataset.train), epochs, steps, batch_size)
     dev, ctx = _training_device(device)
     check_precision(precision, dev)
     config = _config(method_obj, dataset, budget, lr, optimizer, seed, dev, obs_site, lr_schedule, ctx, precision)
-    config["optimizer_options"] = _plain(optimizer_options)
+    config.update(
+        optimizer_options=_plain(optimizer_options),
+        shuffle=shuffle,
+        transform=None if transform is None else repr(transform),
+        source=source.name,
+    )
     loop = TrainingLoop(
         budget, seed, tuple(callbacks), None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME,
         resume, validate_every, progress and distributed.is_main(), log_every, validate,
-        resolve_schedule(lr_schedule, budget.num_epochs), precision,
+        resolve_schedule(lr_schedule, budget.num_epochs), precision, shuffle, transform, checkpoint_every,
     )  # fmt: skip
     pyro.set_rng_seed(seed)
     programs = ProgramPair(
@@ -312,7 +342,7 @@ def fit(
     )
     store = pyro.get_param_store()
     with store.scope() as scope_state:
-        _inspect(programs, method_obj, dataset, budget.batch_size)
+        _inspect(programs, method_obj, dataset, first, transform, seed)
         config["obs_site"] = programs.obs_site
         engine = _engine(programs, method_obj, dev, ctx, optimizer, lr, optimizer_options)
         engine.skip_nonfinite = skip_nonfinite
@@ -349,25 +379,32 @@ def _check_fit_arguments(
 
 @dataclass(frozen=True)
 class Budget:
-    """How long a fit trains: minibatch size, batches per epoch, total steps."""
+    """How long a fit trains: minibatch size, batches per epoch (``None``: a stream of unknown length), total steps."""
 
     batch_size: int
-    batches_per_epoch: int
+    batches_per_epoch: int | None
     total_steps: int
 
     @classmethod
-    def of(cls, num_rows: int, epochs: int | None, steps: int | None, batch_size: int) -> Budget:
+    def of(cls, num_rows: int | None, epochs: int | None, steps: int | None, batch_size: int) -> Budget:
         """From ``epochs`` or ``steps`` (default 10 epochs), each checked."""
         if epochs is not None and steps is not None:
             raise UsageError("give epochs or steps, not both")
         batch_size = positive_int("batch_size", batch_size)
+        if num_rows is None:
+            if steps is None:
+                raise UsageError("an IterableDataset without __len__ has no epoch length: give steps=N")
+            return cls(batch_size, None, positive_int("steps", steps))
         per_epoch = math.ceil(num_rows / batch_size)
         if steps is not None:
             return cls(batch_size, per_epoch, positive_int("steps", steps))
         return cls(batch_size, per_epoch, positive_int("epochs", 10 if epochs is None else epochs) * per_epoch)
 
     @property
-    def num_epochs(self) -> int:
+    def num_epochs(self) -> int | None:
+        """Epochs the budget spans (``None`` for a stream of unknown length: passes until the steps are done)."""
+        if self.batches_per_epoch is None:
+            return None
         return math.ceil(self.total_steps / self.batches_per_epoch)
 
 
@@ -428,9 +465,28 @@ def _training_device(device: str | torch.device) -> tuple[torch.device, distribu
     return dev, ctx
 
 
-def _inspect(programs: ProgramPair, method: Method, dataset: Dataset, batch_size: int) -> None:
-    """Inspect the pair on the first batch, check every split's data, and let the method check the pair."""
-    programs.inspect_data(dataset.train[:batch_size], (dataset.split(s) for s in ("train", "valid", "test")))
+def _transformed(rows: Data, transform: RowTransform | None, seed: int) -> Data:
+    """Rows as the programs see them: with the data set's random transform drawn once (inspection, checks)."""
+    if transform is None:
+        return rows
+    return transform(rows, noise_key(seed, -1, 0), slice(None), rows_of(rows))
+
+
+def _inspect(
+    programs: ProgramPair, method: Method, dataset: Dataset, first: Data, transform: RowTransform | None, seed: int
+) -> None:
+    """Inspect the pair on the first batch, check the data, and let the method check the pair.
+
+    Rows in memory are checked whole; a split read in minibatches (a torch data set) is checked on its first
+    batch (the rest is checked as it is read: non-finite losses stop training, naming the site).
+    """
+    splits = []
+    for name in ("train", "valid", "test"):
+        split = dataset.split(name)
+        if split is not None:
+            limit = rows_of(first) if is_stream(split) else None
+            splits.append(materialize(split, limit, transform=transform, seed=seed))
+    programs.inspect_data(first, splits)
     method.check_programs(programs)
     method.setup(programs)
 
@@ -486,12 +542,15 @@ class TrainingLoop:
     validate: bool
     schedule: Callable[[int], float] | None
     precision: str
+    shuffle: bool = True
+    transform: RowTransform | None = None
+    checkpoint_every: int | None = None
 
     def run(self, run: Run) -> None:
         """Train ``run`` from its checkpoint (when resuming) to the end of the budget or a callback's stop."""
-        start_epoch, step = 0, 0
+        start_epoch, step, partial = 0, 0, None
         if self.checkpoint is not None and self.resume and self.checkpoint.exists():
-            start_epoch, step = _restore(run, self.checkpoint, self.resume == "override")
+            start_epoch, step, partial = _restore(run, self.checkpoint, self.resume == "override")
         interactive = sys.stderr.isatty()
         bar = tqdm(
             total=self.budget.total_steps,
@@ -504,30 +563,34 @@ class TrainingLoop:
         )
         epoch = _Epoch(self, run, bar)
         try:
-            for index in range(start_epoch, self.budget.num_epochs):
+            for index in range(start_epoch, self.budget.num_epochs or sys.maxsize):
                 if step >= self.budget.total_steps:
                     break
-                record = epoch.train(index, step)
+                record = epoch.train(index, step, partial)
+                partial = None
                 step = record["step"]
                 run.history.append(record)
                 run.seconds += record["seconds"]
                 bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k.startswith(("train_", "valid_"))})
                 if self.progress and not interactive:  # a log file: one line per epoch, no bar redraws
                     values = " ".join(f"{k}={v:.4g}" for k, v in record.items() if k.startswith(("train_", "valid_")))
+                    of = self.budget.num_epochs or "?"
                     print(
-                        f"{run.method.name} epoch {record['epoch']}/{self.budget.num_epochs} step {step}: {values}",
+                        f"{run.method.name} epoch {record['epoch']}/{of} step {step}: {values}",
                         file=sys.stderr,
                         flush=True,
                     )
-                if self.checkpoint is not None:
+                if self.checkpoint is not None:  # an epoch cut short by the budget is continued by a longer one
+                    unfinished = epoch.unfinished
                     if distributed.is_main():
-                        _save_checkpoint(run, self.checkpoint, index + 1, step)
+                        _save_checkpoint(run, self.checkpoint, index + (unfinished is None), step, unfinished)
                     epoch.shards.barrier()
                 if any(cb(run, record) is True for cb in self.callbacks):
                     break
         except KeyboardInterrupt as interrupt:
             bar.close()
-            where = f"; the checkpoint in {self.checkpoint.parent} resumes it" if self.checkpoint is not None else ""
+            saved = self.checkpoint is not None and self.checkpoint.exists()
+            where = f"; the checkpoint in {self.checkpoint.parent} resumes it" if saved else ""
             raise TrainingInterrupted(f"interrupted after {len(run.history)} complete epoch(s){where}") from interrupt
         bar.close()
 
@@ -537,33 +600,41 @@ class _Epoch:
 
     def __init__(self, loop: TrainingLoop, run: Run, bar: Any) -> None:
         self.loop, self.run, self.bar = loop, run, bar
-        self.train_x = run.dataset.train.to(run.device)
-        self.valid_x = run.dataset.valid.to(run.device)
-        self.batches = EpochBatches(rows_of(self.train_x), loop.budget.batch_size, loop.seed)
+        train, valid = run.dataset.train, run.dataset.valid
+        self.source = TensorSource(train.to(run.device)) if not is_stream(train) else as_source(train)
+        self.valid = valid.to(run.device) if valid is not None and not is_stream(valid) else valid
         self.shards = _Shards(run.programs, run.engine)
         self.first_step = True
+        self.unfinished: dict | None = None  # the progress of an epoch the budget ended inside
 
-    def train(self, epoch: int, step: int) -> dict:
+    def train(self, epoch: int, step: int, partial: dict | None = None) -> dict:
+        """Train epoch ``epoch`` from step ``step`` (from ``partial``'s position when resuming mid-epoch)."""
         loop, run, dev = self.loop, self.run, self.run.device
-        method, engine, shards = run.method, run.engine, self.shards
-        self.batches.set_epoch(epoch)
+        method, engine, shards, transform = run.method, run.engine, self.shards, loop.transform
         if loop.schedule is not None:
             engine.scale_learning_rates(loop.schedule(epoch))
         sums: dict[str, torch.Tensor] = {}
         counts: dict[str, torch.Tensor] = {}
         skipped_before = engine.skipped_updates
-        count, checked = 0, step
-        tic = time.perf_counter()
+        count, checked, start, seconds = 0, step, 0, 0.0
+        if partial is not None:
+            sums, counts = _to_device(partial["sums"], dev), _to_device(partial["counts"], dev)
+            count, start, seconds = partial["count"], partial["position"], partial["seconds"]
+            skipped_before -= partial["skipped"]
+        tic = time.perf_counter() - seconds
+        batch: Data | None = None
+        self.unfinished, position = None, start - 1
         with _device_context(dev):
-            for index in self.batches:
-                if step >= loop.budget.total_steps:
-                    break
+            batches = self.source.batches(epoch, loop.budget.batch_size, loop.seed, loop.shuffle, start)
+            for position, (n, batch) in enumerate(batches, start):
+                batch = batch.to(dev)
+                if transform is not None:
+                    batch = transform(batch, noise_key(loop.seed, epoch, position), rank_rows(n), n)
                 with (
                     pyro.validation_enabled(loop.validate or self.first_step),
-                    shards.take(index.shape[0]) as rows,
+                    shards.take(n),
                     autocast(dev, loop.precision),
                 ):
-                    batch = self.train_x[index[rows].to(dev)]
                     metrics = method.step(engine, batch)
                 self.first_step = False
                 if shards.weight != 1.0:
@@ -582,7 +653,19 @@ class _Epoch:
                     checked = self._check(sums, batch, checked, step, params=False)
                     if loop.progress:
                         self.bar.set_postfix({k: f"{(v / count).item():.3f}" for k, v in sums.items()}, refresh=False)
-            if count:
+                if step >= loop.budget.total_steps:
+                    break
+                if loop.checkpoint is not None and loop.checkpoint_every and step % loop.checkpoint_every == 0:
+                    checked = self._check(sums, batch, checked, step, params=True)
+                    progress = self._progress(position, count, tic, skipped_before, sums, counts)
+                    if distributed.is_main():
+                        _save_checkpoint(run, loop.checkpoint, epoch, step, progress)
+                    shards.barrier()
+            per_epoch = loop.budget.batches_per_epoch
+            if step >= loop.budget.total_steps and (per_epoch is None or position + 1 < per_epoch):
+                self.unfinished = self._progress(position, count, tic, skipped_before, sums, counts)
+                self.unfinished["recorded"] = True  # the history holds this epoch's record so far
+            if count and batch is not None:
                 self._check(sums, batch, checked, step, params=True)
             record = {"epoch": epoch + 1, "step": step, "seconds": time.perf_counter() - tic}
             if counts:
@@ -593,10 +676,32 @@ class _Epoch:
             else:
                 means = shards.mean(list(sums.values()), count)
             record.update(zip((f"train_{k}" for k in sums), means))
-            if rows_of(self.valid_x) and loop.validate_every and (epoch + 1) % loop.validate_every == 0:
-                objective = validation_objective(method, run.programs, self.valid_x, shards)
-                record[f"valid_{method.objective_name}"] = objective
+            if self.valid is not None and loop.validate_every and (epoch + 1) % loop.validate_every == 0:
+                objective = validation_objective(
+                    method, run.programs, self.valid, shards, transform=transform, seed=loop.seed
+                )
+                if objective is not None:
+                    record[f"valid_{method.objective_name}"] = objective
         return record
+
+    def _progress(
+        self,
+        position: int,
+        count: int,
+        tic: float,
+        skipped_before: int,
+        sums: dict[str, torch.Tensor],
+        counts: dict[str, torch.Tensor],
+    ) -> dict:
+        """The state within an epoch that a mid-epoch checkpoint saves (see :meth:`train` for its use)."""
+        return {
+            "position": position + 1,
+            "count": count,
+            "seconds": time.perf_counter() - tic,
+            "skipped": self.run.engine.skipped_updates - skipped_before,
+            "sums": self.shards.shared(sums),
+            "counts": self.shards.shared(counts),
+        }
 
     def _check(self, sums: dict[str, torch.Tensor], batch: Data, checked: int, step: int, params: bool) -> int:
         """Raise :class:`TrainingDiverged` when a metric (or, with ``params``, a parameter) is not finite."""
@@ -610,20 +715,34 @@ class _Epoch:
 
 @torch.no_grad()
 def validation_objective(
-    method: Method, programs: ProgramPair, x: Data, shards: _Shards | None = None, batch_size: int = 500
-) -> float:
-    """Mean of the method's per-datapoint objective over ``x`` (one host read at the end).
+    method: Method,
+    programs: ProgramPair,
+    x: Any,
+    shards: _Shards | None = None,
+    batch_size: int = 500,
+    transform: RowTransform | None = None,
+    seed: int = 0,
+) -> float | None:
+    """Mean of the method's per-datapoint objective over ``x`` (one host read at the end); ``None`` with no rows.
 
-    In a distributed fit (``shards``) every rank scores its block of each chunk and the sums are added up.
+    ``x`` is rows in memory or a torch data set (read in chunks, ``transform`` drawn once per ``seed``). In a
+    distributed fit (``shards``) every rank scores its block of each chunk and the sums are added up.
     """
     shards = shards or _Shards(programs, None)
-    total = None
+    device = next((p.device for p in unconstrained_params().values()), None)
+    total, rows = None, 0
     with pyro.validation_enabled(False):
-        for chunk in x.split(batch_size):
-            with shards.take(rows_of(chunk), weigh=False) as rows:
-                part = method.objective(programs, chunk[rows]).sum()
+        for i, (n, chunk) in enumerate(as_source(x).chunks(batch_size)):
+            chunk = chunk.to(device) if device is not None else chunk
+            if transform is not None:
+                chunk = transform(chunk, noise_key(seed, -1, i), rank_rows(n), n)
+            with shards.take(n, weigh=False):
+                part = method.objective(programs, chunk).sum()
             total = part * shards.share if total is None else total + part * shards.share
-    return (distributed.all_reduce_sum(total) / rows_of(x)).item()
+            rows += n
+    if total is None:
+        return None
+    return (distributed.all_reduce_sum(total) / rows).item()
 
 
 class _Shards:
@@ -674,6 +793,14 @@ class _Shards:
         if weigh and self.sync is not None:
             self.sync.weight = weight
 
+    def shared(self, sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Metric sums over the ranks, divided by their number: what each rank restores from a mid-epoch checkpoint
+        (so that the epoch's all-reduced means come out as if never interrupted)."""
+        if self.world_size == 1 or not sums:
+            return {k: v.detach().cpu() for k, v in sums.items()}
+        stacked = distributed.all_reduce_sum(torch.stack([v.detach().double() for v in sums.values()]))
+        return {k: (v / self.world_size).to(sums[k].dtype).cpu() for k, v in zip(sums, stacked)}
+
     def mean(self, values: list[torch.Tensor], count: int) -> list[float]:
         """Per-step metric sums → their means over steps and ranks, read to the host in one go."""
         if not values:
@@ -687,11 +814,18 @@ class _Shards:
             torch.distributed.barrier()
 
 
-def _save_checkpoint(run: Run, path: Path, epoch: int, step: int) -> None:
+def _to_device(tensors: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in tensors.items()}
+
+
+def _save_checkpoint(run: Run, path: Path, epoch: int, step: int, partial: dict | None) -> None:
+    """Write the training state; ``partial`` is the progress within epoch ``epoch`` (``None`` at an epoch's end,
+    where ``epoch`` counts the completed epochs)."""
     checkpoints.save(
         {
             "epoch": epoch,
             "step": step,
+            "partial": partial,
             "engine": run.engine.state_dict(),
             "method": run.method.state_dict(),
             "rng": checkpoints.rng_state(),
@@ -704,12 +838,15 @@ def _save_checkpoint(run: Run, path: Path, epoch: int, step: int) -> None:
 
 
 #: what a checkpoint must agree on with the fit that resumes it (the run would be another run otherwise)
-_FIXED = ("method", "method_options", "data", "columns", "obs_site", "batch_size", "seed", "optimizer")
+_FIXED = (
+    "method", "method_options", "data", "columns", "obs_site", "batch_size", "seed", "optimizer", "shuffle",
+    "transform",
+)  # fmt: skip
 #: training settings a resumed fit may change with ``resume="override"`` (the new values then apply)
 _OVERRIDABLE = ("lr", "optimizer_options", "lr_schedule", "precision")
 
 
-def _restore(run: Run, path: Path, override: bool) -> tuple[int, int]:
+def _restore(run: Run, path: Path, override: bool) -> tuple[int, int, dict | None]:
     state = checkpoints.load(path, "checkpoint", "delete it, or pass resume=False (CLI: a new --out), to start fresh")
     saved, current = state["config"], run.config
     fixed = [k for k in _FIXED if saved.get(k) != current.get(k)]
@@ -733,4 +870,7 @@ def _restore(run: Run, path: Path, override: bool) -> tuple[int, int]:
     checkpoints.set_rng_state(state["rng"])
     run.history[:] = state["history"]
     run.seconds = state["seconds"]
-    return state["epoch"], state["step"]
+    partial = state.get("partial")
+    if partial is not None and partial.get("recorded"):  # the budget ended inside this epoch: continue its record
+        run.seconds -= run.history.pop()["seconds"]
+    return state["epoch"], state["step"], partial

@@ -41,7 +41,7 @@ FIT_COUNTS = [
     (f"{name}={value!r}", {name: value}, rf"{name} must be a positive integer")
     for name in ("epochs", "steps", "batch_size", "log_every")
     for value in BAD_NUMBERS
-    if not (value is None and name in ("epochs", "steps"))
+    if not (value is None and name in ("epochs", "steps", "batch_size"))
 ]
 FIT_OTHER = [
     ("both epochs and steps", {"epochs": 1, "steps": 2}, "give epochs or steps, not both"),
@@ -214,7 +214,7 @@ SPECS = [
     ("repeated seeds", _spec(seeds=[1, 1]), r"seeds: repeated seeds"),
     ("an unknown data set", _spec(data__name="nope"), r"data.name: unknown data set 'nope'"),
     ("an unknown model", _spec(model__preset="nope"), r"model.preset: unknown model 'nope'"),
-    ("an unknown metric", _spec(evaluation__metrics=["fid"]), r"evaluation.metrics: unknown \['fid'\]"),
+    ("an unknown metric", _spec(evaluation__metrics=["fidelity"]), r"evaluation.metrics: unknown \['fidelity'\]"),
     ("an unknown method", _spec(methods=[{"name": "gann"}]), r"methods\[0\]: unknown method 'gann'"),
     ("no methods", _spec(methods=[]), r"methods: must be a non-empty list"),
     ("a bad method option", _spec(methods=[{"name": "iwae", "options": {"num_particles": 0}}]), r"num_particles"),

@@ -79,7 +79,7 @@ def test_a_bad_spec_names_every_bad_field_and_runs_nothing(tmp_path):
     raw["data"] = {"name": "mnist-typo"}
     raw["budget"] = {"epochs": "ten", "batch_size": 100}
     raw["methods"] = [{"name": "gann"}, {"name": "iwae", "options": {"num_particles": 0}}]
-    raw["evaluation"]["metrics"] = ["log_likelihood", "fid"]
+    raw["evaluation"]["metrics"] = ["log_likelihood", "fidelity"]
     raw["colour"] = "blue"
     raw["reference"] = {"metric": "elbo", "source": "a paper", "values": {"iwae k=7": -80.0}}
     with pytest.raises(SpecError) as err:
@@ -91,7 +91,7 @@ def test_a_bad_spec_names_every_bad_field_and_runs_nothing(tmp_path):
         "budget.epochs: must be a positive integer, got 'ten'",
         "methods[0]: unknown method 'gann'",
         "methods[1]: num_particles must be a positive integer",
-        "evaluation.metrics: unknown ['fid']",
+        "evaluation.metrics: unknown ['fidelity']",
         "colour: unknown field",
         "reference.values: labels ['iwae k=7'] are no method's label",
     ):
@@ -244,7 +244,7 @@ def test_typos_inside_spec_sections_are_named_with_a_suggestion(tmp_path):
     assert "budget.batchsize: unknown field; did you mean 'batch_size'?" in message
     assert "evaluation.num_sample: unknown field; did you mean 'num_samples'?" in message
     assert "methods[0].optoins: unknown field; did you mean 'options'?" in message
-    assert "data.path: unknown field (known: name, dir)" in message
+    assert "data.path: unknown field (known: name, dir, columns, labelled, transform)" in message
 
 
 def test_a_shipped_preset_is_printed_copied_edited_and_read_back(tmp_path, capsys):

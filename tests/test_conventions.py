@@ -109,8 +109,8 @@ def test_bad_budget_and_method_options_are_named():
         ppdgm.fit(model, guide, "digits-binary", "iwae", guide_gradient="dregs")
     with pytest.raises(ValueError, match="method 'vae' needs a guide"):
         ppdgm.fit(model, None, "digits-binary", "vae")
-    with pytest.raises(ValueError, match="unknown data set 'mnist'; known:"):
-        ppdgm.fit(model, guide, "mnist", "vae")
+    with pytest.raises(ValueError, match="unknown data set 'emnist'; known:"):
+        ppdgm.fit(model, guide, "emnist", "vae")
 
 
 def test_dreg_refuses_non_reparameterised_latents():

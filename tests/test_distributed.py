@@ -16,6 +16,7 @@ import torch
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp
 from torch import nn
+from torch.utils.data import TensorDataset
 
 import ppdgm
 from ppdgm.data import Dataset, load_digits
@@ -30,6 +31,7 @@ CASES = {  # case: (method, model, method options)
     "rws": ("rws", "sbn", {"num_particles": 3}),
     "gan": ("gan", "gan-image", {}),
     "iwae-global-latent": ("iwae", "global", {"num_particles": 3}),
+    "vae-dataset-binarized": ("vae", "vae-mlp", {"transform": "binarize"}),  # a torch Dataset, read per rank
 }
 
 
@@ -85,6 +87,11 @@ def _train(case: str, checkpoint_dir: str | None = None, steps: int = STEPS) -> 
     pyro.clear_param_store()
     data = _small_digits()
     method, preset, options = CASES[case]
+    if case.endswith("-dataset-binarized"):  # grey rows from a torch Dataset, binarized afresh every epoch
+        grey = load_digits().train[:ROWS].double()
+        data = dataclasses.replace(
+            data, train=TensorDataset(grey), valid=TensorDataset(load_digits().valid[:37].double())
+        )
     torch.manual_seed(1)
     model, guide = _pair(preset, data.dim)
     run = ppdgm.fit(

@@ -86,10 +86,12 @@ def _launch_distributed(spec: Spec, method_index: int, seed: int, folder: Path, 
 def _train_and_evaluate(spec: Spec, method: MethodSpec, seed: int, folder: Path, tensorboard: bool) -> dict:
     import ppdgm
     from ppdgm import distributed
-    from ppdgm.sampling import generate, save_image_grid
+    from ppdgm.sampling import generate, sample, save_image_grid
+    from ppdgm.streams import get_transform
 
     done = folder / RESULT
-    dataset = ppdgm.data.load(spec.data, spec.data_dir)
+    dataset = ppdgm.data.load(spec.data, spec.data_dir, **spec.data_options)
+    dataset.transform = get_transform(spec.transform)  # training batches and the evaluation splits alike
     torch.manual_seed(seed)  # the same initial networks for every method of a seed
     model, guide = build_pair(spec, dataset.dim)
     config = {
@@ -134,7 +136,7 @@ def _train_and_evaluate(spec: Spec, method: MethodSpec, seed: int, folder: Path,
     run.save(folder / "params.pt")
     run.save_history(folder / "history.csv")
     torch.manual_seed(seed)
-    test = dataset.test if spec.test_size is None else dataset.test[: spec.test_size]
+    test = dataset.rows("test", spec.test_size, seed)
     metrics, stderr = evaluate_run(spec, model, guide, test, run.history)
     if "objective" in spec.metrics:  # the method's own objective on the test split (e.g. -cycle error)
         from ppdgm.train import validation_objective
@@ -143,7 +145,7 @@ def _train_and_evaluate(spec: Spec, method: MethodSpec, seed: int, folder: Path,
             metrics["objective"] = validation_objective(run.method, run.programs, test.to(run.device))
     torch.manual_seed(seed)
     if dataset.image_shape is not None:
-        save_image_grid(generate(model, 64), dataset.image_shape, folder / "samples.png")
+        save_image_grid(sample(run, 64, mean=True), dataset.image_shape, folder / "samples.png")
     elif dataset.dim == 2:
         np.save(folder / "samples.npy", generate(model, 1000, mean=False).reshape(1000, 2).cpu().numpy())
     result = {

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ppdgm.compare.metrics import CLASSIFIER_METRICS, METRICS, MIXTURE_METRICS
+from ppdgm.compare.metrics import CLASSIFIER_METRICS, LABELLED_DATA, METRICS, MIXTURE_METRICS
 from ppdgm.errors import PpdgmError
 
 
@@ -56,6 +56,9 @@ class Spec:
     optimizer_options: dict[str, Any] = field(default_factory=dict)
     test_size: int | None = None
     reference: dict[str, Any] = field(default_factory=dict)
+    data_options: dict[str, Any] = field(default_factory=dict)
+    transform: str | None = None
+    inception_weights: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -141,15 +144,38 @@ def _seeds(checks: _Checks, seeds: Any) -> list[int]:
 
 def _data(checks: _Checks, raw: Any) -> dict[str, Any]:
     from ppdgm.data import available_datasets
+    from ppdgm.images import COLUMNS
+    from ppdgm.streams import TRANSFORMS
 
-    data = checks.table("data", raw, ("name", "dir"))
+    data = checks.table("data", raw, ("name", "dir", "columns", "labelled", "transform"))
     name = data.get("name")
     if name not in available_datasets():
         checks.add(f"data.name: unknown data set {name!r}; known: {', '.join(available_datasets())}")
     directory = data.get("dir")
     if directory is not None and not isinstance(directory, str):
         checks.add("data.dir: must be a path string")
-    return {"data": name, "data_dir": directory}
+    options: dict[str, Any] = {}
+    columns = data.get("columns", "x")
+    if columns not in COLUMNS:
+        checks.add(f"data.columns: must be one of {list(COLUMNS)}, got {columns!r}")
+    elif columns != "x":
+        if name not in LABELLED_DATA:
+            checks.add(f"data.columns: {name!r} has no labels; labelled sets: {', '.join(LABELLED_DATA)}")
+        options["columns"] = columns
+    labelled = data.get("labelled")
+    if labelled is not None:
+        if columns != "x,y,labelled":
+            checks.add("data.labelled: applies to columns = 'x,y,labelled'")
+        elif isinstance(labelled, bool) or not (
+            (isinstance(labelled, float) and 0 < labelled <= 1) or (isinstance(labelled, int) and labelled > 0)
+        ):
+            checks.add(f"data.labelled: a fraction in (0, 1] or a count per class, got {labelled!r}")
+        else:
+            options["labelled"] = labelled
+    transform = data.get("transform")
+    if transform is not None and transform not in TRANSFORMS:
+        checks.add(f"data.transform: unknown {transform!r}; known: {', '.join(TRANSFORMS)}")
+    return {"data": name, "data_dir": directory, "data_options": options, "transform": transform}
 
 
 def _model(checks: _Checks, raw: Any) -> dict[str, Any]:
@@ -199,7 +225,10 @@ def _budget(checks: _Checks, raw: Any) -> dict[str, Any]:
 
 
 def _evaluation(checks: _Checks, raw: Any, data_name: Any) -> dict[str, Any]:
-    evaluation = checks.table("evaluation", raw, ("metrics", "num_samples", "iwae_k", "test_size"))
+    evaluation = checks.table("evaluation", raw, ("metrics", "num_samples", "iwae_k", "test_size", "inception_weights"))
+    weights = evaluation.get("inception_weights")
+    if weights is not None and not isinstance(weights, str):
+        checks.add("evaluation.inception_weights: must be the path of the Inception-v3 weights file")
     test_size = evaluation.get("test_size")
     if test_size is not None:
         checks.positive_int("evaluation.test_size", test_size)
@@ -212,13 +241,17 @@ def _evaluation(checks: _Checks, raw: Any, data_name: Any) -> dict[str, Any]:
         checks.add(f"evaluation.metrics: unknown {bad}; known: {', '.join(METRICS)}")
     if set(metrics) & set(MIXTURE_METRICS) and data_name not in ("ring8", "grid25"):
         checks.add(f"evaluation.metrics: {list(MIXTURE_METRICS)} need a mixture data set (ring8, grid25)")
-    if set(metrics) & set(CLASSIFIER_METRICS) and data_name not in ("digits", "digits-binary"):
-        checks.add(f"evaluation.metrics: {list(CLASSIFIER_METRICS)} need a labelled data set (digits, digits-binary)")
+    if set(metrics) & set(CLASSIFIER_METRICS) and data_name not in LABELLED_DATA:
+        labelled = ", ".join(LABELLED_DATA)
+        checks.add(f"evaluation.metrics: {list(CLASSIFIER_METRICS)} need a labelled data set ({labelled})")
     num_samples = evaluation.get("num_samples", 1000)
     checks.positive_int("evaluation.num_samples", num_samples)
     iwae_k = evaluation.get("iwae_k", 50)
     checks.positive_int("evaluation.iwae_k", iwae_k)
-    return {"metrics": tuple(metrics), "num_samples": num_samples, "iwae_k": iwae_k, "test_size": test_size}
+    return {
+        "metrics": tuple(metrics), "num_samples": num_samples, "iwae_k": iwae_k, "test_size": test_size,
+        "inception_weights": weights,
+    }  # fmt: skip
 
 
 def _methods(checks: _Checks, raw: Any) -> tuple[MethodSpec, ...]:

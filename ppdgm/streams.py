@@ -1,0 +1,393 @@
+"""Where a fit's minibatches come from: rows in memory, or a torch ``Dataset``, ``DataLoader`` or ``IterableDataset``.
+
+Every source yields, for each step, the number of rows in the *global* minibatch and this process's
+block of it (the whole batch in one process; block ``r`` of the rows on rank ``r`` of a data-parallel
+fit), already converted to what the programs receive: a tensor, or a :class:`~ppdgm.batch.Batch` of
+columns when the items are tuples or dicts (torchvision's ``(image, label)`` pairs included).
+
+The guarantees of in-memory training carry over:
+
+* **Seeded order.** A map-style ``Dataset`` (and a ``DataLoader`` over one) is read in the order
+  ``EpochBatches`` gives: a function of ``(seed, epoch)`` alone, the same permutation an in-memory
+  tensor of the same rows gets, so both train to the same parameters. The loader's own workers,
+  pinned memory, ``collate_fn``, prefetching and timeouts are kept; its sampler is replaced (a
+  ``RandomSampler`` by the seeded permutation, a ``SequentialSampler`` by the rows in order).
+* **Batched reads.** A data set with a ``read_batch(indices)`` method returning the batch's columns (such as
+  :class:`ppdgm.images.ImageSet`) is read one gather per batch when no workers are asked for.
+* **Resume mid-epoch.** A source can start an epoch at any batch: a map-style source skips the
+  first batches' indices without reading them; an ``IterableDataset`` reads and drops them.
+* **Data-parallel.** Each rank reads only its block's indices from a map-style source; from an
+  ``IterableDataset`` each rank reads the global batch and keeps its block (its order is its own).
+* **Random transforms** (:class:`DynamicBinarization`, :class:`Dequantization`) draw their noise from
+  a generator keyed by ``(seed, epoch, batch)`` for the whole global batch, so the draws do not depend on
+  the number of ranks, on workers, on a resume, nor on the training's random state.
+
+Nothing needs the data set in memory: only the batches being read are.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler
+from torch.utils.data import Dataset as TorchDataset
+
+from ppdgm import distributed
+from ppdgm.batch import Batch, Data, as_rows
+from ppdgm.batch import batch_size as rows_of
+from ppdgm.errors import UsageError
+
+#: DataLoader options a stream keeps from a user's loader (its sampler, batch size and shuffle are ppdgm's)
+LOADER_OPTIONS = (
+    "num_workers", "collate_fn", "pin_memory", "timeout", "worker_init_fn", "multiprocessing_context",
+    "prefetch_factor", "persistent_workers", "pin_memory_device", "in_order",
+)  # fmt: skip
+
+
+def rank_rows(n: int) -> slice:
+    """The rows of a global batch of ``n`` this process takes (all of them in one process, or with fewer rows
+    than ranks: see :class:`ppdgm.train._Shards`)."""
+    world = distributed.world_size()
+    if world == 1 or n < world:
+        return slice(None)
+    offset, size = distributed.block(n, distributed.rank(), world)
+    return slice(offset, offset + size)
+
+
+def noise_key(seed: int, epoch: int, batch: int) -> int:
+    """A generator seed for the random transform of one batch (``epoch = -1``: evaluation splits)."""
+    mixed = (seed + 1) * 0x9E3779B97F4A7C15 ^ (epoch + 2) * 0xC2B2AE3D27D4EB4F ^ (batch + 1) * 0x165667B19E3779F9
+    return mixed % (2**63 - 1)
+
+
+def epoch_order(num_rows: int, batch_size: int, seed: int, epoch: int, shuffle: bool) -> list[torch.Tensor]:
+    """The index batches of epoch ``epoch``: a seeded permutation of the rows (or the rows in order), split."""
+    if shuffle:
+        gen = torch.Generator(device="cpu").manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(num_rows, generator=gen, device="cpu")
+    else:
+        order = torch.arange(num_rows, device="cpu")
+    return list(order.split(batch_size))
+
+
+class RowTransform:
+    """A random transform of the first data column, applied to each batch as it is read.
+
+    Subclasses implement :meth:`apply` on rows and uniform noise of the same shape; the noise of a batch
+    is drawn for the whole global batch from ``noise_key(seed, epoch, batch)`` and sliced to this rank's rows.
+    """
+
+    name = "transform"
+
+    def apply(self, rows: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, data: Data, key: int, rows: slice, n: int) -> Data:
+        first = data if torch.is_tensor(data) else next(c for _, c in data.items() if c is not None)
+        gen = torch.Generator(device="cpu").manual_seed(key)
+        if not first.is_floating_point():
+            raise UsageError(f"{self.name} needs floating-point pixel values in [0, 1], got {first.dtype}")
+        uniform = torch.rand((n, *first.shape[1:]), generator=gen, dtype=torch.float32)[rows]
+        out = self.apply(first, uniform.to(first.device, first.dtype))
+        if torch.is_tensor(data):
+            return out
+        key0 = next(k for k, c in data.items() if c is not None)
+        return data.replace({key0: out})
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class DynamicBinarization(RowTransform):
+    """x ~ Bernoulli(pixel intensity), drawn afresh every epoch: the dynamic binarization of Burda et al. (2016).
+
+    Evaluation splits get one fixed draw per seed.
+    """
+
+    name = "binarize"
+
+    def apply(self, rows: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+        return (uniform < rows).to(rows.dtype)
+
+
+class Dequantization(RowTransform):
+    """Uniform dequantization of 8-bit pixels given in [0, 1]: (round(255 x) + u) / 256, u ~ U(0, 1).
+
+    A continuous density on the result relates to the discrete one of the 8-bit values by
+    log P(x_8bit) >= E_u log p((x_8bit + u) / 256) - D log 256 (Theis et al., 2016).
+    """
+
+    name = "dequantize"
+
+    def apply(self, rows: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+        return ((rows * 255).round() + uniform) / 256
+
+
+TRANSFORMS: dict[str, Callable[[], RowTransform]] = {"binarize": DynamicBinarization, "dequantize": Dequantization}
+
+
+def get_transform(transform: str | RowTransform | None) -> RowTransform | None:
+    """A transform from its name (``"binarize"``, ``"dequantize"``), an instance, or ``None``."""
+    if transform is None or isinstance(transform, RowTransform):
+        return transform
+    try:
+        return TRANSFORMS[transform]()
+    except (KeyError, TypeError):
+        raise UsageError(f"unknown transform {transform!r}; known: {', '.join(TRANSFORMS)} or a RowTransform") from None
+
+
+def _read_batches(loader: DataLoader) -> Iterator[Data]:
+    """A loader's batches as ppdgm rows, with a hint when its items do not collate into tensors."""
+    iterator = iter(loader)
+    while True:
+        try:
+            raw = next(iterator)
+        except StopIteration:
+            return
+        except TypeError as err:
+            if "collate" not in str(err):
+                raise
+            raise UsageError(
+                f"the data set's items do not collate into tensors ({err}); add a transform that turns them into "
+                "tensors (e.g. torchvision's ToTensor)"
+            ) from err
+        yield collated(raw)
+
+
+def collated(raw: Any) -> Data:
+    """A collated DataLoader batch as ppdgm rows: a tensor, or a :class:`Batch` for tuples, lists and dicts."""
+    if isinstance(raw, Batch) or torch.is_tensor(raw):
+        return raw
+    if isinstance(raw, tuple | list) and len(raw) == 1 and torch.is_tensor(raw[0]):
+        return raw[0]  # a TensorDataset of one tensor: plain rows, as a tensor given directly
+    if isinstance(raw, tuple | list | Mapping):
+        return as_rows(tuple(raw) if isinstance(raw, list) else raw)
+    raise UsageError(
+        f"a data set's batches must collate to a tensor, a tuple/list or a dict of tensors, got {type(raw).__name__}; "
+        "add a transform that turns its items into tensors (e.g. torchvision's ToTensor)"
+    )
+
+
+class Source:
+    """Rows of one split, read in minibatches (see the module docstring)."""
+
+    name = "rows"
+
+    #: the number of rows, or ``None`` for an IterableDataset without ``__len__``
+    num_rows: int | None = None
+    #: the DataLoader's batch size when one was given (used when ``fit`` is given none)
+    preferred_batch_size: int | None = None
+    #: the DataLoader's shuffle (``None``: not set by the data)
+    shuffle: bool | None = None
+
+    def batches(
+        self, epoch: int, batch_size: int, seed: int, shuffle: bool, start: int = 0, whole: bool = False
+    ) -> Iterator[tuple[int, Data]]:
+        """``(global rows, this rank's block)`` for batch ``start`` onwards of epoch ``epoch`` (``whole``: every
+        row of each batch, whatever the rank)."""
+        raise NotImplementedError
+
+    def chunks(self, size: int, whole: bool = False) -> Iterator[tuple[int, Data]]:
+        """The rows in order, in chunks of ``size`` (evaluation), as ``(global rows, this rank's block)``."""
+        return self.batches(-1, size, 0, False, whole=whole)
+
+    def head(self, n: int) -> Data:
+        """The first ``n`` rows (inspection), the same on every rank."""
+        return next(iter(self.chunks(n, whole=True)), (0, None))[1]
+
+    def batches_per_epoch(self, batch_size: int) -> int | None:
+        return None if self.num_rows is None else math.ceil(self.num_rows / batch_size)
+
+    def describe_columns(self) -> str | None:
+        """The columns' shapes per row, for run records (``None`` for a single tensor)."""
+        first = self.head(1)
+        if first is None or torch.is_tensor(first):
+            return None
+        return ", ".join(f"{k}: {tuple(c.shape[1:])} {str(c.dtype).removeprefix('torch.')}" for k, c in first.items())
+
+
+class TensorSource(Source):
+    """Rows in memory (a tensor or a :class:`Batch`), indexed on their own device."""
+
+    name = "tensor"
+
+    def __init__(self, rows: Data) -> None:
+        self.rows = rows
+        self.num_rows = rows_of(rows)
+
+    def batches(
+        self, epoch: int, batch_size: int, seed: int, shuffle: bool, start: int = 0, whole: bool = False
+    ) -> Iterator[tuple[int, Data]]:
+        device = self.rows.device if torch.is_tensor(self.rows) else None
+        for index in epoch_order(self.num_rows, batch_size, seed, epoch, shuffle)[start:]:
+            n = index.shape[0]
+            block = index if whole else index[rank_rows(n)]
+            yield n, self.rows[block.to(device) if device is not None else block]
+
+    def chunks(self, size: int, whole: bool = False) -> Iterator[tuple[int, Data]]:
+        for start in range(0, self.num_rows, size):
+            chunk = self.rows[start : start + size]
+            n = rows_of(chunk)
+            yield n, chunk if whole else chunk[rank_rows(n)]
+
+    def head(self, n: int) -> Data:
+        return self.rows[:n]
+
+
+def _loader_options(loader: DataLoader) -> dict[str, Any]:
+    options = {}
+    for name in LOADER_OPTIONS:
+        if hasattr(loader, name):
+            options[name] = getattr(loader, name)
+    if options.get("num_workers", 0) == 0:  # these are only valid with workers
+        for name in ("prefetch_factor", "persistent_workers"):
+            options.pop(name, None)
+    return options
+
+
+class DatasetSource(Source):
+    """A map-style torch ``Dataset`` read through a ``DataLoader`` whose batches follow ppdgm's seeded order."""
+
+    name = "dataset"
+
+    def __init__(self, dataset: TorchDataset, loader_options: Mapping[str, Any] | None = None) -> None:
+        self.dataset = dataset
+        try:
+            self.num_rows = len(dataset)  # type: ignore[arg-type]
+        except TypeError:
+            raise UsageError(f"a map-style Dataset needs __len__; {type(dataset).__name__} has none") from None
+        if self.num_rows == 0:
+            raise UsageError(f"the data set {type(dataset).__name__} is empty")
+        self.options = dict(loader_options or {})
+
+    @classmethod
+    def from_loader(cls, loader: DataLoader) -> DatasetSource:
+        if loader.batch_sampler is not None and not isinstance(loader.sampler, RandomSampler | SequentialSampler):
+            raise UsageError(
+                f"a DataLoader with a {type(loader.sampler).__name__} cannot be read in ppdgm's seeded order; "
+                "pass its dataset with shuffle=True/False instead (the order must follow from the seed and the "
+                "epoch alone, so that a resumed or data-parallel fit reads the same batches)"
+            )
+        if loader.batch_sampler is None:
+            raise UsageError("a DataLoader with batch_size=None yields single items; give it a batch size")
+        source = cls(loader.dataset, _loader_options(loader))
+        source.preferred_batch_size = loader.batch_size
+        source.shuffle = isinstance(loader.sampler, RandomSampler)
+        if loader.drop_last:
+            raise UsageError("drop_last=True is not supported: every row is read once per epoch")
+        return source
+
+    def _read(self, blocks: Sequence[torch.Tensor], key: int) -> Iterator[Data]:
+        if hasattr(self.dataset, "read_batch") and not self.options.get("num_workers"):
+            for block in blocks:  # a data set that gathers whole batches (ppdgm.images.ImageSet): no per-item reads
+                yield collated(self.dataset.read_batch(block))
+            return
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=[b.tolist() for b in blocks],
+            generator=torch.Generator().manual_seed(key),  # worker seeds; never the training's random state
+            **self.options,
+        )
+        yield from _read_batches(loader)
+
+    def batches(
+        self, epoch: int, batch_size: int, seed: int, shuffle: bool, start: int = 0, whole: bool = False
+    ) -> Iterator[tuple[int, Data]]:
+        order = epoch_order(self.num_rows, batch_size, seed, epoch, shuffle)[start:]
+        sizes = [index.shape[0] for index in order]
+        blocks = [index if whole else index[rank_rows(n)] for index, n in zip(order, sizes)]
+        yield from zip(sizes, self._read(blocks, noise_key(seed, epoch, start)))
+
+
+class IterableSource(Source):
+    """A torch ``IterableDataset``: its own order (``set_epoch(epoch)`` is called when it has one), batched here."""
+
+    name = "iterable"
+
+    def __init__(self, dataset: IterableDataset, loader_options: Mapping[str, Any] | None = None) -> None:
+        self.dataset = dataset
+        try:
+            self.num_rows = len(dataset)  # type: ignore[arg-type]
+        except TypeError:
+            self.num_rows = None
+        self.options = dict(loader_options or {})
+
+    @classmethod
+    def from_loader(cls, loader: DataLoader) -> IterableSource:
+        source = cls(loader.dataset, _loader_options(loader))  # type: ignore[arg-type]
+        source.preferred_batch_size = loader.batch_size
+        return source
+
+    def batches(
+        self, epoch: int, batch_size: int, seed: int, shuffle: bool, start: int = 0, whole: bool = False
+    ) -> Iterator[tuple[int, Data]]:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        loader = DataLoader(
+            self.dataset, batch_size=batch_size, generator=torch.Generator().manual_seed(noise_key(seed, epoch, 0)),
+            **self.options,
+        )  # fmt: skip
+        for i, rows in enumerate(_read_batches(loader)):
+            if i < start:
+                continue
+            n = rows_of(rows)
+            yield n, rows if whole else rows[rank_rows(n)]
+
+
+def as_source(data: Any) -> Source:
+    """A :class:`Source` for rows in memory, a torch ``Dataset``, ``IterableDataset`` or ``DataLoader``."""
+    if isinstance(data, Source):
+        return data
+    if isinstance(data, DataLoader):
+        if isinstance(data.dataset, IterableDataset):
+            return IterableSource.from_loader(data)
+        return DatasetSource.from_loader(data)
+    if isinstance(data, IterableDataset):
+        return IterableSource(data)
+    if isinstance(data, TorchDataset):
+        return DatasetSource(data)
+    return TensorSource(data)
+
+
+def is_stream(data: Any) -> bool:
+    """Whether ``data`` is read through a DataLoader (a torch Dataset, DataLoader, or a non-tensor Source)."""
+    return isinstance(data, TorchDataset | DataLoader) or (
+        isinstance(data, Source) and not isinstance(data, TensorSource)
+    )
+
+
+def materialize(
+    data: Any, limit: int | None = None, chunk: int = 1000, transform: RowTransform | None = None, seed: int = 0
+) -> Data:
+    """The rows of ``data`` (rows in memory, a Source or a torch data set) in memory, in order, up to ``limit``,
+    with ``transform`` drawn once for ``seed`` (the fixed draw evaluation splits get)."""
+    if (torch.is_tensor(data) or isinstance(data, Batch)) and (transform is None or rows_of(data) == 0):
+        return data if limit is None else data[:limit]
+    parts: list[Data] = []
+    taken = 0
+    if limit is not None:
+        chunk = min(chunk, limit)
+    for i, (n, rows) in enumerate(as_source(data).chunks(chunk, whole=True)):
+        if limit is not None and taken + n > limit:
+            rows, n = rows[: limit - taken], limit - taken
+        if transform is not None:
+            rows = transform(rows, noise_key(seed, -1, i), slice(None), n)
+        parts.append(rows)
+        taken += n
+        if limit is not None and taken >= limit:
+            break
+    if not parts:
+        raise UsageError("the data set has no rows")
+    return concat(parts)
+
+
+def concat(parts: Sequence[Data]) -> Data:
+    """Rows of several batches, one after the other (tensors, or batches of the same columns)."""
+    if torch.is_tensor(parts[0]):
+        return torch.cat(list(parts))  # type: ignore[arg-type]
+    keys = [k for k, _ in parts[0].items()]
+    columns = {k: torch.cat([p.get(k) for p in parts]) for k in keys}  # type: ignore[union-attr]
+    return Batch([columns[k] for k in keys if isinstance(k, int)], {k: columns[k] for k in keys if isinstance(k, str)})

@@ -1,0 +1,193 @@
+"""torch Datasets, DataLoaders and IterableDatasets as training data, and the random row transforms."""
+
+from __future__ import annotations
+
+import pyro
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, SubsetRandomSampler, TensorDataset
+
+import ppdgm
+from ppdgm.data import load_digits
+from ppdgm.models import ConditionalVAE
+from ppdgm.presets import build
+from ppdgm.streams import Dequantization, DynamicBinarization, materialize, noise_key
+
+ROWS, BATCH = 130, 20  # 7 batches an epoch, the last of 10 rows
+
+
+def _rows(binary: bool = True) -> torch.Tensor:
+    return load_digits(binary=binary).train[:ROWS]
+
+
+def _fit(data, steps: int = 14, seed: int = 3, **options) -> ppdgm.Run:
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    model, guide = build("vae-mlp", 64, hidden=(16,), z_dim=4)
+    options.setdefault("batch_size", BATCH)
+    return ppdgm.fit(model, guide, data, "vae", steps=steps, seed=seed, progress=False, **options)
+
+
+def _params(run: ppdgm.Run) -> list[torch.Tensor]:
+    return [p.detach().clone() for player in run.engine.players.values() for p in player.params]
+
+
+def _same(a: ppdgm.Run, b: ppdgm.Run) -> None:
+    for x, y in zip(_params(a), _params(b), strict=True):
+        assert torch.equal(x, y)
+    assert [r["train_elbo"] for r in a.history] == [r["train_elbo"] for r in b.history]
+
+
+class Rows(Dataset):
+    """A map-style data set that counts its reads (and can be told to stop at one, like Ctrl-C)."""
+
+    def __init__(self, rows: torch.Tensor, stop_at: int | None = None) -> None:
+        self.rows, self.reads, self.stop_at = rows, 0, stop_at
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        self.reads += 1
+        if self.stop_at is not None and self.reads > self.stop_at:
+            raise KeyboardInterrupt
+        return self.rows[i]
+
+
+class InOrder(IterableDataset):
+    def __init__(self, rows: torch.Tensor) -> None:
+        self.rows = rows
+
+    def __iter__(self):
+        yield from self.rows
+
+
+def test_a_dataset_and_a_dataloader_train_to_the_tensor_inputs_parameters():
+    rows = _rows()
+    reference = _fit(rows)
+    _same(reference, _fit(TensorDataset(rows)))
+    _same(reference, _fit(Rows(rows)))
+    loader = DataLoader(TensorDataset(rows), batch_size=BATCH, shuffle=True)
+    _same(reference, _fit(loader, batch_size=None))  # the loader's batch size and shuffle, ppdgm's seeded order
+    assert _fit(loader, batch_size=None).config["batch_size"] == BATCH
+
+
+def test_dataloader_workers_read_the_same_batches():
+    rows = _rows()
+    loader = DataLoader(TensorDataset(rows), batch_size=BATCH, shuffle=True, num_workers=2)
+    _same(_fit(rows), _fit(loader))
+
+
+def test_an_iterable_dataset_trains_like_the_rows_in_its_order():
+    rows = _rows()
+    _same(_fit(rows, shuffle=False), _fit(InOrder(rows)))
+    loader = DataLoader(TensorDataset(rows), batch_size=BATCH, shuffle=False)
+    _same(_fit(rows, shuffle=False), _fit(loader))
+
+
+def test_an_iterable_dataset_without_a_length_needs_steps():
+    with pytest.raises(ppdgm.PpdgmError, match="IterableDataset without __len__ .* give steps"):
+        pyro.clear_param_store()
+        model, guide = build("vae-mlp", 64, hidden=(16,), z_dim=4)
+        ppdgm.fit(model, guide, InOrder(_rows()), "vae", epochs=1, progress=False)
+
+
+def test_image_label_tuples_are_columns_like_a_tuple_of_tensors():
+    grey = load_digits()
+    x = (grey.train[:ROWS] > 0.5).float()
+    y = torch.nn.functional.one_hot(grey.labels["train"][:ROWS], 10).float()
+
+    def fit(data):
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        cvae = ConditionalVAE(64, 10, z_dim=4, hidden=(16,))
+        run = ppdgm.fit(cvae.model, cvae.guide, data, "vae", steps=9, batch_size=BATCH, progress=False)
+        return run
+
+    _same(fit((x, y)), fit(TensorDataset(x, y)))
+    assert fit(TensorDataset(x, y)).config["columns"] == "0: (64,) float32, 1: (10,) float32"
+
+
+def test_a_run_stopped_mid_epoch_resumes_from_its_step_checkpoint_bit_for_bit(tmp_path):
+    rows = _rows()
+    whole = _fit(rows, steps=17, checkpoint_dir=tmp_path / "whole")
+    probe = Rows(rows)
+    _fit(probe, steps=1)
+    inspection = probe.reads - BATCH  # rows read to inspect the programs and check the data
+    data = Rows(rows, stop_at=inspection + 11 * BATCH + 3)  # stops while reading step 12 (epoch 2, batch 5)
+    with pytest.raises(ppdgm.TrainingInterrupted):
+        _fit(DataLoader(data, batch_size=BATCH, shuffle=True), steps=17, checkpoint_every=5, checkpoint_dir=tmp_path)
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert (saved["epoch"], saved["step"], saved["partial"]["position"]) == (1, 10, 3)  # epoch 2, after 3 batches
+    data.stop_at, data.reads = None, 0
+    resumed = _fit(
+        DataLoader(data, batch_size=BATCH, shuffle=True), steps=17, checkpoint_every=5, checkpoint_dir=tmp_path
+    )
+    assert data.reads == inspection + 3 * BATCH + 10 + 3 * BATCH  # epoch 2's first 3 batches are not read again
+    _same(whole, resumed)
+    assert [r["seconds"] > 0 for r in resumed.history] == [True, True, True]
+
+
+def test_an_iterable_dataset_resumes_mid_epoch_by_reading_past_the_done_batches(tmp_path):
+    rows = _rows()
+    whole = _fit(rows, steps=12, shuffle=False)
+    _fit(InOrder(rows), steps=10, checkpoint_every=10, checkpoint_dir=tmp_path)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["partial"]["position"] == 3
+    _same(whole, _fit(InOrder(rows), steps=12, checkpoint_every=10, checkpoint_dir=tmp_path))
+
+
+def test_a_dataloader_with_its_own_sampler_is_refused_with_the_reason():
+    loader = DataLoader(TensorDataset(_rows()), batch_size=BATCH, sampler=SubsetRandomSampler(range(50)))
+    with pytest.raises(ppdgm.PpdgmError, match="SubsetRandomSampler cannot be read in ppdgm's seeded order"):
+        _fit(loader)
+
+
+def test_items_that_are_not_tensors_are_refused_with_a_hint():
+    class Strings(Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return object()
+
+    with pytest.raises(Exception, match="ToTensor"):
+        _fit(Strings())
+
+
+def test_dynamic_binarization_draws_afresh_each_epoch_and_the_same_for_a_seed():
+    grey = load_digits().train[:ROWS]
+    binarize = DynamicBinarization()
+    draw = binarize(grey, noise_key(0, 0, 0), slice(None), ROWS)
+    assert set(draw.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(draw, binarize(grey, noise_key(0, 0, 0), slice(None), ROWS))
+    assert not torch.equal(draw, binarize(grey, noise_key(0, 1, 0), slice(None), ROWS))
+    halves = [binarize(grey[s], noise_key(0, 0, 0), s, ROWS) for s in (slice(0, 65), slice(65, None))]
+    assert torch.equal(torch.cat(halves), draw)  # a rank's block gets its rows of the global draw
+    many = torch.stack([binarize(grey, noise_key(0, e, 0), slice(None), ROWS) for e in range(400)])
+    torch.testing.assert_close(many.mean(0), grey, atol=0.1, rtol=0)  # E[x] = intensity
+    assert draw[grey == 0].eq(0).all() and draw[grey == 1].eq(1).all()
+
+
+def test_dequantization_keeps_the_8_bit_value_and_fills_its_bin():
+    pixels = torch.randint(0, 256, (50, 12)).float() / 255
+    out = Dequantization()(pixels, 7, slice(None), 50)
+    assert torch.equal((out * 256).floor(), (pixels * 255).round())
+    assert ((out * 256) % 1).std() > 0.25  # spread over the bin, roughly uniform
+
+
+def test_a_binarize_transform_trains_a_bernoulli_model_on_grey_rows_and_evaluates_a_fixed_draw():
+    grey = load_digits()
+    run = _fit(TensorDataset(grey.train[:ROWS]), transform="binarize", steps=7)
+    assert run.config["transform"] == "binarize"
+    with pytest.raises(ppdgm.PpdgmError, match="support"):
+        _fit(TensorDataset(grey.train[:ROWS]), steps=1)  # grey values are outside a Bernoulli's support
+    a = materialize(TensorDataset(grey.test), transform=DynamicBinarization(), seed=1)
+    assert torch.equal(a, materialize(grey.test, transform=DynamicBinarization(), seed=1))
+
+
+def test_a_longer_budget_continues_the_epoch_a_shorter_one_ended_inside(tmp_path):
+    rows = _rows()
+    _fit(rows, steps=10, checkpoint_dir=tmp_path)  # ends after 3 of epoch 2's 7 batches
+    resumed = _fit(rows, steps=17, checkpoint_dir=tmp_path)
+    _same(_fit(rows, steps=17), resumed)
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
