@@ -21,6 +21,7 @@ from ppdgm.method import available_methods
 from ppdgm.presets import ENCODERS, MODELS, build
 from ppdgm.programs import ProgramPair
 from ppdgm.sampling import generate, plot_samples_2d, save_image_grid
+from ppdgm.streams import get_transform
 from ppdgm.train import fit, load_params, resolve_device
 
 CONFIG = "config.json"
@@ -96,6 +97,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "precision": args.precision,
         "world_size": 1 if ctx is None else ctx.world_size,
+        "transform": args.transform,
     }
     if main and not (out / CONFIG).exists():  # a new run folder; a resumed one keeps what it ran until this run ends
         out.mkdir(parents=True, exist_ok=True)
@@ -111,6 +113,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
         checkpoint_dir=out,
+        checkpoint_every=args.checkpoint_every,
+        transform=args.transform,
         progress=not args.quiet,
         precision=args.precision,
         resume="override" if args.override else True,
@@ -151,6 +155,7 @@ def _load_run(run_dir: Path):
             f"{run_dir / PARAMS} and its metrics in result.json"
         )
     dataset = data_mod.load(config["data"], config.get("data_dir"))
+    dataset.transform = get_transform(config.get("transform"))  # evaluation splits: one fixed draw
     model, guide = build(config["model"], dataset.dim, **config["model_options"])
     programs = ProgramPair(model, guide)
     load_params(run_dir / PARAMS, programs, dataset.rows("train", limit=100))
@@ -267,6 +272,10 @@ def parser() -> argparse.ArgumentParser:
         "--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast the networks to bfloat16"
     )
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument(
+        "--transform", choices=["binarize", "dequantize"], default=None, help="random transform of each batch"
+    )
+    t.add_argument("--checkpoint-every", type=int, default=None, help="also a checkpoint every N steps")
     t.add_argument("--out", required=True, help="run folder (config, checkpoint, params, history, samples)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument(

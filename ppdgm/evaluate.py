@@ -27,6 +27,7 @@ from ppdgm.errors import UsageError
 from ppdgm.handlers import distribution_of
 from ppdgm.method import positive_int
 from ppdgm.programs import ProgramPair
+from ppdgm.streams import is_stream, materialize
 
 
 @dataclass
@@ -74,7 +75,7 @@ def _batched(
     obs_site: str | None,
     data_plate: str | None,
 ) -> Estimate:
-    data = as_rows(data)
+    data = materialize(data) if is_stream(data) else as_rows(data)
     batch_size = positive_int("batch_size", batch_size)
     if rows_of(data) == 0:
         raise UsageError("no data to evaluate on (the split is empty)")

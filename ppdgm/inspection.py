@@ -372,7 +372,8 @@ def _observed_columns(x: Data, sites: dict[str, dict], observed: tuple[str, ...]
             columns[key] = name
     if not columns and len(items) == 1 and len(observed) == 1:
         columns[items[0][0]] = observed[0]
-    return columns
+    order = [key for key, _ in items]  # the batch's column order: the first observed column is the primary site's
+    return {key: columns[key] for key in sorted(columns, key=order.index)}
 
 
 def _primary_site(observed: tuple[str, ...], columns: dict[Key, str], given: str | None) -> str:

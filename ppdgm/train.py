@@ -306,6 +306,8 @@ def fit(
         raise UsageError(f"resume must be True, False or 'override', got {resume!r}")
     if checkpoint_every is not None:
         positive_int("checkpoint_every", checkpoint_every)
+        if checkpoint_dir is None:
+            raise UsageError("checkpoint_every needs a checkpoint_dir to write the checkpoints to")
     if shuffle is not None and not isinstance(shuffle, bool):
         raise UsageError(f"shuffle must be True or False, got {shuffle!r}")
     method_obj = get_method(method, **method_options)

@@ -44,6 +44,10 @@ FIT_COUNTS = [
     if not (value is None and name in ("epochs", "steps", "batch_size"))
 ]
 FIT_OTHER = [
+    ("checkpoint_every without a folder", {"checkpoint_every": 5}, "checkpoint_every needs a checkpoint_dir"),
+    ("checkpoint_every=0", {"checkpoint_every": 0}, "checkpoint_every must be a positive integer"),
+    ("shuffle='yes'", {"shuffle": "yes"}, "shuffle must be True or False"),
+    ("an unknown transform", {"transform": "binarise"}, "unknown transform 'binarise'; known: binarize, dequantize"),
     ("both epochs and steps", {"epochs": 1, "steps": 2}, "give epochs or steps, not both"),
     *[(f"lr={v!r}", {"lr": v}, "lr must be a positive finite number") for v in (0, -1e-3, float("nan"), "abc", True)],
     (

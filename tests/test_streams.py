@@ -191,3 +191,26 @@ def test_a_longer_budget_continues_the_epoch_a_shorter_one_ended_inside(tmp_path
     resumed = _fit(rows, steps=17, checkpoint_dir=tmp_path)
     _same(_fit(rows, steps=17), resumed)
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
+
+
+def test_evaluation_reads_a_torch_dataset_like_its_rows():
+    run = _fit(_rows(), steps=3)
+    test = load_digits(binary=True).test[:50]
+    torch.manual_seed(1)
+    a = ppdgm.evaluate.log_likelihood(run.model, run.guide, test, num_samples=8)
+    torch.manual_seed(1)
+    b = ppdgm.evaluate.log_likelihood(run.model, run.guide, TensorDataset(test), num_samples=8)
+    assert a.mean == b.mean
+
+
+def test_the_cli_trains_with_a_transform_and_evaluates_a_fixed_draw(tmp_path, capsys):
+    import json
+
+    from ppdgm.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", "--data", "digits", "--transform", "binarize", "--steps", "5", "--checkpoint-every", "2"]
+    assert main([*args, "--z-dim", "2", "--hidden", "8", "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "config.json").read_text())["fit"]["transform"] == "binarize"
+    assert main(["evaluate", str(out), "--num-samples", "5"]) == 0
+    assert "test log-likelihood" in capsys.readouterr().out

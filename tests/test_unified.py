@@ -131,6 +131,33 @@ def test_aavae_with_a_perfect_discriminator_is_the_vae_objective_exactly():
     assert not torch.equal(method_half.weighted_elbo(programs, x, fake)[0], vae)
 
 
+def test_aa_svae_on_data_columns_is_the_semi_supervised_vae_with_a_perfect_discriminator():
+    """AA-SVAE: generated rows carry the dreamt label, the discriminator sees x beside the inputs (the mask)."""
+    from ppdgm.models import SemiSupervisedVAE
+
+    batch = ppdgm.data.load("digits-binary", columns="x,y,labelled", labelled=3).train[:40]
+    m2 = SemiSupervisedVAE(64, 10, z_dim=3, hidden=(16,))
+    programs = ppdgm.ProgramPair(m2.model, m2.guide)
+    programs.inspect(batch)
+    assert programs.obs_site == "x"  # the first observed column is the primary site, whatever the trace order
+    real_seen = AAVAE.view(programs, programs.observed_of(batch), batch)
+    assert real_seen.shape == (40, 64 + 1)
+    method = AAVAE(discriminator=_PerfectDiscriminator(real_seen))
+    method.setup(programs)
+    with torch.no_grad():
+        dream = programs.model_side(batch)
+        fake = programs.dreamt_batch(dream)
+    labelled = batch.get(2)
+    assert torch.equal(fake.get(2), labelled)  # inputs kept; where labelled, the row's label is the dreamt one
+    assert torch.equal(fake.get(1)[labelled], dream.nodes["y"]["value"][labelled])
+    pyro.set_rng_seed(5)
+    objective, _, w_real, w_fake = method.weighted_elbo(programs, batch, fake)
+    pyro.set_rng_seed(5)
+    svae = programs.data_side(batch, 1).elbo().mean()  # the missing labels summed out exactly
+    assert torch.equal(w_real, torch.ones(40)) and torch.equal(w_fake, torch.zeros(40))
+    assert torch.equal(objective, svae)
+
+
 @pytest.mark.parametrize("method", ["iwgan", "aavae"])
 def test_unified_methods_train_a_user_pair_by_name(method):
     data = ppdgm.data.load("ring8")

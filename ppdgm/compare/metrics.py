@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -84,6 +85,17 @@ def evaluate_run(
     return {metric: out[metric] for metric in spec.metrics if metric in out}, stderr
 
 
+@functools.cache
+def _data_classifier(data: str, data_dir: str | None) -> tuple[Any, torch.nn.Sequential]:
+    """The data set and the classifier of its training rows (trained once per process: runs of a comparison
+    share it)."""
+    from ppdgm import evaluate
+    from ppdgm.data import load
+
+    labelled = load(data, data_dir)
+    return labelled, evaluate.train_classifier(labelled.tensor("train"), labelled.labels["train"])
+
+
 def _classifier_metrics(spec: Spec, model: Callable) -> dict[str, float]:
     """Inception score (torchmetrics, 10 splits), classes covered, FID and the accuracy of class-conditional
     samples, judged by a classifier trained on the data set's training rows (or Inception-v3 for IS and FID when
@@ -92,9 +104,8 @@ def _classifier_metrics(spec: Spec, model: Callable) -> dict[str, float]:
     from ppdgm.data import load
     from ppdgm.sampling import sample
 
-    labelled = load(spec.data, spec.data_dir)
+    labelled, classifier = _data_classifier(spec.data, spec.data_dir)
     train = labelled.tensor("train")
-    classifier = evaluate.train_classifier(train, labelled.labels["train"])
     out: dict[str, float] = {}
     like = load(spec.data, spec.data_dir, **spec.data_options).rows("train", limit=CLASSIFIER_SAMPLES)
     conditional = not torch.is_tensor(like)
