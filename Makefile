@@ -30,6 +30,7 @@ bench: $(BIN)/ppdgm
 	$(BIN)/python bench/step_time.py --gan-batch-sizes 64 256
 	$(BIN)/python bench/evaluate_is.py --images 500
 	$(BIN)/python bench/ddp_scaling.py --batch-size 500 --steps 60
+	$(BIN)/python bench/data_pipeline.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -165,8 +165,11 @@ def _labels(y: torch.Tensor | None, classes: int) -> torch.Tensor:
 
 
 class ConvDiscriminator(Discriminator):
-    """DCGAN discriminator of flat ``(C, H, W)`` images, with ``extra`` numbers (a conditional GAN's one-hot
-    label) beside each row joining the features before the logit: two stride-2 4x4 convolutions, LeakyReLU(0.2).
+    """DCGAN discriminator of flat ``(C, H, W)`` images: two stride-2 4x4 convolutions, LeakyReLU(0.2), a linear
+    logit. With ``extra`` numbers beside each row (a conditional GAN's one-hot label) it is a *projection*
+    discriminator (Miyato & Koyama 2018): logit = w·φ(x) + b + yᵀVφ(x), so the label's term depends on the
+    image and the discriminator can tell an image that does not fit its label (a term added to the logit
+    independently of x could not).
     """
 
     def __init__(
@@ -187,23 +190,26 @@ class ConvDiscriminator(Discriminator):
             nn.LeakyReLU(0.2),
             nn.Flatten(),
         )
-        super().__init__(_ImageAndExtra(features, c2 * (h // 4) * (w // 4), self.pixels, extra), name=name)
+        super().__init__(_Projection(features, c2 * (h // 4) * (w // 4), self.pixels, extra), name=name)
 
 
-class _ImageAndExtra(nn.Module):
+class _Projection(nn.Module):
     def __init__(self, features: nn.Module, n_features: int, pixels: int, extra: int) -> None:
         super().__init__()
         self.features, self.pixels, self.extra = features, pixels, extra
-        self.logit = nn.Linear(n_features + extra, 1)
+        self.logit = nn.Linear(n_features, 1)
+        self.embed = nn.Linear(extra, n_features, bias=False) if extra else None
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         flat = inputs.reshape(inputs.shape[0], -1)
         if flat.shape[-1] != self.pixels + self.extra:
-            raise UsageError(
-                f"the discriminator expects {self.pixels} pixels + {self.extra} more, got {flat.shape[-1]}"
-            )
-        features = self.features(flat[:, : self.pixels])
-        return self.logit(torch.cat([features, flat[:, self.pixels :]], -1) if self.extra else features)
+            got = flat.shape[-1]
+            raise UsageError(f"the discriminator expects {self.pixels} pixels + {self.extra} more, got {got}")
+        phi = self.features(flat[:, : self.pixels])
+        logit = self.logit(phi)
+        if self.embed is not None:
+            logit = logit + (self.embed(flat[:, self.pixels :]) * phi).sum(-1, keepdim=True)
+        return logit
 
 
 class _LogScale(nn.Module):

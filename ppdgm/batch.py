@@ -72,8 +72,8 @@ class Batch:
     def split(self, size: int) -> list[Batch]:
         return [self[start : start + size] for start in range(0, len(self), size)]
 
-    def to(self, device: torch.device | str) -> Batch:
-        return self.map(lambda column: column.to(device))
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        return self.map(lambda column: column.to(device, non_blocking=non_blocking))
 
     def __iter__(self) -> Iterator:
         raise TypeError("a Batch is not iterable; use .items() for its columns or .split() for its rows")

@@ -629,7 +629,7 @@ class _Epoch:
         with _device_context(dev):
             batches = self.source.batches(epoch, loop.budget.batch_size, loop.seed, loop.shuffle, start)
             for position, (n, batch) in enumerate(batches, start):
-                batch = batch.to(dev)
+                batch = batch.to(dev, non_blocking=True)  # overlaps the copy when the loader pins memory
                 if transform is not None:
                     batch = transform(batch, noise_key(loop.seed, epoch, position), rank_rows(n), n)
                 with (

@@ -89,3 +89,14 @@ def test_a_conditional_conv_vae_needs_its_labels():
     assert run.config["columns"].startswith("0: (64,)")
     with pytest.raises(ppdgm.PpdgmError, match="one-hot labels of 10 classes"):
         _train(model, guide, _digits(), "vae")
+
+
+def test_the_conditional_discriminator_scores_how_an_image_fits_its_label():
+    """A projection discriminator: the label's effect on the logit depends on the image (an additive label
+    term could not tell a 3 labelled 7 from a 7 labelled 7)."""
+    torch.manual_seed(0)
+    net = ConvDiscriminator((1, 8, 8), channels=(8, 16), extra=10).net
+    x = torch.rand(6, 64)
+    a, b = torch.nn.functional.one_hot(torch.full((6,), 3), 10).float(), torch.eye(10)[[7] * 6]
+    effect = net(torch.cat([x, a], -1)) - net(torch.cat([x, b], -1))
+    assert effect.std() > 1e-3  # varies with x
