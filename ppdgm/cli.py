@@ -216,6 +216,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         spec = replace(spec, data_dir=args.data_dir)
+    if args.estimate:
+        from ppdgm.compare.runner import estimate
+
+        rows = estimate(spec)
+        print(f"{spec.name}: training time on this machine ({torch.get_num_threads()} threads), 20 steps measured")
+        print("| method | ms/step | steps a run | hours a run | hours, all seeds |")
+        print("|---|---|---|---|---|")
+        for row in rows:
+            print(
+                f"| {row['method']} | {1000 * row['seconds_per_step']:.1f} | {row['steps_per_run']} | "
+                f"{row['hours_per_run']:.2f} | {row['hours_all_seeds']:.2f} |"
+            )
+        print(f"all methods: {sum(r['hours_all_seeds'] for r in rows):.2f} h of training, one run at a time")
+        return 0
     compare(spec, jobs=args.jobs, progress=not args.quiet, tensorboard=args.tensorboard)
     print(f"results, figures and record in {spec.output}")
     return 0
@@ -310,6 +324,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
     c.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files per run")
     c.add_argument("--quiet", action="store_true")
+    c.add_argument(
+        "--estimate", action="store_true", help="measure a few steps of each method and print the training time"
+    )
     c.set_defaults(func=cmd_compare)
 
     pr = sub.add_parser("presets", help="list the shipped comparisons, or print one's TOML file")

@@ -262,3 +262,18 @@ def test_a_shipped_preset_is_printed_copied_edited_and_read_back(tmp_path, capsy
     assert spec.name == "mine-small" and spec.epochs == 1 and [m.label for m in spec.methods][1] == "iwae k=5"
     with pytest.raises(ValueError, match="unknown comparison preset 'nope'"):
         preset_spec("nope")
+
+
+def test_a_time_estimate_measures_each_method_and_scales_to_the_budget(capsys):
+    from ppdgm.compare import preset_spec
+    from ppdgm.compare.runner import estimate
+
+    spec = parse_spec({**preset_spec("paper-iwcgan", "small"), "seeds": [0, 1, 2]})
+    rows = estimate(spec, steps=3)
+    assert [r["method"] for r in rows] == ["cgan", "iw-cgan k=5"]
+    for row in rows:
+        assert row["steps_per_run"] == spec.steps and row["seconds_per_step"] > 0
+        assert row["hours_all_seeds"] == pytest.approx(3 * row["seconds_per_step"] * spec.steps / 3600)
+    assert main(["compare", "--preset", "digits", "--estimate", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "| iwae k=5 |" in out and "h of training" in out

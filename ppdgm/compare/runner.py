@@ -206,3 +206,45 @@ def compare(
     summary = summarise(spec, results)
     write_results(spec, summary, results)
     return summary
+
+
+def estimate(spec: Spec, steps: int = 20) -> list[dict]:
+    """Training time of every run of ``spec`` on this machine, from ``steps`` measured steps per method.
+
+    Each method trains on the spec's data, model and batch size in this process (nothing is written): the time
+    of ``5 + steps`` steps less that of 5 (the first steps run with validation on) gives the seconds per step,
+    times the budget's steps one run's training time, times the seeds the method's. Evaluation, and ``--jobs``
+    running several at once, are not in it. Returns one dict per method.
+    """
+    import ppdgm
+    from ppdgm.streams import get_transform
+
+    dataset = ppdgm.data.load(spec.data, spec.data_dir, **spec.data_options)
+    dataset.transform = get_transform(spec.transform)
+    per_epoch = -(-len(dataset.train) // spec.batch_size)
+    total = spec.steps if spec.steps is not None else spec.epochs * per_epoch
+    warmup = 5  # the first steps (validation on, allocations) are not what a long run spends a step
+
+    def seconds(method: MethodSpec, n: int) -> float:
+        torch.manual_seed(0)
+        model, guide = build_pair(spec, dataset.dim)
+        run = ppdgm.fit(
+            model, guide, dataset.train, method.name, steps=n, batch_size=spec.batch_size, lr=spec.lr,
+            optimizer_options=spec.optimizer_options or None, transform=dataset.transform, progress=False,
+            validate_every=0, seed=0, device=spec.device, **method.options,
+        )  # fmt: skip
+        return run.seconds
+
+    rows = []
+    for method in spec.methods:
+        per_step = max(seconds(method, warmup + steps) - seconds(method, warmup), 0.0) / steps
+        rows.append(
+            {
+                "method": method.label,
+                "seconds_per_step": per_step,
+                "steps_per_run": total,
+                "hours_per_run": per_step * total / 3600,
+                "hours_all_seeds": per_step * total * len(spec.seeds) / 3600,
+            }
+        )
+    return rows
