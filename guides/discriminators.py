@@ -66,14 +66,21 @@ class ConvDiscriminator(Discriminator):
     def __init__(self, side: int = 28, channels: tuple[int, int] = (64, 128), name: str = "discriminator") -> None:
         if side % 4:
             raise UsageError(f"ConvDiscriminator needs an image side divisible by 4, got {side}")
-        c1, c2 = channels
-        net = nn.Sequential(
-            nn.Unflatten(1, (1, side, side)),
-            nn.Conv2d(1, c1, 4, stride=2, padding=1),
-            nn.LeakyReLU(0.2),
-            nn.Conv2d(c1, c2, 4, stride=2, padding=1),
-            nn.LeakyReLU(0.2),
-            nn.Flatten(),
-            nn.Linear(c2 * (side // 4) ** 2, 1),
-        )
-        super().__init__(net, name=name)
+        features, n_features = dcgan_features((1, side, side), channels)
+        super().__init__(nn.Sequential(*features, nn.Linear(n_features, 1)), name=name)
+
+
+def dcgan_features(image_shape: Sequence[int], channels: Sequence[int]) -> tuple[nn.Sequential, int]:
+    """Flat ``(C, H, W)`` rows -> two stride-2 4x4 convolutions with LeakyReLU(0.2) -> flat features: the DCGAN
+    discriminator's network before its logit, and the number of features (H and W divisible by 4)."""
+    c, h, w = image_shape
+    c1, c2 = channels
+    features = nn.Sequential(
+        nn.Unflatten(1, (c, h, w)),
+        nn.Conv2d(c, c1, 4, stride=2, padding=1),
+        nn.LeakyReLU(0.2),
+        nn.Conv2d(c1, c2, 4, stride=2, padding=1),
+        nn.LeakyReLU(0.2),
+        nn.Flatten(),
+    )
+    return features, c2 * (h // 4) * (w // 4)

@@ -26,7 +26,7 @@ from torch import nn
 from torch.distributions import constraints
 
 from ppdgm.errors import UsageError
-from ppdgm.guides.discriminators import Discriminator
+from ppdgm.guides.discriminators import Discriminator, dcgan_features
 from ppdgm.models.nets import broadcast_cat
 
 LIKELIHOODS = ("bernoulli", "logistic")
@@ -101,6 +101,25 @@ class DiscretizedLogistic(TorchDistribution):
         return self.loc.clamp(0, 1)
 
 
+def dcgan_generator_net(in_dim: int, image_shape: Sequence[int], channels: Sequence[int]) -> nn.Sequential:
+    """in_dim -> linear -> (c1, H/4, W/4) -> two stride-2 4x4 transposed convolutions with batch norm and ReLU ->
+    sigmoid pixels, flat: the DCGAN generator network (H and W divisible by 4)."""
+    c, h, w = image_shape
+    c1, c2 = channels
+    return nn.Sequential(
+        nn.Linear(in_dim, c1 * (h // 4) * (w // 4)),
+        nn.BatchNorm1d(c1 * (h // 4) * (w // 4)),
+        nn.ReLU(),
+        nn.Unflatten(1, (c1, h // 4, w // 4)),
+        nn.ConvTranspose2d(c1, c2, 4, stride=2, padding=1),
+        nn.BatchNorm2d(c2),
+        nn.ReLU(),
+        nn.ConvTranspose2d(c2, c, 4, stride=2, padding=1),
+        nn.Sigmoid(),
+        nn.Flatten(),
+    )
+
+
 class ConvGenerator(nn.Module):
     """DCGAN generator: z ~ N(0, I) (with the one-hot label beside it when conditional) -> linear ->
     (c1, H/4, W/4) -> two stride-2 4x4 transposed convolutions with batch norm and ReLU -> sigmoid pixels,
@@ -124,21 +143,8 @@ class ConvGenerator(nn.Module):
     ) -> None:
         super().__init__()
         self.image_shape = _check_shape(image_shape)
-        c, h, w = self.image_shape
-        c1, c2 = channels
         self.z_dim, self.classes, self.noise_scale, self.name = z_dim, classes, noise_scale, name
-        self.net = nn.Sequential(
-            nn.Linear(z_dim + classes, c1 * (h // 4) * (w // 4)),
-            nn.BatchNorm1d(c1 * (h // 4) * (w // 4)),
-            nn.ReLU(),
-            nn.Unflatten(1, (c1, h // 4, w // 4)),
-            nn.ConvTranspose2d(c1, c2, 4, stride=2, padding=1),
-            nn.BatchNorm2d(c2),
-            nn.ReLU(),
-            nn.ConvTranspose2d(c2, c, 4, stride=2, padding=1),
-            nn.Sigmoid(),
-            nn.Flatten(),
-        )
+        self.net = dcgan_generator_net(z_dim + classes, self.image_shape, channels)
         self.register_buffer("prior_loc", torch.zeros(z_dim))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -181,16 +187,8 @@ class ConvDiscriminator(Discriminator):
     ) -> None:
         c, h, w = _check_shape(image_shape)
         self.pixels, self.extra = c * h * w, extra
-        c1, c2 = channels
-        features = nn.Sequential(
-            nn.Unflatten(1, (c, h, w)),
-            nn.Conv2d(c, c1, 4, stride=2, padding=1),
-            nn.LeakyReLU(0.2),
-            nn.Conv2d(c1, c2, 4, stride=2, padding=1),
-            nn.LeakyReLU(0.2),
-            nn.Flatten(),
-        )
-        super().__init__(_Projection(features, c2 * (h // 4) * (w // 4), self.pixels, extra), name=name)
+        features, n_features = dcgan_features((c, h, w), channels)
+        super().__init__(_Projection(features, n_features, self.pixels, extra), name=name)
 
 
 class _Projection(nn.Module):

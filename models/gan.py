@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ppdgm.errors import UsageError
+from ppdgm.models.convolutional import dcgan_generator_net
 from ppdgm.models.nets import mlp
 
 OUTPUTS = {"identity": nn.Identity, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
@@ -90,20 +91,7 @@ class DCGANGenerator(_Generator):
     ) -> None:
         if side % 4:
             raise UsageError(f"DCGANGenerator needs an image side divisible by 4, got {side}")
-        c1, c2 = channels
-        quarter = side // 4
-        net = nn.Sequential(
-            nn.Linear(z_dim, c1 * quarter * quarter),
-            nn.BatchNorm1d(c1 * quarter * quarter),
-            nn.ReLU(),
-            nn.Unflatten(1, (c1, quarter, quarter)),
-            nn.ConvTranspose2d(c1, c2, 4, stride=2, padding=1),
-            nn.BatchNorm2d(c2),
-            nn.ReLU(),
-            nn.ConvTranspose2d(c2, 1, 4, stride=2, padding=1),
-            nn.Sigmoid(),
-            nn.Flatten(),
-        )
+        net = dcgan_generator_net(z_dim, (1, side, side), channels)
         super().__init__(net, z_dim, noise_scale, name)
         self.side = side
 

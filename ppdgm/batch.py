@@ -96,6 +96,27 @@ class Batch:
 Data = torch.Tensor | Batch
 
 
+def first_column(data: Data) -> tuple[Key, Rows]:
+    """The key and rows of the first column that is present (``(0, data)`` for a tensor): the data's device
+    and, for images with labels, the images."""
+    if torch.is_tensor(data):
+        return 0, data
+    for key, column in data.items():
+        if column is not None:
+            return key, column
+    raise UsageError(f"the batch {data.describe()} has no column present")
+
+
+def describe_columns(data: Data) -> str | None:
+    """The columns' shapes per row, ``"0: (64,) float32, 1: (10,) float32"``, for run records (``None`` for a
+    single tensor)."""
+    if torch.is_tensor(data):
+        return None
+    return ", ".join(
+        f"{k}: {tuple(c.shape[1:])} {str(c.dtype).removeprefix('torch.')}" for k, c in data.items() if c is not None
+    )
+
+
 def batch_size(data: Data) -> int:
     """Rows of a tensor or a batch."""
     return int(data.shape[0]) if torch.is_tensor(data) else len(data)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ppdgm.batch import Batch, as_batch
+from ppdgm.batch import Batch, as_batch, describe_columns, first_column
 from ppdgm.errors import UsageError
 from ppdgm.images import DataUnavailableError
 from ppdgm.streams import RowTransform, as_source, is_stream, materialize
@@ -68,12 +68,11 @@ class Dataset:
     def dim(self) -> int:
         """Numbers per row of the (first) data column."""
         head = as_source(self.train).head(1)
-        first = head if torch.is_tensor(head) else next(c for _, c in head.items() if c is not None)
-        return int(first[0].numel())
+        return int(first_column(head)[1][0].numel())
 
     def describe_columns(self) -> str | None:
         """The columns' shapes per row, for run records (``None`` for a single tensor)."""
-        return as_source(self.train).describe_columns()
+        return describe_columns(as_source(self.train).head(1))
 
     def tensor(self, name: str) -> torch.Tensor:
         """A split of a single-tensor data set in memory (a clear error for data of several columns)."""
@@ -285,7 +284,7 @@ def as_dataset(data: Any, data_dir: str | Path | None = None) -> Dataset:
         return Dataset(type(source).__name__, data)
     if isinstance(data, Batch | tuple | list | Mapping):
         rows = data if isinstance(data, Batch) else as_batch(data)
-        first = next(c for _, c in rows.items() if c is not None)
+        _, first = first_column(rows)
         binary = bool(first.is_floating_point() and ((first == 0) | (first == 1)).all())
         return Dataset("columns", rows, rows[:0], rows[:0], None, binary)
     if isinstance(data, np.ndarray | torch.Tensor):

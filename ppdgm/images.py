@@ -200,10 +200,10 @@ def _missing(root: Path, files: tuple[str, ...]) -> list[str]:
     return [f for f in files if not (root / f).exists() and not (root / (f + ".gz")).exists()]
 
 
-def _download(name: str, root: Path) -> None:
-    """Ask torchvision to download ``name`` into ``root`` (its own layout); a clear error without it or offline."""
-    _, files, cls_name, _ = IMAGE_SETS[name]
-    where = "\n  ".join(str(root / f) for f in _missing(root, files))
+def _download(name: str, root: Path, where: str) -> None:
+    """Ask torchvision to download ``name`` into ``root`` (its own layout); a clear error without it or offline,
+    listing the missing files (``where``)."""
+    cls_name = IMAGE_SETS[name][2]
     try:
         import torchvision.datasets as tv
     except ImportError:
@@ -249,11 +249,12 @@ def load_images(
         raise UsageError(f"unknown image set {name!r}; known: {', '.join(IMAGE_SETS)}")
     reader, files, _, n_valid = IMAGE_SETS[name]
     root = Path(data_dir) if data_dir is not None else default_data_dir()
-    if _missing(root, files):
+    missing = _missing(root, files)
+    if missing:
+        where = "\n  ".join(str(root / f) for f in missing)
         if not download:
-            where = "\n  ".join(str(root / f) for f in _missing(root, files))
             raise DataUnavailableError(f"{name} is not in {root}; put these files there:\n  {where}")
-        _download(name, root)
+        _download(name, root, where)
     train_x, train_y, test_x, test_y = reader(root)
     images = torch.from_numpy(np.ascontiguousarray(train_x))
     labels = torch.from_numpy(np.asarray(train_y, dtype=np.int64))

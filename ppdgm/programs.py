@@ -46,7 +46,7 @@ from pyro.distributions.util import scale_and_mask
 from pyro.poutine.enum_messenger import EnumMessenger
 from pyro.poutine.trace_struct import Trace
 
-from ppdgm.batch import Batch, Data, Key
+from ppdgm.batch import Batch, Data, Key, first_column
 from ppdgm.batch import batch_size as rows_of
 from ppdgm.combine import log_mean_exp, mean
 from ppdgm.errors import UsageError
@@ -377,8 +377,7 @@ class ProgramPair:
         example = self.example
         n = rows_of(example)
         index = torch.arange(batch_size) % n
-        first = example if torch.is_tensor(example) else next(c for _, c in example.items() if c is not None)
-        return example[index.to(first.device)]
+        return example[index.to(first_column(example)[1].device)]
 
     def _generating(self, rows: Data) -> tuple[Callable, tuple, dict]:
         """How the model generates ``rows``'s observed columns: ``None`` + ``batch_size``, or unconditioned."""

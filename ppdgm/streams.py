@@ -8,7 +8,7 @@ columns when the items are tuples or dicts (torchvision's ``(image, label)`` pai
 The guarantees of in-memory training carry over:
 
 * **Seeded order.** A map-style ``Dataset`` (and a ``DataLoader`` over one) is read in the order
-  ``EpochBatches`` gives: a function of ``(seed, epoch)`` alone, the same permutation an in-memory
+  :func:`epoch_order` gives: a function of ``(seed, epoch)`` alone, the same permutation an in-memory
   tensor of the same rows gets, so both train to the same parameters. The loader's own workers,
   pinned memory, ``collate_fn``, prefetching and timeouts are kept; its sampler is replaced (a
   ``RandomSampler`` by the seeded permutation, a ``SequentialSampler`` by the rows in order).
@@ -27,7 +27,6 @@ Nothing needs the data set in memory: only the batches being read are.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -36,7 +35,7 @@ from torch.utils.data import DataLoader, IterableDataset, RandomSampler, Sequent
 from torch.utils.data import Dataset as TorchDataset
 
 from ppdgm import distributed
-from ppdgm.batch import Batch, Data, as_rows
+from ppdgm.batch import Batch, Data, as_rows, first_column
 from ppdgm.batch import batch_size as rows_of
 from ppdgm.errors import UsageError
 
@@ -86,16 +85,13 @@ class RowTransform:
         raise NotImplementedError
 
     def __call__(self, data: Data, key: int, rows: slice, n: int) -> Data:
-        first = data if torch.is_tensor(data) else next(c for _, c in data.items() if c is not None)
+        first_key, first = first_column(data)
         gen = torch.Generator(device="cpu").manual_seed(key)
         if not first.is_floating_point():
             raise UsageError(f"{self.name} needs floating-point pixel values in [0, 1], got {first.dtype}")
         uniform = torch.rand((n, *first.shape[1:]), generator=gen, dtype=torch.float32)[rows]
         out = self.apply(first, uniform.to(first.device, first.dtype))
-        if torch.is_tensor(data):
-            return out
-        key0 = next(k for k, c in data.items() if c is not None)
-        return data.replace({key0: out})
+        return out if torch.is_tensor(data) else data.replace({first_key: out})
 
     def __repr__(self) -> str:
         return self.name
@@ -198,16 +194,6 @@ class Source:
         """The first ``n`` rows (inspection), the same on every rank."""
         return next(iter(self.chunks(n, whole=True)), (0, None))[1]
 
-    def batches_per_epoch(self, batch_size: int) -> int | None:
-        return None if self.num_rows is None else math.ceil(self.num_rows / batch_size)
-
-    def describe_columns(self) -> str | None:
-        """The columns' shapes per row, for run records (``None`` for a single tensor)."""
-        first = self.head(1)
-        if first is None or torch.is_tensor(first):
-            return None
-        return ", ".join(f"{k}: {tuple(c.shape[1:])} {str(c.dtype).removeprefix('torch.')}" for k, c in first.items())
-
 
 class TensorSource(Source):
     """Rows in memory (a tensor or a :class:`Batch`), indexed on their own device."""
@@ -221,11 +207,11 @@ class TensorSource(Source):
     def batches(
         self, epoch: int, batch_size: int, seed: int, shuffle: bool, start: int = 0, whole: bool = False
     ) -> Iterator[tuple[int, Data]]:
-        device = self.rows.device if torch.is_tensor(self.rows) else None
+        _, first = first_column(self.rows)
         for index in epoch_order(self.num_rows, batch_size, seed, epoch, shuffle)[start:]:
             n = index.shape[0]
             block = index if whole else index[rank_rows(n)]
-            yield n, self.rows[block.to(device) if device is not None else block]
+            yield n, self.rows[block.to(first.device)]  # indexed where the rows are
 
     def chunks(self, size: int, whole: bool = False) -> Iterator[tuple[int, Data]]:
         for start in range(0, self.num_rows, size):

@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ppdgm import checkpoints, distributed
-from ppdgm.batch import Batch, Data
+from ppdgm.batch import Batch, Data, describe_columns
 from ppdgm.batch import batch_size as rows_of
 from ppdgm.checkpoints import CheckpointError
 from ppdgm.data import Dataset, as_dataset
@@ -46,7 +46,6 @@ from ppdgm.streams import (
     RowTransform,
     TensorSource,
     as_source,
-    epoch_order,
     get_transform,
     is_stream,
     materialize,
@@ -112,23 +111,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
             f"device {str(device)!r} was asked for but no CUDA GPU is available; use device='cpu'"
         )
     return dev
-
-
-class EpochBatches:
-    """Yields index tensors of one epoch's minibatches; the order depends on (seed, epoch) only."""
-
-    def __init__(self, num_rows: int, batch_size: int, seed: int, shuffle: bool = True) -> None:
-        self.num_rows, self.batch_size, self.seed, self.shuffle = num_rows, batch_size, seed, shuffle
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return math.ceil(self.num_rows / self.batch_size)
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        yield from epoch_order(self.num_rows, self.batch_size, self.seed, self.epoch, self.shuffle)
 
 
 @dataclass
@@ -321,7 +303,7 @@ def fit(
         batch_size = source.preferred_batch_size or 100
     shuffle = shuffle if shuffle is not None else source.shuffle if source.shuffle is not None else True
     budget = Budget.of(source.num_rows, epochs, steps, batch_size)
-    first = _transformed(source.head(budget.batch_size), transform, seed)
+    first = materialize(dataset.train, budget.batch_size, transform=transform, seed=seed)  # as the programs see it
     if isinstance(first, Batch) and not method_obj.accepts_columns:
         raise UsageError(f"method {method_obj.name!r} trains on a single tensor of rows, not on data columns")
     dev, ctx = _training_device(device)
@@ -332,6 +314,7 @@ def fit(
         shuffle=shuffle,
         transform=None if transform is None else repr(transform),
         source=source.name,
+        columns=describe_columns(first),
     )
     loop = TrainingLoop(
         budget, seed, tuple(callbacks), None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME,
@@ -436,7 +419,6 @@ def _config(
         "seed": seed,
         "device": str(dev),
         "obs_site": obs_site,
-        "columns": dataset.describe_columns(),
         "lr_schedule": lr_schedule if isinstance(lr_schedule, str) or lr_schedule is None else repr(lr_schedule),
         "world_size": 1 if ctx is None else ctx.world_size,
         "precision": precision,
@@ -467,13 +449,6 @@ def _training_device(device: str | torch.device) -> tuple[torch.device, distribu
     return dev, ctx
 
 
-def _transformed(rows: Data, transform: RowTransform | None, seed: int) -> Data:
-    """Rows as the programs see them: with the data set's random transform drawn once (inspection, checks)."""
-    if transform is None:
-        return rows
-    return transform(rows, noise_key(seed, -1, 0), slice(None), rows_of(rows))
-
-
 def _inspect(
     programs: ProgramPair, method: Method, dataset: Dataset, first: Data, transform: RowTransform | None, seed: int
 ) -> None:
@@ -485,7 +460,11 @@ def _inspect(
     splits = []
     for name in ("train", "valid", "test"):
         split = dataset.split(name)
-        if split is not None:
+        if split is None:
+            continue
+        if is_stream(split) and name == "train":  # its first batch, `first`, already read
+            splits.append(first)
+        else:  # a stream's first batch, rows in memory whole
             limit = rows_of(first) if is_stream(split) else None
             splits.append(materialize(split, limit, transform=transform, seed=seed))
     programs.inspect_data(first, splits)
@@ -766,23 +745,25 @@ class _Shards:
             self.sampling = distributed.ShardedSampling(programs.structure.data_plate)
 
     @contextlib.contextmanager
-    def take(self, n: int, weigh: bool = True) -> Iterator[slice]:
-        """The slice of a global batch of ``n`` rows this rank takes, with sharded sampling active inside."""
+    def take(self, n: int, weigh: bool = True) -> Iterator[None]:
+        """Sharded sampling for this rank's rows of a global batch of ``n`` (those :func:`~ppdgm.streams.rank_rows`
+        gives, which the sources read), with the rank's weight and share set."""
         if self.sampling is None:
-            yield slice(None)
+            yield
             return
-        if n < self.world_size:
+        rows = rank_rows(n)
+        if rows == slice(None):  # fewer rows than ranks: every rank takes them all
             self.share = 1.0 if self.rank == 0 else 0.0
             self._weigh(1.0, weigh)
-            yield slice(None)
+            yield
             return
-        offset, size = distributed.block(n, self.rank, self.world_size)
+        offset, size = rows.start, rows.stop - rows.start
         self.share = 1.0
         self._weigh(size * self.world_size / n, weigh)
         self.programs.row_scale = n / size
         try:
             with self.sampling.rows(offset, size, n):
-                yield slice(offset, offset + size)
+                yield
         finally:
             self.programs.row_scale = 1.0
 

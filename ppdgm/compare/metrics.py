@@ -63,7 +63,7 @@ def evaluate_run(
                 raise UsageError("kl_true_model needs a single tensor of test rows (a 2-D mixture)")
             out["kl_true_model"] = evaluate.mixture_kl(samples, test, mixture_log_density(spec.data), bandwidth=std)
     if set(spec.metrics) & set(CLASSIFIER_METRICS):
-        out.update(_classifier_metrics(spec, model))
+        out.update(_classifier_metrics(spec, model, test))
         if "inception_score_std" in out:  # the spread over the score's 10 splits, as papers report it
             stderr["inception_score"] = out.pop("inception_score_std")
     if "semi_supervised_accuracy" in spec.metrics:
@@ -96,21 +96,19 @@ def _data_classifier(data: str, data_dir: str | None) -> tuple[Any, torch.nn.Seq
     return labelled, evaluate.train_classifier(labelled.tensor("train"), labelled.labels["train"])
 
 
-def _classifier_metrics(spec: Spec, model: Callable) -> dict[str, float]:
+def _classifier_metrics(spec: Spec, model: Callable, test: Data) -> dict[str, float]:
     """Inception score (torchmetrics, 10 splits), classes covered, FID and the accuracy of class-conditional
     samples, judged by a classifier trained on the data set's training rows (or Inception-v3 for IS and FID when
     the spec gives ``inception_weights``)."""
     from ppdgm import evaluate, fidelity
-    from ppdgm.data import load
     from ppdgm.sampling import sample
 
     labelled, classifier = _data_classifier(spec.data, spec.data_dir)
     train = labelled.tensor("train")
     out: dict[str, float] = {}
-    like = load(spec.data, spec.data_dir, **spec.data_options).rows("train", limit=CLASSIFIER_SAMPLES)
-    conditional = not torch.is_tensor(like)
+    conditional = not torch.is_tensor(test)  # the test rows carry the spec's columns: labels are inputs
     condition = fidelity.balanced_labels(CLASSIFIER_SAMPLES, labelled.classes or 10) if conditional else None
-    samples = sample(model, CLASSIFIER_SAMPLES, like=like, condition=condition, mean=True).cpu()
+    samples = sample(model, CLASSIFIER_SAMPLES, like=test, condition=condition, mean=True).cpu()
     samples = samples.reshape(CLASSIFIER_SAMPLES, -1)
     if spec.inception_weights:
         shape = labelled.image_shape or (1, *([int(train.shape[1] ** 0.5)] * 2))

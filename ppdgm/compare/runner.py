@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from ppdgm.compare.record import run_record
 from ppdgm.compare.report import summarise, write_results
 from ppdgm.compare.spec import MethodSpec, Spec, parse_spec, run_dir
 from ppdgm.errors import UsageError
+
+if TYPE_CHECKING:
+    from ppdgm.data import Dataset
 
 RESULT = "result.json"
 
@@ -35,6 +38,16 @@ def build_pair(spec: Spec, x_dim: int) -> tuple[Callable, Callable]:
     from ppdgm.presets import build
 
     return build(spec.model, x_dim, **spec.model_options)
+
+
+def load_dataset(spec: Spec) -> Dataset:
+    """The spec's data set with its columns, and its transform for the training batches and evaluation splits."""
+    from ppdgm.data import load
+    from ppdgm.streams import get_transform
+
+    dataset = load(spec.data, spec.data_dir, **spec.data_options)
+    dataset.transform = get_transform(spec.transform)
+    return dataset
 
 
 def run_one(spec_dict: dict, method_index: int, seed: int, tensorboard: bool = False) -> dict:
@@ -87,11 +100,9 @@ def _train_and_evaluate(spec: Spec, method: MethodSpec, seed: int, folder: Path,
     import ppdgm
     from ppdgm import distributed
     from ppdgm.sampling import generate, sample, save_image_grid
-    from ppdgm.streams import get_transform
 
     done = folder / RESULT
-    dataset = ppdgm.data.load(spec.data, spec.data_dir, **spec.data_options)
-    dataset.transform = get_transform(spec.transform)  # training batches and the evaluation splits alike
+    dataset = load_dataset(spec)
     torch.manual_seed(seed)  # the same initial networks for every method of a seed
     model, guide = build_pair(spec, dataset.dim)
     config = {
@@ -217,10 +228,8 @@ def estimate(spec: Spec, steps: int = 20) -> list[dict]:
     running several at once, are not in it. Returns one dict per method.
     """
     import ppdgm
-    from ppdgm.streams import get_transform
 
-    dataset = ppdgm.data.load(spec.data, spec.data_dir, **spec.data_options)
-    dataset.transform = get_transform(spec.transform)
+    dataset = load_dataset(spec)
     per_epoch = -(-len(dataset.train) // spec.batch_size)
     total = spec.steps if spec.steps is not None else spec.epochs * per_epoch
     warmup = 5  # the first steps (validation on, allocations) are not what a long run spends a step
