@@ -23,6 +23,7 @@ import torch
 from torch.nn import functional as F
 
 import ppdgm
+from ppdgm.compiled import CompiledStep
 from ppdgm.method import Engine
 from ppdgm.presets import build
 from ppdgm.programs import ProgramPair
@@ -161,19 +162,23 @@ class HandWrittenGAN:
 
 
 class Ppdgm:
-    """ppdgm's hot loop: exactly what ``ppdgm.fit`` runs per step (validation off after step one)."""
+    """ppdgm's hot loop: exactly what ``ppdgm.fit`` runs per step (validation off after step one).
 
-    def __init__(self, model, guide, method: str, x: torch.Tensor, **options) -> None:
+    ``compile="auto"`` (fit's default) replays the step's recording (ppdgm.compiled); ``False`` runs the eager step.
+    """
+
+    def __init__(self, model, guide, method: str, x: torch.Tensor, compile: bool | str = "auto", **options) -> None:
         self.programs = ProgramPair(model, guide)
         structure = self.programs.inspect(x)
         self.method = ppdgm.get_method(method, **options)
         self.method.setup(self.programs)
         players = {"model": structure.model_param_names, "guide": structure.guide_param_names}
         self.engine = Engine(self.programs, {**players, **self.method.extra_players()}, lr=1e-3)
+        self.compiled = CompiledStep(self.method, self.engine, compile)
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         with pyro.validation_enabled(False):
-            return next(iter(self.method.step(self.engine, x).values()))
+            return next(iter(self.compiled(x).values()))
 
 
 def _time_interleaved(contenders: dict, batches: list[torch.Tensor], args: argparse.Namespace, sync) -> tuple:
@@ -225,14 +230,16 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--suite", choices=["all", "vae", "sbn", "gan"], default="all")
+    parser.add_argument("--suite", choices=["all", "vae", "sbn", "gan", "fit"], default="all")
+    parser.add_argument("--fit-rows", type=int, default=10000, help="rows of the end-to-end (fit) rows")
+    parser.add_argument("--fit-epochs", type=int, default=3, help="epochs a round of the end-to-end rows")
     parser.add_argument("--gan-batch-sizes", type=int, nargs="+", default=[64], help="batch sizes of the GAN rows")
     args = parser.parse_args()
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     batches = load_batches(args.data_dir, args.batch_size, device)
     cases = [("vae", {}, 1), ("iwae", {"num_particles": 5}, 5), ("iwae", {"num_particles": 50}, 50)]
-    if args.suite in ("sbn", "gan"):
+    if args.suite not in ("all", "vae"):
         cases = []
     rows = []
     for method, options, k in cases:
@@ -241,21 +248,52 @@ def main() -> None:
         model, guide = build("iwae-1layer", 784)
         model.to(device)
         guide.to(device)
-        ours = Ppdgm(model, guide, method, batches[0], **options)
         contenders = {
             "hand": HandWritten(model, guide, k).step,
             "hand_dist": HandWrittenDistributions(model, guide, k).step,
-            "ppdgm": ours.step,
+            **_ours(model, guide, method, batches[0], **options),
         }
-        med, spread = _time_interleaved(contenders, batches, args, sync)
         label = method + (f" K={k}" if method == "iwae" else "")
-        rows.append((label, med, spread["ppdgm"], args.rounds * args.steps))
+        rows.append((label, *_time_interleaved(contenders, batches, args, sync)))
     if rows:
-        _print_vae_table(rows)
+        _print_table(
+            "VAE / IWAE, iwae-1layer networks (784-200-200-50 tanh):",
+            rows,
+            {"hand": "hand-written", "hand_dist": "hand-written (torch.distributions)"},
+            args,
+        )
     if args.suite in ("all", "sbn"):
         _sbn_table(args, batches, sync)
     if args.suite in ("all", "gan"):
         _gan_table(args, sync)
+    if args.suite in ("all", "fit"):
+        _fit_table(args)
+
+
+def _ours(model, guide, method: str, x: torch.Tensor, **options) -> dict:
+    """ppdgm's compiled step (fit's default) and its eager step, each with its own optimizers."""
+    compiled = Ppdgm(model, guide, method, x, **options)
+    eager = Ppdgm(model, guide, method, x, compile=False, **options)
+    return {"ppdgm": compiled.step, "ppdgm_eager": eager.step}
+
+
+def _print_table(title: str, rows: list, references: dict[str, str], args: argparse.Namespace) -> None:
+    """One markdown table: each reference's and ppdgm's (compiled, eager) ms/step, ratios to the first reference."""
+    first = next(iter(references))
+    print()
+    print(title)
+    header = ["method", *(f"{name} ms/step" for name in references.values()), "ppdgm ms/step", "ppdgm eager ms/step"]
+    header += [f"ratio ppdgm / {references[first]} (rounds: min-max)", "ratio ppdgm eager / " + references[first]]
+    header += [f"ratio ppdgm / {name}" for name in list(references.values())[1:]] + ["steps timed each"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for label, med, spread in rows:
+        h, o, e = med[first], med["ppdgm"], med["ppdgm_eager"]
+        span = f"{min(spread['ppdgm']):.3f}-{max(spread['ppdgm']):.3f}"
+        cells = [label, *(f"{1e3 * med[name]:.2f}" for name in references), f"{1e3 * o:.2f}", f"{1e3 * e:.2f}"]
+        cells += [f"{o / h:.3f} ({span})", f"{e / h:.3f}"]
+        cells += [f"{o / med[name]:.3f}" for name in list(references)[1:]] + [str(args.rounds * args.steps)]
+        print("| " + " | ".join(cells) + " |")
 
 
 def _gan_table(args: argparse.Namespace, sync) -> None:
@@ -270,48 +308,22 @@ def _gan_table(args: argparse.Namespace, sync) -> None:
         device = x[0].device
         gen = MLPGenerator(784, z_dim=64, hidden=(256, 256), activation="relu", output="sigmoid").to(device)
         disc = MLPDiscriminator(784, (256, 256)).to(device)
-        ours = Ppdgm(gen, None, "gan", x[0], discriminator=disc)
         contenders = {
             "hand": HandWrittenGAN(gen.net, disc.net, 64, strict=True).step,
             "hand_idiom": HandWrittenGAN(gen.net, disc.net, 64, strict=False).step,
-            "ppdgm": ours.step,
+            **_ours(gen, None, "gan", x[0], discriminator=disc),
         }
-        rows.append((batch_size, *_time_interleaved(contenders, x, args, sync)))
-    print()
-    print("GAN, MLP generator 64-256-256-784 and discriminator 784-256-256-1:")
-    print(
-        "| method | batch | hand-written ms/step | hand-written (plain backward) ms/step | ppdgm ms/step "
-        "| ratio ppdgm / hand-written (rounds: min-max) | ratio ppdgm / plain backward | steps timed each |"
+        rows.append((f"gan, batch {batch_size}", *_time_interleaved(contenders, x, args, sync)))
+    _print_table(
+        "GAN, MLP generator 64-256-256-784 and discriminator 784-256-256-1:",
+        rows,
+        {"hand": "hand-written", "hand_idiom": "hand-written (plain backward)"},
+        args,
     )
-    print("|---|---|---|---|---|---|---|---|")
-    for batch_size, med, spread in rows:
-        h, hi, o = med["hand"], med["hand_idiom"], med["ppdgm"]
-        span = f"{min(spread['ppdgm']):.3f}-{max(spread['ppdgm']):.3f}"
-        n = args.rounds * args.steps
-        print(
-            f"| gan | {batch_size} | {1e3 * h:.2f} | {1e3 * hi:.2f} | {1e3 * o:.2f} | {o / h:.3f} ({span}) "
-            f"| {o / hi:.3f} | {n} |"
-        )
-
-
-def _print_vae_table(rows: list) -> None:
-    print()
-    print("VAE / IWAE, iwae-1layer networks (784-200-200-50 tanh):")
-    print(
-        "| method | hand-written ms/step | hand-written (torch.distributions) ms/step | ppdgm ms/step "
-        "| ratio ppdgm / hand-written (rounds: min-max) | ratio ppdgm / hand (distributions) | steps timed each |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    for label, med, spread, n in rows:
-        h, hd, o = med["hand"], med["hand_dist"], med["ppdgm"]
-        span = f"{min(spread):.3f}-{max(spread):.3f}"
-        print(
-            f"| {label} | {1e3 * h:.2f} | {1e3 * hd:.2f} | {1e3 * o:.2f} | {o / h:.3f} ({span}) | {o / hd:.3f} | {n} |"
-        )
 
 
 def _sbn_table(args: argparse.Namespace, batches: list[torch.Tensor], sync) -> None:
-    sbn_rows = []
+    rows = []
     for method, options in (("ws", {}), ("rws", {"num_particles": 5})):
         pyro.clear_param_store()
         torch.manual_seed(0)
@@ -320,21 +332,81 @@ def _sbn_table(args: argparse.Namespace, batches: list[torch.Tensor], sync) -> N
         guide.to(batches[0].device)
         contenders = {
             "hand": HandWrittenSBN(model, guide, method, options.get("num_particles", 1)).step,
-            "ppdgm": Ppdgm(model, guide, method, batches[0], **options).step,
+            **_ours(model, guide, method, batches[0], **options),
         }
-        med, spread = _time_interleaved(contenders, batches, args, sync)
         label = method + "".join(f" K={v}" for v in options.values())
-        sbn_rows.append((label, med, spread["ppdgm"], args.rounds * args.steps))
-    print()
-    print("Wake-sleep family, helmholtz preset with layers 200 (784-200 SBN, linear recognition):")
-    print(
-        "| method | hand-written ms/step | ppdgm ms/step | ratio ppdgm / hand-written (rounds: min-max) "
-        "| steps timed each |"
+        rows.append((label, *_time_interleaved(contenders, batches, args, sync)))
+    _print_table(
+        "Wake-sleep family, helmholtz preset with layers 200 (784-200 SBN, linear recognition):",
+        rows,
+        {"hand": "hand-written"},
+        args,
     )
-    print("|---|---|---|---|---|")
-    for label, med, spread, n in sbn_rows:
-        h, o = med["hand"], med["ppdgm"]
-        print(f"| {label} | {1e3 * h:.2f} | {1e3 * o:.2f} | {o / h:.3f} ({min(spread):.3f}-{max(spread):.3f}) | {n} |")
+
+
+def _fit_table(args: argparse.Namespace) -> None:
+    """End to end: ``ppdgm.fit`` against a hand-written loop over the same rows (shuffled batches included).
+
+    Each round runs both for ``--fit-epochs`` epochs of ``--fit-rows`` rows; the steady state is the epochs after
+    the first (which holds ppdgm's inspection, checked first step and recording), reported per 100 steps.
+    """
+    device = torch.device(args.device)
+    x = torch.cat(load_batches(args.data_dir, args.batch_size, device, count=args.fit_rows // args.batch_size))
+    rows = []
+    for method, options, k in (("vae", {}, 1), ("iwae", {"num_particles": 5}, 5)):
+        per_100: dict[str, list[float]] = {"hand": [], "ppdgm": [], "ppdgm_eager": []}
+        first: dict[str, list[float]] = {"ppdgm": [], "ppdgm_eager": []}
+        for _ in range(args.rounds):
+            for name in per_100:
+                pyro.clear_param_store()
+                torch.manual_seed(0)
+                model, guide = build("iwae-1layer", 784)
+                model.to(device)
+                guide.to(device)
+                if name == "hand":
+                    epochs = _hand_fit(HandWritten(model, guide, k), x, args)
+                else:
+                    run = ppdgm.fit(
+                        model, guide, x, method, epochs=args.fit_epochs, batch_size=args.batch_size,
+                        device=args.device, progress=False, validate_every=0, compile=name == "ppdgm", **options,
+                    )  # fmt: skip
+                    epochs = [record["seconds"] for record in run.history]
+                    first[name].append(epochs[0])
+                steps = len(x) // args.batch_size
+                per_100[name] += [100 * t / steps for t in epochs[1:]]
+        med = {name: statistics.median(t) for name, t in per_100.items()}
+        rows.append((method + (f" K={k}" if k > 1 else ""), med, {n: statistics.median(t) for n, t in first.items()}))
+    print()
+    print(
+        f"End to end: ppdgm.fit against a hand-written loop over the same {len(x)} rows, batch {args.batch_size}, "
+        f"{args.fit_epochs} epochs a round, {args.rounds} rounds (steady state: epochs after the first):"
+    )
+    print(
+        "| method | hand-written s/100 steps | ppdgm.fit s/100 steps | ppdgm.fit eager s/100 steps "
+        "| ratio ppdgm.fit / hand-written | ratio eager / hand-written | ppdgm first epoch s (compiled, eager) |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for label, med, first_epoch in rows:
+        h, o, e = med["hand"], med["ppdgm"], med["ppdgm_eager"]
+        print(
+            f"| {label} | {h:.3f} | {o:.3f} | {e:.3f} | {o / h:.3f} | {e / h:.3f} "
+            f"| {first_epoch['ppdgm']:.2f}, {first_epoch['ppdgm_eager']:.2f} |"
+        )
+
+
+def _hand_fit(hand: HandWritten, x: torch.Tensor, args: argparse.Namespace) -> list[float]:
+    """Seconds per epoch of the hand-written loop: a seeded permutation per epoch, then its batches."""
+    generator = torch.Generator().manual_seed(0)
+    seconds = []
+    for _ in range(args.fit_epochs):
+        tic = time.perf_counter()
+        order = torch.randperm(len(x), generator=generator).to(x.device)
+        for rows in order.split(args.batch_size):
+            hand.step(x[rows])
+        if x.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - tic)
+    return seconds
 
 
 if __name__ == "__main__":

@@ -93,7 +93,7 @@ class PCD(CD):
         return self.chains
 
     def state_dict(self) -> dict:
-        return {"chains": None if self.chains is None else self.chains.cpu()}
+        return {"chains": self.chains}
 
     def load_state_dict(self, state: Mapping) -> None:
         self.chains = state.get("chains")

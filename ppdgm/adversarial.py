@@ -285,6 +285,13 @@ class AdversarialMethod(Method):
         self.step_count += 1
         return (self.step_count - 1) % self.discriminator_steps == 0
 
+    def compiled_key(self) -> bool:
+        """Whether the next step is a generator turn: its recording differs from the discriminator-only one."""
+        return self.step_count % self.discriminator_steps == 0
+
+    def after_replay(self) -> None:
+        self.step_count += 1  # what generator_turn counts in an eager step
+
     def remember(self, **metrics: torch.Tensor) -> dict[str, torch.Tensor]:
         """Keep the generating players' metrics of their last update, reported on the steps they skip."""
         self._generator_metrics = {k: v.detach() for k, v in metrics.items()}

@@ -67,6 +67,9 @@ def _model_options(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in options.items() if v is not None}
 
 
+_COMPILE_CHOICES: dict[str, bool | str] = {"auto": "auto", "on": True, "off": False}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     ctx = distributed.context(resolve_device(args.device))  # joins the job when started by torchrun
     main = ctx is None or ctx.is_main
@@ -118,6 +121,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         precision=args.precision,
         resume="override" if args.override else True,
+        compile=_COMPILE_CHOICES[args.compile],
         **budget,
         **method_options,
     )
@@ -216,23 +220,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         spec = replace(spec, data_dir=args.data_dir)
-    if args.estimate:
-        from ppdgm.compare.runner import estimate
-
-        rows = estimate(spec)
-        print(f"{spec.name}: training time on this machine ({torch.get_num_threads()} threads), 20 steps measured")
-        print("| method | ms/step | steps a run | hours a run | hours, all seeds |")
-        print("|---|---|---|---|---|")
-        for row in rows:
-            print(
-                f"| {row['method']} | {1000 * row['seconds_per_step']:.1f} | {row['steps_per_run']} | "
-                f"{row['hours_per_run']:.2f} | {row['hours_all_seeds']:.2f} |"
-            )
-        print(f"all methods: {sum(r['hours_all_seeds'] for r in rows):.2f} h of training, one run at a time")
-        return 0
+    if args.estimate or (args.preset and args.budget == "full"):  # a full budget says what it will cost first
+        _print_estimate(spec)
+        if args.estimate:
+            return 0
     compare(spec, jobs=args.jobs, progress=not args.quiet, tensorboard=args.tensorboard)
     print(f"results, figures and record in {spec.output}")
     return 0
+
+
+def _print_estimate(spec: Any) -> None:
+    """The spec's training time on this machine, measured from a few steps of each method."""
+    from ppdgm.compare.runner import estimate
+
+    rows = estimate(spec)
+    print(f"{spec.name}: training time on this machine ({torch.get_num_threads()} threads), 20 steps measured")
+    print("| method | ms/step | step path | steps a run | hours a run | hours, all seeds |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        print(
+            f"| {row['method']} | {1000 * row['seconds_per_step']:.1f} | {row['step_path']} | {row['steps_per_run']} "
+            f"| {row['hours_per_run']:.2f} | {row['hours_all_seeds']:.2f} |"
+        )
+    print(f"all methods: {sum(r['hours_all_seeds'] for r in rows):.2f} h of training, one run at a time", flush=True)
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
@@ -292,6 +302,12 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=int, default=None, help="also a checkpoint every N steps")
     t.add_argument("--out", required=True, help="run folder (config, checkpoint, params, history, samples)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--compile",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="steps from recordings traced once per batch shape (auto: eager where a program cannot be; on: an error)",
+    )
     t.add_argument(
         "--override",
         action="store_true",

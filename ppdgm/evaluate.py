@@ -23,6 +23,7 @@ import torch
 
 from ppdgm.batch import Data, as_rows
 from ppdgm.batch import batch_size as rows_of
+from ppdgm.compiled import RecordedFunction
 from ppdgm.errors import UsageError
 from ppdgm.handlers import distribution_of
 from ppdgm.method import positive_int
@@ -98,19 +99,30 @@ def log_likelihood(
     max_elements: int = 1 << 24,
     obs_site: str | None = None,
     data_plate: str | None = None,
+    compile: bool = True,
 ) -> Estimate:
     """Importance-sampled log p(x) per datapoint with ``num_samples`` guide samples each.
 
-    Memory stays bounded: at most about ``max_elements`` numbers of x-sized tensors at once.
+    Memory stays bounded: at most about ``max_elements`` numbers of x-sized tensors at once. With ``compile`` each
+    chunk of particles runs from a recording (:class:`~ppdgm.compiled.RecordedFunction`; eager where it cannot).
     """
     num_samples, max_elements = positive_int("num_samples", num_samples), positive_int("max_elements", max_elements)
 
+    chunk_lse: RecordedFunction | None = None
+
     def per_batch(programs: ProgramPair, x: Data) -> torch.Tensor:
+        nonlocal chunk_lse
+        if chunk_lse is None:  # one recording per chunk shape, replayed for every batch (ppdgm.compiled)
+
+            def lse(x: Data, k: int) -> torch.Tensor:
+                return torch.logsumexp(programs.data_side(x, k).log_weights, 0)
+
+            chunk_lse = RecordedFunction(lse, "the importance-sampled log-likelihood", enabled=compile)
         chunk = _particle_chunk(num_samples, rows_of(x), programs.observed_of(x)[0].numel(), max_elements)
         running = None
         for k in _chunks(num_samples, chunk):
-            lse = torch.logsumexp(programs.data_side(x, k).log_weights, 0)
-            running = lse if running is None else torch.logaddexp(running, lse)
+            lse_k = chunk_lse(x, k)
+            running = lse_k if running is None else torch.logaddexp(running, lse_k)
         return running - math.log(num_samples)
 
     return _batched(model, guide, data, per_batch, batch_size, obs_site, data_plate)

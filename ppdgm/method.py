@@ -9,7 +9,7 @@ moves — a player whose phase did not run keeps its parameters *and* its optimi
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
@@ -148,6 +148,8 @@ class Engine:
         #: skip an update whose loss or gradients are not finite (as GradScaler does), instead of applying it
         self.skip_nonfinite = False
         self.skipped_updates = 0
+        #: set while a step is traced (:mod:`ppdgm.compiled`): takes each phase's loss instead of back-propagating it
+        self.recorder: Callable[[torch.Tensor, list[Player], list[torch.Tensor]], None] | None = None
 
     def scale_learning_rates(self, factor: float) -> None:
         """Set every player's learning rates to ``factor`` times their initial values."""
@@ -170,11 +172,18 @@ class Engine:
         moving = [self.players[p] for p in players if p in self.players]
         if not moving:
             return
-        for player in moving:
-            player.optimizer.zero_grad(set_to_none=True)
         # gradients only for the players that move: a generator's loss need not fill the discriminator's
         params = [p for player in moving for p in player.params]
+        if self.recorder is not None:  # a step being traced (ppdgm.compiled): gradients recorded, the step a call
+            self.recorder(loss, moving, params)
+            return
+        for player in moving:
+            player.optimizer.zero_grad(set_to_none=True)
         loss.backward(inputs=params)
+        self.apply_gradients(loss, moving, params)
+
+    def apply_gradients(self, loss: torch.Tensor, moving: list[Player], params: list[torch.Tensor]) -> None:
+        """Average gradients over ranks, skip a non-finite update if asked, and step the moving players."""
         if self.grad_sync is not None:
             self.grad_sync(params)
         if self.skip_nonfinite and not self._finite(loss, params):  # one host read per phase: skipping's price
@@ -263,6 +272,8 @@ class Method:
     accepts_columns: ClassVar[bool] = True
     #: enumerated sites the method sums out: ``"all"``, ``"model"`` (model-side enumeration only) or ``"none"``
     enumeration: ClassVar[str] = "none"
+    #: ``True``, or why the method's step always runs eagerly (see :mod:`ppdgm.compiled`)
+    compilable: ClassVar[bool | str] = True
 
     def setup(self, programs: ProgramPair) -> None:
         """Called once after the program pair is inspected; check the method can train it."""
@@ -303,10 +314,18 @@ class Method:
         raise NotImplementedError
 
     def state_dict(self) -> dict:
+        """State that must survive a checkpoint; its tensors are the live ones (a compiled step carries them)."""
         return {}
 
     def load_state_dict(self, state: Mapping) -> None:
         del state
+
+    def compiled_key(self) -> Hashable:
+        """What the next step's control flow depends on beyond shapes (a compiled step is recorded per key)."""
+        return None
+
+    def after_replay(self) -> None:
+        """Python-side bookkeeping of a step replayed from its recording (which replays tensor operations only)."""
 
     def options(self) -> dict[str, Any]:
         """The constructor options, for run records."""

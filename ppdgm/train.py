@@ -35,6 +35,7 @@ from ppdgm import checkpoints, distributed
 from ppdgm.batch import Batch, Data, describe_columns
 from ppdgm.batch import batch_size as rows_of
 from ppdgm.checkpoints import CheckpointError
+from ppdgm.compiled import COMPILE_MODES, CompiledStep
 from ppdgm.data import Dataset, as_dataset
 from ppdgm.divergence import all_finite, diagnose, params_finite
 from ppdgm.errors import MissingResourceError, UsageError
@@ -134,6 +135,8 @@ class Run:
     history: list[dict] = field(default_factory=list)
     param_state: Any = field(default_factory=dict)
     seconds: float = 0.0
+    #: the step the fit ran (:class:`~ppdgm.compiled.CompiledStep`): ``run.stepper(x)`` takes one more
+    stepper: Any = None
 
     @property
     def train_data(self) -> Data:
@@ -245,6 +248,7 @@ def fit(
     lr_schedule: str | Callable[[int], float] | None = None,
     precision: str = "fp32",
     skip_nonfinite: bool = False,
+    compile: bool | str = "auto",
     **method_options: Any,
 ) -> Run:
     """Train ``model`` and ``guide`` on ``data`` with the algorithm ``method`` (in full: docs/usage.md).
@@ -277,6 +281,9 @@ def fit(
         precision: ``"fp32"`` or ``"bf16"`` (networks in bfloat16, distributions in float32).
         skip_nonfinite: skip updates with a non-finite loss or gradient (counted as ``skipped_updates``)
             instead of stopping with ``TrainingDiverged``.
+        compile: ``"auto"`` runs steps from recordings traced once per batch shape (:mod:`ppdgm.compiled`), falling
+            back to the eager step with a ``CompileWarning`` that names the cause; ``True`` raises instead of falling
+            back; ``False`` always runs the eager step. Both paths give the same result from the same seed.
 
     Under ``torchrun`` the fit is data-parallel and equals one process to float tolerance (docs/scaling.md).
 
@@ -284,6 +291,8 @@ def fit(
         A :class:`Run` with the trained programs, per-epoch history, timings and save/load.
     """
     _check_fit_arguments(seed, log_every, validate_every, callbacks, checkpoint_dir, progress, validate, skip_nonfinite)
+    if compile not in COMPILE_MODES or not isinstance(compile, bool | str):
+        raise UsageError(f"compile must be 'auto', True or False, got {compile!r}")
     if resume not in (True, False, "override"):
         raise UsageError(f"resume must be True, False or 'override', got {resume!r}")
     if checkpoint_every is not None:
@@ -319,7 +328,7 @@ def fit(
     loop = TrainingLoop(
         budget, seed, tuple(callbacks), None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME,
         resume, validate_every, progress and distributed.is_main(), log_every, validate,
-        resolve_schedule(lr_schedule, budget.num_epochs), precision, shuffle, transform, checkpoint_every,
+        resolve_schedule(lr_schedule, budget.num_epochs), precision, shuffle, transform, checkpoint_every, compile,
     )  # fmt: skip
     pyro.set_rng_seed(seed)
     programs = ProgramPair(
@@ -526,6 +535,7 @@ class TrainingLoop:
     shuffle: bool = True
     transform: RowTransform | None = None
     checkpoint_every: int | None = None
+    compile: bool | str = "auto"
 
     def run(self, run: Run) -> None:
         """Train ``run`` from its checkpoint (when resuming) to the end of the budget or a callback's stop."""
@@ -586,6 +596,9 @@ class _Epoch:
         self.valid = valid.to(run.device) if valid is not None and not is_stream(valid) else valid
         self.shards = _Shards(run.programs, run.engine)
         self.first_step = True
+        self.step = run.stepper = CompiledStep(run.method, run.engine, loop.compile)
+        # a data-parallel step's recording depends on the global batch size (the rank's block of rows)
+        self.context = (lambda n: n) if self.shards.world_size > 1 else (lambda n: ())
         self.unfinished: dict | None = None  # the progress of an epoch the budget ended inside
 
     def train(self, epoch: int, step: int, partial: dict | None = None) -> dict:
@@ -616,7 +629,7 @@ class _Epoch:
                     shards.take(n),
                     autocast(dev, loop.precision),
                 ):
-                    metrics = method.step(engine, batch)
+                    metrics = self.step(batch, self.context(n))
                 self.first_step = False
                 if shards.weight != 1.0:
                     metrics = {k: v * shards.weight for k, v in metrics.items()}
@@ -649,6 +662,7 @@ class _Epoch:
             if count and batch is not None:
                 self._check(sums, batch, checked, step, params=True)
             record = {"epoch": epoch + 1, "step": step, "seconds": time.perf_counter() - tic}
+            run.config["step_path"] = self.step.describe()  # which path ran: compiled or eager, and why
             if counts:
                 means = shards.mean(list(sums.values()), 1)
                 steps_counted = shards.mean(list(counts.values()), 1)

@@ -164,6 +164,7 @@ KILLED_RUN = """
 import os, signal, sys
 import torch
 import ppdgm
+import ppdgm.compiled
 from ppdgm.presets import build
 
 out, kill_at = sys.argv[1], int(sys.argv[2])
@@ -171,17 +172,16 @@ torch.set_num_threads(1)
 data = ppdgm.data.load("digits-binary")
 torch.manual_seed(0)
 model, guide = build("vae-mlp", data.dim, hidden=(16,), z_dim=4)
-method = ppdgm.get_method("vae")
-step, count = method.step, [0]
+step, count = ppdgm.compiled.CompiledStep.__call__, [0]
 
-def step_then_maybe_die(engine, x):
+def step_then_maybe_die(self, x, context=()):  # every step, compiled or eager, goes through here
     count[0] += 1
     if count[0] == kill_at:
         os.kill(os.getpid(), signal.SIGKILL)  # mid-epoch: no chance to clean up
-    return step(engine, x)
+    return step(self, x, context)
 
-method.step = step_then_maybe_die
-run = ppdgm.fit(model, guide, data, method, epochs=3, seed=3, progress=False, checkpoint_dir=out)
+ppdgm.compiled.CompiledStep.__call__ = step_then_maybe_die
+run = ppdgm.fit(model, guide, data, "vae", epochs=3, seed=3, progress=False, checkpoint_dir=out)
 torch.save([p.detach() for pl in run.engine.players.values() for p in pl.params], os.path.join(out, "final.pt"))
 """
 

@@ -47,6 +47,8 @@ def test_train_evaluate_sample_round_trip(tmp_path, capsys):
     for name in ("config.json", "params.pt", "checkpoint.pt", "history.csv", "samples.png"):
         assert (out / name).exists(), name
     assert "trained iwae for 30 steps" in capsys.readouterr().out
+    step_path = json.loads((out / "config.json").read_text())["fit"]["step_path"]
+    assert step_path["path"] == "compiled" and step_path["compiled_steps"] == 29
     assert main(["evaluate", str(out), "--num-samples", "20"]) == 0
     result = json.loads((out / "eval_test.json").read_text())
     assert result["n"] == 297 and -80 < result["mean"] < 0 and result["stderr"] > 0
@@ -55,6 +57,14 @@ def test_train_evaluate_sample_round_trip(tmp_path, capsys):
     png = tmp_path / "grid.png"
     assert main(["sample", str(out), "--n", "16", "--png", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_compile_off_runs_the_eager_step(tmp_path):
+    out = tmp_path / "eager"
+    args = ["train", "--data", "digits-binary", "--steps", "5", "--compile", "off", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    step_path = json.loads((out / "config.json").read_text())["fit"]["step_path"]
+    assert step_path["path"] == "eager" and step_path["compile"] is False and step_path["eager_steps"] == 5
 
 
 def test_errors_are_reported_without_a_traceback(tmp_path, capsys):

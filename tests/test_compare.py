@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+import ppdgm.compare
 from ppdgm.cli import main
 from ppdgm.compare import SpecError, compare, comparison_names, parse_spec, run_dir, spec_from_record
 
@@ -277,3 +278,13 @@ def test_a_time_estimate_measures_each_method_and_scales_to_the_budget(capsys):
     assert main(["compare", "--preset", "digits", "--estimate", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "| iwae k=5 |" in out and "h of training" in out
+
+
+def test_a_full_budget_prints_its_measured_training_time_before_running(monkeypatch, capsys):
+    ran = []
+    monkeypatch.setattr(ppdgm.compare, "compare", lambda spec, **kwargs: ran.append(spec.name))
+    assert main(["compare", "--preset", "digits", "--budget", "full", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert ran == ["digits-full"]
+    assert out.index("training time on this machine") < out.index("results, figures and record in")
+    assert "| iwae k=5 |" in out and "| compiled |" in out and "h of training" in out

@@ -19,7 +19,7 @@ OURS = tuple(str(ROOT / d) for d in ("ppdgm", "inference", "models", "guides"))
 CONVERSIONS = ("item", "cpu", "tolist", "numpy", "__float__", "__int__", "__bool__")
 
 
-def _pair(method: str):
+def method_pair(method: str):
     if method in ("mle",):
         return PixelCNN((8, 8), channels=4, layers=2, kernel_size=3), None, "digits-binary", {}
     if method in ("cd", "pcd"):
@@ -36,7 +36,7 @@ def _pair(method: str):
 
 @pytest.mark.parametrize("method", sorted(ppdgm.available_methods()))
 def test_a_training_step_never_reads_a_tensor_on_the_host(method, monkeypatch):
-    model, guide, data, options = _pair(method)
+    model, guide, data, options = method_pair(method)
     run = ppdgm.fit(model, guide, data, method, steps=2, batch_size=16, progress=False, validate_every=0, **options)
     x = run.dataset.train[:16]
     calls = []
@@ -65,7 +65,7 @@ def test_a_training_step_never_reads_a_tensor_on_the_host(method, monkeypatch):
 @pytest.mark.parametrize("method", sorted(ppdgm.available_methods()))
 def test_a_gpu_step_never_synchronises_with_the_host(method):
     """On a GPU, CUDA's own sync debugger raises at any host synchronisation inside the step."""
-    model, guide, data, options = _pair(method)
+    model, guide, data, options = method_pair(method)
     run = ppdgm.fit(
         model, guide, data, method, steps=2, batch_size=16, progress=False, validate_every=0, device="cuda", **options
     )

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -165,6 +166,7 @@ def _train_and_evaluate(spec: Spec, method: MethodSpec, seed: int, folder: Path,
         "metrics": metrics,
         "stderr": stderr,
         "history": run.history,
+        "step_path": run.config.get("step_path"),
         "spec_hash": spec.digest(),
     }
     tmp = done.with_suffix(".tmp")
@@ -222,34 +224,51 @@ def compare(
 def estimate(spec: Spec, steps: int = 20) -> list[dict]:
     """Training time of every run of ``spec`` on this machine, from ``steps`` measured steps per method.
 
-    Each method trains on the spec's data, model and batch size in this process (nothing is written): the time
-    of ``5 + steps`` steps less that of 5 (the first steps run with validation on) gives the seconds per step,
-    times the budget's steps one run's training time, times the seeds the method's. Evaluation, and ``--jobs``
-    running several at once, are not in it. Returns one dict per method.
+    Each method trains on the spec's data, model and batch size in this process (nothing is written): 5 steps of
+    ``fit`` (validation, the compiled step's recording and check), then ``steps`` more steps on one batch, timed;
+    their mean times the budget's steps is one run's training time, times the seeds the method's. Reading batches,
+    evaluation, and ``--jobs`` running several at once, are not in it. Returns one dict per method.
     """
     import ppdgm
 
     dataset = load_dataset(spec)
     per_epoch = -(-len(dataset.train) // spec.batch_size)
     total = spec.steps if spec.steps is not None else spec.epochs * per_epoch
-    warmup = 5  # the first steps (validation on, allocations) are not what a long run spends a step
+    warmup = 5  # the first steps (validation on, the recording and its check) are not what a long run spends a step
 
-    def seconds(method: MethodSpec, n: int) -> float:
+    def timed(method: MethodSpec) -> tuple[float, str]:
+        """Seconds a step after the warm-up, and the path the steps took (compiled or eager)."""
+        import pyro
+
+        from ppdgm.streams import materialize
+        from ppdgm.train import _device_context
+
         torch.manual_seed(0)
         model, guide = build_pair(spec, dataset.dim)
         run = ppdgm.fit(
-            model, guide, dataset.train, method.name, steps=n, batch_size=spec.batch_size, lr=spec.lr,
+            model, guide, dataset.train, method.name, steps=warmup, batch_size=spec.batch_size, lr=spec.lr,
             optimizer_options=spec.optimizer_options or None, transform=dataset.transform, progress=False,
             validate_every=0, seed=0, device=spec.device, **method.options,
         )  # fmt: skip
-        return run.seconds
+        x = materialize(dataset.train, spec.batch_size, transform=dataset.transform).to(run.device)
+        sync = torch.cuda.synchronize if run.device.type == "cuda" else (lambda: None)
+        with run.params(), pyro.validation_enabled(False), _device_context(run.device):
+            run.stepper(x)  # a batch of the same shape as the warm-up's: its recording is ready
+            sync()
+            tic = time.perf_counter()
+            for _ in range(steps):
+                run.stepper(x)
+            sync()
+            seconds = time.perf_counter() - tic
+        return seconds / steps, run.stepper.path
 
     rows = []
     for method in spec.methods:
-        per_step = max(seconds(method, warmup + steps) - seconds(method, warmup), 0.0) / steps
+        per_step, path = timed(method)
         rows.append(
             {
                 "method": method.label,
+                "step_path": path,
                 "seconds_per_step": per_step,
                 "steps_per_run": total,
                 "hours_per_run": per_step * total / 3600,
