@@ -4,7 +4,7 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-slow lint bench clean
+.PHONY: demo test test-slow lint bench gpu-check clean
 
 $(BIN)/ppdgm: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,13 @@ bench: $(BIN)/ppdgm
 	$(BIN)/python bench/evaluate_is.py --images 500
 	$(BIN)/python bench/ddp_scaling.py --batch-size 500 --steps 60
 	$(BIN)/python bench/data_pipeline.py
+
+# on a machine with a CUDA GPU: the GPU tests (CUDA graphs against eager steps, no host syncs) and the GPU rows
+gpu-check: $(BIN)/ppdgm
+	$(BIN)/python -m pytest -q tests/test_compiled.py tests/test_hot_loop.py -k "cuda or gpu"
+	$(BIN)/python bench/step_time.py --device cuda --rounds 3 --batch-size 20 --suite vae
+	$(BIN)/python bench/step_time.py --device cuda --rounds 3 --batch-size 100
+	$(BIN)/python bench/evaluate_is.py --device cuda --images 2000 --rounds 2
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -45,7 +45,7 @@ import weakref
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pyro
 import torch
@@ -470,6 +470,69 @@ def _fold_constants(graph: torch.fx.GraphModule) -> None:
             user.replace_input_with(node, constant)
 
 
+_VIEWS = {
+    torch.ops.aten.view.default,
+    torch.ops.aten.expand.default,
+    torch.ops.aten.unsqueeze.default,
+    torch.ops.aten.squeeze.dim,
+    torch.ops.aten.squeeze.dims,
+    torch.ops.aten._unsafe_view.default,
+    torch.ops.aten.alias.default,
+}
+
+
+def _view_chain(node: Any, single_use: bool) -> tuple[list[torch.fx.Node], Any]:
+    """The view operations (outermost first) between ``node`` and the value they view, and that value."""
+    chain: list[torch.fx.Node] = []
+    while isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target in _VIEWS:
+        if single_use and len(node.users) != 1:
+            break
+        chain.append(node)
+        node = node.args[0]
+    return chain, node
+
+
+def _numel(node: Any) -> int | None:
+    value = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+    return value.numel() if isinstance(value, torch.Tensor) else None
+
+
+def _replay_views(graph: torch.fx.Graph, source: Any, chain: list[torch.fx.Node]) -> torch.fx.Node:
+    for view in reversed(chain):
+        source = graph.call_function(cast(Callable[..., Any], view.target), (source, *view.args[1:]), view.kwargs)
+    return source
+
+
+def _move_negations(graph: torch.fx.GraphModule) -> None:
+    """Negate the smaller tensor: ``sum(neg(x))`` becomes ``neg(sum(x))`` and ``neg(expand(v))`` ``expand(neg(v))``.
+
+    Pyro's Bernoulli log-density negates a whole (K, B, D) tensor before its sum, and the backward negates the
+    expanded gradient; both are a full pass over the largest tensors of a step at large K. Negation is exact,
+    so the values are unchanged.
+    """
+    aten = torch.ops.aten
+    for node in list(graph.graph.nodes):
+        if node.op != "call_function":
+            continue
+        if node.target is aten.sum.dim_IntList:
+            chain, neg = _view_chain(node.args[0], single_use=True)
+            if isinstance(neg, torch.fx.Node) and neg.target is aten.neg.default and len(neg.users) == 1:
+                with graph.graph.inserting_before(node):
+                    viewed = _replay_views(graph.graph, neg.args[0], chain)
+                    summed = graph.graph.call_function(node.target, (viewed, *node.args[1:]), node.kwargs)
+                    negated = graph.graph.call_function(aten.neg.default, (summed,))
+                node.replace_all_uses_with(negated)
+        elif node.target is aten.neg.default:
+            chain, source = _view_chain(node.args[0], single_use=False)
+            small, large = _numel(source), _numel(node)
+            if chain and small is not None and large is not None and small < large:
+                with graph.graph.inserting_before(node):
+                    negated = graph.graph.call_function(aten.neg.default, (source,))
+                    viewed = _replay_views(graph.graph, negated, chain)
+                node.replace_all_uses_with(viewed)
+    graph.graph.eliminate_dead_code()
+
+
 def _simplify(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """Drop what a replay without autograd does not need: ``detach``, transposes of transposes, work on constants."""
     aten = torch.ops.aten
@@ -483,6 +546,7 @@ def _simplify(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
             if isinstance(source, torch.fx.Node) and source.target is aten.t.default:
                 node.replace_all_uses_with(source.args[0])
     graph.graph.eliminate_dead_code()
+    _move_negations(graph)
     _fold_constants(graph)
     graph.graph.eliminate_dead_code()
     graph.recompile()
