@@ -83,6 +83,7 @@ def _pair(preset: str, x_dim: int):
 
 
 def _train(case: str, checkpoint_dir: str | None = None, steps: int = STEPS) -> tuple[dict, list]:
+    """The trained parameters and the history (its last record holds the step path, for the test's checks)."""
     torch.set_default_dtype(torch.float64)
     pyro.clear_param_store()
     data = _small_digits()
@@ -111,7 +112,7 @@ def _train(case: str, checkpoint_dir: str | None = None, steps: int = STEPS) -> 
         for player in run.engine.players.values()
         for n, p in zip(player.param_names, player.params)
     }
-    return params, run.history
+    return params, [*run.history[:-1], {**run.history[-1], "step_path": run.config["step_path"]["path"]}]
 
 
 def _worker(
@@ -146,6 +147,7 @@ def test_two_processes_equal_one_process_at_the_global_batch(case, tmp_path):
         torch.testing.assert_close(ranks[0]["params"][name], value, rtol=1e-9, atol=1e-9, msg=name)
     moved = max((single[n] - v).abs().max().item() for n, v in _initial(case).items())
     assert moved > 1e-3  # the comparison is not between untrained parameters
+    assert [r["history"][-1]["step_path"] for r in ranks] == ["compiled", "compiled"]  # each rank's recordings
     for key, value in single_history[-1].items():
         if key.startswith(("train_", "valid_")):
             assert ranks[0]["history"][-1][key] == pytest.approx(value, rel=1e-9, abs=1e-9), key

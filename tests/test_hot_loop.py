@@ -55,7 +55,12 @@ def test_a_training_step_never_reads_a_tensor_on_the_host(method, monkeypatch):
     with run.params():
         for _ in range(3):
             metrics = run.method.step(run.engine, x)
+        with pyro.validation_enabled(False):
+            for _ in range(3):  # the compiled step fit runs, replayed from its recording (checked on first use)
+                replayed = run.stepper(x)
     monkeypatch.undo()
+    assert run.stepper.describe()["fallback"] is None and run.stepper.compiled_steps >= 3
+    assert sorted(replayed) == sorted(metrics)
     assert not calls, calls
     assert all(torch.is_tensor(v) and v.dim() == 0 for v in metrics.values())
 
