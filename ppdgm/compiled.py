@@ -32,6 +32,12 @@ the same metrics, parameters, method state and module buffers (``torch.allclose`
 (``nonzero``, boolean masks), a parameter created mid-run, Python state the recording cannot
 replay — is dropped: the fit goes on eagerly, with one :class:`CompileWarning` naming the cause
 and the line of the program.
+
+**Replay.** The traced graph is simplified (``detach`` dropped, negations moved onto the smaller
+tensor, work on constants done once) and turned into one straight-line Python function calling
+each operator's C++ entry point. On a GPU the whole step is then captured as a CUDA graph
+(:class:`_CapturedStep`). :class:`RecordedFunction` applies the same recording, check and capture
+to gradient-free functions (the chunks of an importance-sampled log-likelihood).
 """
 
 from __future__ import annotations
