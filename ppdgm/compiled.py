@@ -49,7 +49,7 @@ import traceback
 import warnings
 import weakref
 from collections.abc import Callable, Hashable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -68,6 +68,12 @@ RTOL, ATOL = 1e-5, 1e-6
 #: recordings kept per compiled step (least recently used dropped first)
 MAX_RECORDINGS = 16
 COMPILE_MODES = ("auto", True, False)
+
+
+def check_compile_mode(value: Any) -> None:
+    """Refuse anything but ``"auto"``, ``True`` or ``False`` (``1`` equals ``True`` but is not a mode)."""
+    if value not in COMPILE_MODES or not isinstance(value, bool | str):
+        raise UsageError(f"compile must be 'auto', True or False, got {value!r}")
 
 
 class CompileWarning(UserWarning):
@@ -90,18 +96,17 @@ _TOKENS = itertools.count()
 class _Update:
     """One phase's update, callable from a recording: set the gradients, then the engine's own step."""
 
-    def __init__(self, engine: Any, players: tuple[str, ...]) -> None:
-        self.engine, self.players = engine, players
+    def __init__(self, engine: Any, moving: list[Any], params: list[torch.Tensor]) -> None:
+        self.engine, self.moving, self.params = engine, moving, params
         self.token = next(_TOKENS)
         _UPDATES[self.token] = self
 
     def __call__(self, loss: torch.Tensor, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
-        moving = [self.engine.players[name] for name in self.players]
-        for player in moving:
+        for player in self.moving:
             player.optimizer.zero_grad(set_to_none=True)
         for p, g in zip(params, grads):
             p.grad = g
-        self.engine.apply_gradients(loss, moving, [p for player in moving for p in player.params])
+        self.engine.apply_gradients(loss, self.moving, self.params)
 
 
 @torch.library.custom_op("ppdgm::apply_update", mutates_args=("params",))
@@ -125,7 +130,7 @@ class _RecordingUpdates:
         names = tuple(player.name for player in moving)
         update = self.updates.get(names)
         if update is None:
-            update = self.updates[names] = _Update(self.engine, names)
+            update = self.updates[names] = _Update(self.engine, moving, params)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         used = [(p, g) for p, g in zip(params, grads) if g is not None]
         with torch.no_grad():
@@ -226,8 +231,7 @@ class _Snapshot:
     live_state: dict
     saved_state: dict
     buffers: list[torch.Tensor]
-    rng: torch.Tensor
-    cuda_rng: list[torch.Tensor] = field(default_factory=list)
+    rng: tuple[torch.Tensor, list[torch.Tensor]]
     skipped: int = 0
 
     @classmethod
@@ -239,8 +243,7 @@ class _Snapshot:
             live_state=live,
             saved_state=_clone_tree(live),
             buffers=[b.detach().clone() for m in _modules(engine, method) for b in m.buffers()],
-            rng=torch.get_rng_state(),
-            cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+            rng=_rng_state(),
             skipped=engine.skipped_updates,
         )
 
@@ -257,10 +260,23 @@ class _Snapshot:
             method.load_state_dict(self.live_state)  # the live tensors (identities kept) and the Python values
             for b, v in zip((b for m in _modules(engine, method) for b in m.buffers()), self.buffers):
                 b.copy_(v)
-        torch.set_rng_state(self.rng)
-        if self.cuda_rng:
-            torch.cuda.set_rng_state_all(self.cuda_rng)
+        _set_rng_state(self.rng)
         engine.skipped_updates = self.skipped
+
+
+def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """torch's generator states (CPU, and CUDA once initialised): all a recording draws from.
+
+    Not :func:`ppdgm.checkpoints.rng_state`: Python's and NumPy's generators are not recorded, and converting
+    NumPy's state goes through the host-side conversions a training step must not make.
+    """
+    return torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
+
+
+def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor]]) -> None:
+    torch.set_rng_state(state[0])
+    if state[1]:
+        torch.cuda.set_rng_state_all(state[1])
 
 
 def _clone_tree(tree: Any) -> Any:
@@ -325,18 +341,18 @@ class _Recording:
         self.graph, self.params, self.state_paths = graph, params, state_paths
         self.run = _straight_line(graph)
         self.updates: list[_Update] = []  # kept alive while the recording is
-        self.checked = False
 
-    def __call__(self, method: Any, x: Data) -> dict[str, torch.Tensor]:
-        state, inputs = self.state_inputs(method)
+    def __call__(self, method: Any, x: Data, state: dict | None = None) -> dict[str, torch.Tensor]:
+        """One step from the recording; ``state``: the method's state dict, where the caller has read it already."""
+        state, inputs = self.state_inputs(method, state)
         with torch.no_grad():
             metrics, outputs = self.run(*self.params, *data_leaves(x), *inputs)
         self.write_back(method, state, inputs, outputs)
         return metrics
 
-    def state_inputs(self, method: Any) -> tuple[dict, list[torch.Tensor]]:
+    def state_inputs(self, method: Any, state: dict | None = None) -> tuple[dict, list[torch.Tensor]]:
         """The method's state dict and the tensors of it the recording takes."""
-        state = method.state_dict()
+        state = method.state_dict() if state is None else state
         live = dict(_leaves(state))
         return state, [live[path] for path in self.state_paths]
 
@@ -368,28 +384,44 @@ class _CapturedStep:
         """A real step from the static buffers, on a side stream (before capture, as CUDA graphs require)."""
         state, inputs = self.recording.state_inputs(method)
         self.static_state = [t.clone() for t in inputs]
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream), torch.no_grad():
-            metrics, outputs = self.recording.run(*self.recording.params, *self.static_x, *self.static_state)
-        torch.cuda.current_stream().wait_stream(stream)
+        metrics, outputs = _on_side_stream(self.recording.run, *self.inputs())
         self.recording.write_back(method, state, inputs, outputs)
         return {k: v.clone() for k, v in metrics.items()}
 
     def capture(self, pool: Any) -> None:
-        with torch.no_grad(), torch.cuda.graph(self.graph, pool=pool):
-            self.metrics, self.outputs = self.recording.run(*self.recording.params, *self.static_x, *self.static_state)
+        self.metrics, self.outputs = _capture(self.graph, pool, self.recording.run, *self.inputs())
 
-    def __call__(self, method: Any, x: Data) -> dict[str, torch.Tensor]:
+    def inputs(self) -> list[torch.Tensor]:
+        """The recording's inputs: parameters, then the static batch and state buffers."""
+        return [*self.recording.params, *self.static_x, *self.static_state]
+
+    def __call__(self, method: Any, x: Data, state: dict) -> dict[str, torch.Tensor]:
         for static, column in zip(self.static_x, data_leaves(x)):
             static.copy_(column, non_blocking=True)
-        state, inputs = self.recording.state_inputs(method)
+        state, inputs = self.recording.state_inputs(method, state)
         for static, live in zip(self.static_state, inputs):
             if static is not live:
                 static.copy_(live)
         self.graph.replay()
         self.recording.write_back(method, state, inputs, self.outputs)
         return {k: v.clone() for k, v in self.metrics.items()}  # the static outputs change with the next replay
+
+
+def _on_side_stream(run: Callable[..., Any], *args: Any) -> Any:
+    """``run(*args)`` without gradients on a side stream, ordered after and before the current stream's work (the
+    warm-up CUDA graph capture requires)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.no_grad():
+        result = run(*args)
+    torch.cuda.current_stream().wait_stream(stream)
+    return result
+
+
+def _capture(graph: torch.cuda.CUDAGraph, pool: Any, run: Callable[..., Any], *args: Any) -> Any:
+    """``run(*args)`` captured into ``graph`` (memory from ``pool``); returns its outputs, rewritten by each replay."""
+    with torch.no_grad(), torch.cuda.graph(graph, pool=pool):
+        return run(*args)
 
 
 def _make_capturable(engine: Any) -> str | None:
@@ -635,8 +667,7 @@ class CompiledStep:
     def __init__(
         self, method: Any, engine: Any, compile: bool | str = "auto", eager_steps: int = 1, cuda_graphs: bool = True
     ) -> None:
-        if compile not in COMPILE_MODES or isinstance(compile, int) and not isinstance(compile, bool):
-            raise UsageError(f"compile must be 'auto', True or False, got {compile!r}")
+        check_compile_mode(compile)
         self.method, self.engine, self.mode = method, engine, compile
         self.eager_steps = eager_steps
         self.recordings: collections.OrderedDict[Hashable, _Recording] = collections.OrderedDict()
@@ -677,15 +708,16 @@ class CompiledStep:
             if self.mode is True and self.fallback is not None:
                 raise CompileError(f"method {self.method.name!r} cannot be compiled: {self.fallback}")
             return self.method.step(self.engine, x)
-        key = self._key(x, context)
+        state = self.method.state_dict()  # read once a step: the key and the recording's inputs
+        key = self._key(x, context, state)
         recording = self.recordings.get(key)
         if recording is None:
             return self._first_use(key, x)
         self.recordings.move_to_end(key)
         self.compiled_steps += 1
         if self.cuda_graphs is None and self._on_gpu():
-            return self._captured(key, recording, x)
-        return recording(self.method, x)
+            return self._captured(key, recording, x, state)
+        return recording(self.method, x, state)
 
     def _on_gpu(self) -> bool:
         if self._pool is None:
@@ -696,14 +728,14 @@ class CompiledStep:
             self._pool = torch.cuda.graph_pool_handle()
         return True
 
-    def _captured(self, key: Hashable, recording: _Recording, x: Data) -> dict[str, torch.Tensor]:
+    def _captured(self, key: Hashable, recording: _Recording, x: Data, state: dict) -> dict[str, torch.Tensor]:
         """The step from its CUDA graph, captured on first use per key and learning rates (baked into the kernels)."""
         rates = tuple(group["lr"] for player in self.engine.players.values() for group in player.optimizer.param_groups)
         captured = self.captured.get((key, rates))
         if captured is not None:
             self.captured.move_to_end((key, rates))
             self.captured_steps += 1
-            return captured(self.method, x)
+            return captured(self.method, x, state)
         captured = _CapturedStep(recording, x)
         metrics = captured.warm_up(self.method)  # this step's update
         try:
@@ -717,13 +749,13 @@ class CompiledStep:
             self.captured.popitem(last=False)
         return metrics
 
-    def _key(self, x: Data, context: Hashable) -> Hashable:
-        state = tuple((path, _signature(leaf)) for path, leaf in _leaves(self.method.state_dict()))
+    def _key(self, x: Data, context: Hashable, state: dict) -> Hashable:
+        signature = tuple((path, _signature(leaf)) for path, leaf in _leaves(state))
         autocast = tuple(
             (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)) for device in ("cpu", "cuda")
         )
         method = (repr(self.method.options()), self.method.compiled_key())  # another K is another recording
-        return (method, data_signature(x), state, autocast, torch.is_grad_enabled(), context)
+        return (method, data_signature(x), signature, autocast, torch.is_grad_enabled(), context)
 
     def _first_use(self, key: Hashable, x: Data) -> dict[str, torch.Tensor]:
         """Trace, check against the eager step, and take one real step on the path that passed."""
@@ -734,7 +766,7 @@ class CompiledStep:
         try:
             recording = self._trace(x)
             start.restore(engine, method)
-            compiled = _replayed(recording, method, x)
+            compiled = _first_run(recording, method, x)
             after_compiled = _Snapshot.take(engine, method)
             start.restore(engine, method)
             eager = method.step(engine, x)
@@ -748,7 +780,6 @@ class CompiledStep:
         finally:
             engine.grad_sync = sync
         start.restore(engine, method)
-        recording.checked = True
         self.recordings[key] = recording
         if len(self.recordings) > MAX_RECORDINGS:
             self.recordings.popitem(last=False)
@@ -765,24 +796,15 @@ class CompiledStep:
         known = set(unconstrained_params())
         recorder = _RecordingUpdates(engine)
 
-        def step(*_inputs: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
-            # the inputs are the live tensors themselves (real mode tracks them by identity)
-            with _RefuseHostReads():
-                metrics = method.step(engine, x)
+        def step() -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+            metrics = method.step(engine, x)
             after = dict(_leaves(method.state_dict()))
             return metrics, [after[path] for path in state_paths]
 
         engine.recorder = recorder
         self.traces += 1
         try:
-            with _no_argument_checks():
-                graph = make_fx(step)(*params, *data_leaves(x), *state_inputs)
-        except Exception as err:  # any failure to trace: the step stays eager, and the warning says why
-            cause = _chained(err, _Uncompilable)
-            if cause is not None:  # refused by _RefuseHostReads, possibly wrapped in a ProgramError on the way out
-                raise cause from None
-            where = _program_line(traceback.extract_tb(err.__traceback__))
-            raise _Uncompilable(f"tracing failed with {type(err).__name__}: {err}{where}") from err
+            graph = _record(step, [*params, *data_leaves(x), *state_inputs])
         finally:
             engine.recorder = None
         created = sorted(set(unconstrained_params()) - known)
@@ -791,7 +813,7 @@ class CompiledStep:
         after = method.state_dict()
         if [p for p, _ in _leaves(after)] != [p for p, _ in _leaves(state)]:
             raise _Uncompilable("the method's state changed its structure during the step")
-        recording = _Recording(_simplify(graph), params, state_paths)
+        recording = _Recording(graph, params, state_paths)
         recording.updates = list(recorder.updates.values())
         return recording
 
@@ -864,32 +886,13 @@ class RecordedFunction:
         return value
 
     def _first_use(self, args: tuple, leaves: list[torch.Tensor]) -> tuple[Callable, torch.Tensor]:
-        rng = torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
-
-        def reset() -> None:
-            torch.set_rng_state(rng[0])
-            if rng[1]:
-                torch.cuda.set_rng_state_all(rng[1])
-
-        def traced(*_leaves: torch.Tensor) -> torch.Tensor:  # real mode: the arguments are tracked by identity
-            with _RefuseHostReads():
-                return self.fn(*args)
-
-        try:
-            with torch.no_grad(), _no_argument_checks():
-                graph = _straight_line(_simplify(make_fx(traced)(*leaves)))
-        except Exception as err:
-            cause = _chained(err, _Uncompilable)
-            if cause is not None:
-                raise cause from None
-            raise _Uncompilable(f"tracing failed with {type(err).__name__}: {err}") from err
-        reset()
-        try:
-            with torch.no_grad():
-                recorded = graph(*leaves)
-        except Exception as err:
-            raise _Uncompilable(f"the recording failed to run: {type(err).__name__}: {err}") from err
-        reset()
+        rng = _rng_state()
+        with torch.no_grad():
+            graph = _straight_line(_record(lambda: self.fn(*args), leaves))
+        _set_rng_state(rng)
+        with torch.no_grad():
+            recorded = _first_run(graph, *leaves)
+        _set_rng_state(rng)
         eager = self.fn(*args)
         difference = _difference("the result", recorded, eager)
         if difference is not None:
@@ -911,14 +914,9 @@ def _captured_function(
 ) -> Callable[[list[torch.Tensor]], torch.Tensor]:
     """A recording captured as a CUDA graph over static copies of its inputs."""
     static = [t.clone() for t in leaves]
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream), torch.no_grad():
-        graph(*static)  # warm-up, as capture requires
-    torch.cuda.current_stream().wait_stream(stream)
+    _on_side_stream(graph, *static)  # warm-up, as capture requires
     cuda_graph = torch.cuda.CUDAGraph()
-    with torch.no_grad(), torch.cuda.graph(cuda_graph, pool=pool):
-        output = graph(*static)
+    output = _capture(cuda_graph, pool, graph, *static)
 
     def replay(inputs: list[torch.Tensor]) -> torch.Tensor:
         for buffer, value in zip(static, inputs):
@@ -929,10 +927,30 @@ def _captured_function(
     return replay
 
 
-def _replayed(recording: _Recording, method: Any, x: Data) -> dict[str, torch.Tensor]:
-    """A recording's first replay, any failure of it a reason to stay eager."""
+def _record(fn: Callable[[], Any], inputs: list[torch.Tensor]) -> torch.fx.GraphModule:
+    """``fn()`` traced by ``make_fx`` in real mode over ``inputs`` (tracked by identity wherever ``fn`` uses them),
+    host reads refused and argument checks off, then simplified; any failure an :class:`_Uncompilable`."""
+
+    def traced(*_inputs: torch.Tensor) -> Any:
+        with _RefuseHostReads():
+            return fn()
+
     try:
-        return recording(method, x)
+        with _no_argument_checks():
+            graph = make_fx(traced)(*inputs)
+    except Exception as err:
+        cause = _chained(err, _Uncompilable)
+        if cause is not None:  # refused by _RefuseHostReads, possibly wrapped in a ProgramError on the way out
+            raise cause from None
+        where = _program_line(traceback.extract_tb(err.__traceback__))
+        raise _Uncompilable(f"tracing failed with {type(err).__name__}: {err}{where}") from err
+    return _simplify(graph)
+
+
+def _first_run(run: Callable[..., Any], *args: Any) -> Any:
+    """A recording's first run, any failure of it a reason to stay eager."""
+    try:
+        return run(*args)
     except Exception as err:
         raise _Uncompilable(f"the recording failed to run: {type(err).__name__}: {err}") from err
 

@@ -35,7 +35,7 @@ from ppdgm import checkpoints, distributed
 from ppdgm.batch import Batch, Data, describe_columns
 from ppdgm.batch import batch_size as rows_of
 from ppdgm.checkpoints import CheckpointError
-from ppdgm.compiled import COMPILE_MODES, CompiledStep
+from ppdgm.compiled import CompiledStep, check_compile_mode
 from ppdgm.data import Dataset, as_dataset
 from ppdgm.divergence import all_finite, diagnose, params_finite
 from ppdgm.errors import MissingResourceError, UsageError
@@ -291,8 +291,7 @@ def fit(
         A :class:`Run` with the trained programs, per-epoch history, timings and save/load.
     """
     _check_fit_arguments(seed, log_every, validate_every, callbacks, checkpoint_dir, progress, validate, skip_nonfinite)
-    if compile not in COMPILE_MODES or not isinstance(compile, bool | str):
-        raise UsageError(f"compile must be 'auto', True or False, got {compile!r}")
+    check_compile_mode(compile)
     if resume not in (True, False, "override"):
         raise UsageError(f"resume must be True, False or 'override', got {resume!r}")
     if checkpoint_every is not None:
