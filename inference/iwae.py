@@ -10,8 +10,10 @@ K particles per datapoint maximises the tighter bound
     w_k = \frac{p_\theta(x, z_k)}{q_\phi(z_k \mid x)},
 
 with :math:`\mathcal{L}_1 \le \mathcal{L}_K \le \mathcal{L}_{K+1} \le \log p_\theta(x)`. The weights
-are normalised over the K particles of each datapoint, never across the minibatch. The model
-gradient is :math:`\sum_k \tilde w_k \nabla_\theta \log p_\theta(x, z_k)`, with
+are normalised over the K particles of each datapoint, never across the minibatch — unless the pair has global
+sites (latents outside the data plate, or an AutoGuide's one latent vector): then a particle's weight is that of
+the whole batch, :math:`\log \frac{1}{K} \sum_k \prod_i w_{k,i}`, as Pyro's ``RenyiELBO(alpha=0)`` computes it.
+The model gradient is :math:`\sum_k \tilde w_k \nabla_\theta \log p_\theta(x, z_k)`, with
 :math:`\tilde w_k = w_k / \sum_j w_j`.
 
 Guide gradients (``guide_gradient``):
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import torch
 
+from ppdgm import distributed
 from ppdgm.combine import log_mean_exp, self_normalised_weights
 from ppdgm.errors import UsageError
 from ppdgm.method import Engine, Method, positive_int, register
@@ -62,6 +65,8 @@ class IWAE(Method):
     name = "iwae"
     objective_name = "iwae_bound"
     enumeration = "all"
+    scores_auxiliary = True
+    shares_parameters = True
 
     def __init__(self, num_particles: int = 5, guide_gradient: str = "reparam") -> None:
         if guide_gradient not in _GUIDE_GRADIENTS:
@@ -74,10 +79,28 @@ class IWAE(Method):
 
     def setup(self, programs: ProgramPair) -> None:
         structure = programs.structure
+        if structure.global_sites and distributed.world_size() > 1:
+            raise UsageError(
+                f"iwae's bound with the global site(s) {list(structure.global_sites)} weighs each particle by the "
+                "whole batch, which a data-parallel fit splits over ranks; train it in one process (or with vae, "
+                "whose ELBO adds up over ranks)"
+            )
         if structure.nonreparam_sites and self.guide_gradient == "dreg":
             raise UsageError(
                 f"guide_gradient='dreg' needs reparameterisable latents; sites {list(structure.nonreparam_sites)} "
                 "are not (use guide_gradient='reparam', which adds the VIMCO score-function term)"
+            )
+        if structure.global_sites and self.guide_gradient == "dreg":
+            raise UsageError(
+                f"guide_gradient='dreg' weighs each datapoint's particles; the global site(s) "
+                f"{list(structure.global_sites)} give one weight per particle for the whole batch (use "
+                "guide_gradient='reparam')"
+            )
+        if structure.auxiliary_sites and self.guide_gradient == "dreg":
+            raise UsageError(
+                f"guide_gradient='dreg' scales the gradient reaching each sampled value once per particle; the guide's "
+                f"auxiliary site(s) {list(structure.auxiliary_sites)} feed its latents, so their gradients would be "
+                "scaled twice (use guide_gradient='reparam')"
             )
         if structure.guide_enumerated and (self.guide_gradient == "dreg" or structure.nonreparam_sites):
             raise UsageError(
@@ -90,15 +113,18 @@ class IWAE(Method):
     def loss(self, programs: ProgramPair, x: torch.Tensor) -> tuple[torch.Tensor, DataSide, torch.Tensor]:
         """The surrogate loss of one data-side phase, the phase itself, and the bound per datapoint."""
         side = programs.data_side(x, self.num_particles)
-        log_w = side.log_weights
-        bound = log_mean_exp(log_w, 0)
+        bound = side.iwae_bound()
+        rows = bound.shape[0]
         if self.guide_gradient == "dreg":
-            surrogate = self._dreg_surrogate(programs, side, len(x))
+            surrogate = self._dreg_surrogate(programs, side, rows)
         else:
             surrogate = bound.sum()
             if side.log_q_nonreparam is not None:
-                surrogate = surrogate + (vimco_signal(log_w.detach()) * side.log_q_nonreparam).sum()
-        return -surrogate / len(x), side, bound.detach()
+                log_w = side.log_weights.detach()
+                if programs.structure.global_sites:  # one weight per particle for the whole batch
+                    log_w = log_w.sum(-1, keepdim=True)
+                surrogate = surrogate + (vimco_signal(log_w) * side.log_q_nonreparam).sum()
+        return -surrogate / rows, side, bound.detach()
 
     def step(self, engine: Engine, x: torch.Tensor) -> dict[str, torch.Tensor]:
         loss, _, bound = self.loss(engine.programs, x)
@@ -108,7 +134,7 @@ class IWAE(Method):
     def _dreg_surrogate(self, programs: ProgramPair, side: DataSide, batch_size: int) -> torch.Tensor:
         structure = side.structure
         log_q_stopped = programs.log_prob(
-            side.guide_trace, self.num_particles, batch_size, sites=structure.latent_sites, detach_params=True
+            side.guide_trace, self.num_particles, batch_size, sites=structure.scored_sites, detach_params=True
         )
         log_w = side.log_p - log_q_stopped
         weights = self_normalised_weights(log_w.detach())

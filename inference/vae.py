@@ -49,6 +49,8 @@ class VAE(Method):
     players = ("model", "guide", "baseline")
     objective_name = "elbo"
     enumeration = "all"
+    scores_auxiliary = True
+    shares_parameters = True
 
     def __init__(
         self,

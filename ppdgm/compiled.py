@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import dataclasses
 import itertools
 import traceback
 import warnings
@@ -67,6 +68,8 @@ from ppdgm.handlers import unconstrained_params
 RTOL, ATOL = 1e-5, 1e-6
 #: recordings kept per compiled step (least recently used dropped first)
 MAX_RECORDINGS = 16
+#: steps between re-checks of a recording against the eager step, once its early re-checks are done
+RECHECK_EVERY = 500
 COMPILE_MODES = ("auto", True, False)
 
 
@@ -233,6 +236,7 @@ class _Snapshot:
     buffers: list[torch.Tensor]
     rng: tuple[torch.Tensor, list[torch.Tensor]]
     skipped: int = 0
+    names: list[str] = dataclasses.field(default_factory=list)
 
     @classmethod
     def take(cls, engine: Any, method: Any) -> _Snapshot:
@@ -245,6 +249,7 @@ class _Snapshot:
             buffers=[b.detach().clone() for m in _modules(engine, method) for b in m.buffers()],
             rng=_rng_state(),
             skipped=engine.skipped_updates,
+            names=[n for player in engine.players.values() for n in player.param_names],
         )
 
     def restore(self, engine: Any, method: Any) -> None:
@@ -342,11 +347,14 @@ class _Recording:
         self.run = _straight_line(graph)
         self.updates: list[_Update] = []  # kept alive while the recording is
 
-    def __call__(self, method: Any, x: Data, state: dict | None = None) -> dict[str, torch.Tensor]:
-        """One step from the recording; ``state``: the method's state dict, where the caller has read it already."""
+    def __call__(
+        self, method: Any, x: Data, state: dict | None = None, extra: tuple[torch.Tensor, ...] = ()
+    ) -> dict[str, torch.Tensor]:
+        """One step from the recording; ``state``: the method's state dict, where the caller has read it already;
+        ``extra``: the per-step arguments fed in as tensors (:meth:`CompiledStep.step_arguments`)."""
         state, inputs = self.state_inputs(method, state)
         with torch.no_grad():
-            metrics, outputs = self.run(*self.params, *data_leaves(x), *inputs)
+            metrics, outputs = self.run(*self.params, *data_leaves(x), *extra, *inputs)
         self.write_back(method, state, inputs, outputs)
         return metrics
 
@@ -372,9 +380,9 @@ class _CapturedStep:
     on a side stream, as CUDA graph capture requires) before capturing the next.
     """
 
-    def __init__(self, recording: _Recording, x: Data) -> None:
+    def __init__(self, recording: _Recording, x: Data, extra: tuple[torch.Tensor, ...] = ()) -> None:
         self.recording = recording
-        self.static_x = [t.clone() for t in data_leaves(x)]
+        self.static_x = [t.clone() for t in (*data_leaves(x), *extra)]
         self.static_state: list[torch.Tensor] = []
         self.graph = torch.cuda.CUDAGraph()
         self.metrics: dict[str, torch.Tensor] = {}
@@ -395,8 +403,10 @@ class _CapturedStep:
         """The recording's inputs: parameters, then the static batch and state buffers."""
         return [*self.recording.params, *self.static_x, *self.static_state]
 
-    def __call__(self, method: Any, x: Data, state: dict) -> dict[str, torch.Tensor]:
-        for static, column in zip(self.static_x, data_leaves(x)):
+    def __call__(
+        self, method: Any, x: Data, state: dict, extra: tuple[torch.Tensor, ...] = ()
+    ) -> dict[str, torch.Tensor]:
+        for static, column in zip(self.static_x, (*data_leaves(x), *extra)):
             static.copy_(column, non_blocking=True)
         state, inputs = self.recording.state_inputs(method, state)
         for static, live in zip(self.static_state, inputs):
@@ -662,14 +672,28 @@ class CompiledStep:
             ``True`` (raise :class:`CompileError` when a step cannot be compiled) or ``False`` (eager).
         eager_steps: steps run eagerly before the first recording (lazily created state: optimizer
             moments, baselines, a generator's first metrics).
+        recheck_every: steps between re-checks of the recordings against the eager step (see :meth:`due`).
     """
 
     def __init__(
-        self, method: Any, engine: Any, compile: bool | str = "auto", eager_steps: int = 1, cuda_graphs: bool = True
+        self,
+        method: Any,
+        engine: Any,
+        compile: bool | str = "auto",
+        eager_steps: int = 1,
+        cuda_graphs: bool = True,
+        recheck_every: int = RECHECK_EVERY,
     ) -> None:
         check_compile_mode(compile)
         self.method, self.engine, self.mode = method, engine, compile
         self.eager_steps = eager_steps
+        self.recheck_every = recheck_every
+        #: replays of each recording since it was made (re-checked on its 1st, 2nd, 4th, 8th... replay)
+        self.uses: dict[Hashable, int] = {}
+        self.rechecks = 0
+        self.since_check = 0
+        #: set by the training loop before an epoch's first step: re-check then if one is due soon
+        self.epoch_start = False
         self.recordings: collections.OrderedDict[Hashable, _Recording] = collections.OrderedDict()
         self.fallback: str | None = None if method.compilable is True else method.compilable
         self.steps = 0
@@ -699,6 +723,7 @@ class CompiledStep:
             "fallback": self.fallback,
             "cuda_graph_steps": self.captured_steps,
             "cuda_graphs_off": self.cuda_graphs,
+            "rechecks": self.rechecks,
         }
 
     def __call__(self, x: Data, context: Hashable = ()) -> dict[str, torch.Tensor]:
@@ -709,15 +734,51 @@ class CompiledStep:
                 raise CompileError(f"method {self.method.name!r} cannot be compiled: {self.fallback}")
             return self.method.step(self.engine, x)
         state = self.method.state_dict()  # read once a step: the key and the recording's inputs
-        key = self._key(x, context, state)
+        fed, others = self._step_arguments()
+        extra = self._extra(fed, x)
+        key = self._key(x, context, state, (tuple((k, _hashable(v)) for k, v in zip(fed, extra)), others))
         recording = self.recordings.get(key)
         if recording is None:
-            return self._first_use(key, x)
+            return self._first_use(key, x, fed, extra)
         self.recordings.move_to_end(key)
+        uses = self.uses[key] = self.uses.get(key, 0) + 1
+        self.since_check += 1
+        if self.due(uses):
+            return self._recheck(recording, x, extra)
         self.compiled_steps += 1
         if self.cuda_graphs is None and self._on_gpu():
-            return self._captured(key, recording, x, state)
-        return recording(self.method, x, state)
+            return self._captured(key, recording, x, state, extra)
+        return recording(self.method, x, state, extra)
+
+    def due(self, uses: int) -> bool:
+        """Whether this replay re-checks its recording against the eager step: on the recording's first replay, then
+        every ``recheck_every`` steps, and at an epoch's first step once a quarter of that has passed. What a recording
+        cannot see — Python state a program reads (a global schedule, a call counter), a parameter created late — is
+        caught there, at a cost bounded by the schedule (docs/performance.md, 'Re-checks')."""
+        epoch_start, self.epoch_start = self.epoch_start, False
+        if uses == 1:
+            return True
+        return self.since_check >= self.recheck_every or (epoch_start and 4 * self.since_check >= self.recheck_every)
+
+    def _step_arguments(self) -> tuple[dict[str, Any], tuple]:
+        """The programs' per-step keyword arguments (``fit(step_kwargs=...)``): floats and tensors, fed to recordings
+        as tensor inputs, and the other values (ints, flags, names), part of the key (a new value, a new recording)."""
+        given = self.engine.programs.step_kwargs
+        if not given:
+            return {}, ()
+        fed = {k: v for k, v in given.items() if isinstance(v, float | torch.Tensor)}
+        others = tuple((k, _hashable(v)) for k, v in given.items() if k not in fed)
+        return fed, others
+
+    @staticmethod
+    def _extra(fed: dict[str, Any], x: Data) -> tuple[torch.Tensor, ...]:
+        if not fed:
+            return ()
+        device = data_leaves(x)[0].device
+        return tuple(
+            v if isinstance(v, torch.Tensor) else torch.tensor(v, dtype=torch.float64, device=device)
+            for v in fed.values()
+        )
 
     def _on_gpu(self) -> bool:
         if self._pool is None:
@@ -728,15 +789,17 @@ class CompiledStep:
             self._pool = torch.cuda.graph_pool_handle()
         return True
 
-    def _captured(self, key: Hashable, recording: _Recording, x: Data, state: dict) -> dict[str, torch.Tensor]:
+    def _captured(
+        self, key: Hashable, recording: _Recording, x: Data, state: dict, extra: tuple[torch.Tensor, ...]
+    ) -> dict[str, torch.Tensor]:
         """The step from its CUDA graph, captured on first use per key and learning rates (baked into the kernels)."""
         rates = tuple(group["lr"] for player in self.engine.players.values() for group in player.optimizer.param_groups)
         captured = self.captured.get((key, rates))
         if captured is not None:
             self.captured.move_to_end((key, rates))
             self.captured_steps += 1
-            return captured(self.method, x, state)
-        captured = _CapturedStep(recording, x)
+            return captured(self.method, x, state, extra)
+        captured = _CapturedStep(recording, x, extra)
         metrics = captured.warm_up(self.method)  # this step's update
         try:
             captured.capture(self._pool)
@@ -749,27 +812,63 @@ class CompiledStep:
             self.captured.popitem(last=False)
         return metrics
 
-    def _key(self, x: Data, context: Hashable, state: dict) -> Hashable:
+    def _key(self, x: Data, context: Hashable, state: dict, arguments: Hashable = ()) -> Hashable:
         signature = tuple((path, _signature(leaf)) for path, leaf in _leaves(state))
         autocast = tuple(
             (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)) for device in ("cpu", "cuda")
         )
         method = (repr(self.method.options()), self.method.compiled_key())  # another K is another recording
-        return (method, data_signature(x), signature, autocast, torch.is_grad_enabled(), context)
+        params = self.engine.param_version  # parameters adopted since: another recording
+        return (method, data_signature(x), signature, autocast, torch.is_grad_enabled(), context, arguments, params)
 
-    def _first_use(self, key: Hashable, x: Data) -> dict[str, torch.Tensor]:
+    def _first_use(
+        self, key: Hashable, x: Data, fed: dict[str, Any], extra: tuple[torch.Tensor, ...]
+    ) -> dict[str, torch.Tensor]:
         """Trace, check against the eager step, and take one real step on the path that passed."""
+        engine = self.engine
+        sync, engine.grad_sync = engine.grad_sync, None  # the traced step stays local to each rank
+        start = _Snapshot.take(engine, self.method)
+        try:
+            recording = self._trace(x, fed, extra)
+            start.restore(engine, self.method)
+        except _Uncompilable as cause:
+            start.restore(engine, self.method)
+            engine.grad_sync = sync
+            self._give_up(str(cause))
+            return self.method.step(engine, x)
+        finally:
+            engine.grad_sync = sync
+        self.recordings[key] = recording
+        if len(self.recordings) > MAX_RECORDINGS:
+            self.recordings.popitem(last=False)
+        self.uses[key] = 0
+        return self._recheck(recording, x, extra, keep_eager=False)
+
+    def _recheck(
+        self, recording: _Recording, x: Data, extra: tuple[torch.Tensor, ...], keep_eager: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """Run the recording and the eager step from the same point and compare them. The eager step is then the
+        real one (``keep_eager``), except on a recording's first use and in a data-parallel fit, whose checks run
+        locally: there the recording takes the real step from the same point."""
         engine, method = self.engine, self.method
+        self.since_check = 0
+        self.rechecks += 1
         self.captured.clear()  # restoring optimizer states below gives them new tensors, which captures point at
         sync, engine.grad_sync = engine.grad_sync, None  # the check's steps stay local to each rank
         start = _Snapshot.take(engine, method)
+        version = engine.param_version
         try:
-            recording = self._trace(x)
-            start.restore(engine, method)
-            compiled = _first_run(recording, method, x)
+            compiled = _first_run(recording, method, x, None, extra)
             after_compiled = _Snapshot.take(engine, method)
             start.restore(engine, method)
             eager = method.step(engine, x)
+            if engine.param_version != version:  # the eager step created parameters: it was this step's real one
+                created = [n for player in engine.players.values() for n in player.param_names]
+                self._give_up(
+                    f"the step created parameter(s) {sorted(set(created) - set(start.names))} after the "
+                    "first step (the recording cannot create them)"
+                )
+                return eager
             after_eager = _Snapshot.take(engine, method)
             self._compare(compiled, after_compiled, eager, after_eager)
         except _Uncompilable as cause:
@@ -779,14 +878,13 @@ class CompiledStep:
             return method.step(engine, x)
         finally:
             engine.grad_sync = sync
+        if sync is None and keep_eager:
+            return eager
         start.restore(engine, method)
-        self.recordings[key] = recording
-        if len(self.recordings) > MAX_RECORDINGS:
-            self.recordings.popitem(last=False)
         self.compiled_steps += 1
-        return recording(method, x)
+        return recording(method, x, None, extra)
 
-    def _trace(self, x: Data) -> _Recording:
+    def _trace(self, x: Data, fed: dict[str, Any], extra: tuple[torch.Tensor, ...]) -> _Recording:
         engine, method = self.engine, self.method
         params = _all_params(engine)
         state = method.state_dict()
@@ -794,6 +892,7 @@ class CompiledStep:
         live = dict(_leaves(state))
         state_inputs = [live[path] for path in state_paths]
         known = set(unconstrained_params())
+        engine.programs.unowned.clear()
         recorder = _RecordingUpdates(engine)
 
         def step() -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
@@ -802,14 +901,18 @@ class CompiledStep:
             return metrics, [after[path] for path in state_paths]
 
         engine.recorder = recorder
+        programs = engine.programs
+        given = programs.step_kwargs
+        programs.step_kwargs = {**given, **dict(zip(fed, extra))}  # the recording reads them as its inputs
         self.traces += 1
         try:
-            graph = _record(step, [*params, *data_leaves(x), *state_inputs])
+            graph = _record(step, [*params, *data_leaves(x), *extra, *state_inputs])
         finally:
             engine.recorder = None
-        created = sorted(set(unconstrained_params()) - known)
+            programs.step_kwargs = given
+        created = sorted((set(unconstrained_params()) - known) | set(engine.programs.unowned))
         if created:
-            raise _Uncompilable(f"the step created parameter(s) {created} (create parameters before training)")
+            raise _Uncompilable(f"the step created parameter(s) {created} after the first step")
         after = method.state_dict()
         if [p for p, _ in _leaves(after)] != [p for p, _ in _leaves(state)]:
             raise _Uncompilable("the method's state changed its structure during the step")
@@ -969,11 +1072,30 @@ class _no_argument_checks:
         torch.distributions.Distribution.set_default_validate_args(False)
         self._sample = torch.distributions.OneHotCategorical.sample
         torch.distributions.OneHotCategorical.sample = _one_hot_sample  # type: ignore[method-assign]
+        # distributions built while validation was on (a PyroSample prior) keep their own flag
+        self._validate_sample = torch.distributions.Distribution._validate_sample
+        torch.distributions.Distribution._validate_sample = _no_check  # type: ignore[method-assign]
 
     def __exit__(self, *exc: Any) -> None:
+        torch.distributions.Distribution._validate_sample = self._validate_sample  # type: ignore[method-assign]
         torch.distributions.OneHotCategorical.sample = self._sample  # type: ignore[method-assign]
         torch.distributions.Distribution.set_default_validate_args(self._torch)
         self._pyro.__exit__(*exc)
+
+
+def _hashable(value: Any) -> Hashable:
+    """A per-step argument as part of a recording's key (a tensor by its signature: its values are not keyed)."""
+    if isinstance(value, torch.Tensor):
+        return ("tensor", _signature(value))
+    try:
+        hash(value)
+    except TypeError:
+        return repr(value)
+    return value
+
+
+def _no_check(self: Any, value: torch.Tensor) -> None:
+    del self, value
 
 
 def _one_hot_sample(self: Any, sample_shape: Any = ()) -> torch.Tensor:

@@ -288,8 +288,10 @@ def as_dataset(data: Any, data_dir: str | Path | None = None) -> Dataset:
         binary = bool(first.is_floating_point() and ((first == 0) | (first == 1)).all())
         return Dataset("columns", rows, rows[:0], rows[:0], None, binary)
     if isinstance(data, np.ndarray | torch.Tensor):
-        x = torch.as_tensor(data, dtype=torch.float32)
-        if x.dim() < 2 or x.shape[0] == 0:
+        x = torch.as_tensor(data)
+        if not (torch.is_tensor(data) and x.is_floating_point()):  # a tensor's float64 is kept, as SVI keeps it
+            x = x.float()
+        if x.dim() < 1 or x.shape[0] == 0:
             raise UsageError(f"data must have one datapoint per row, got shape {tuple(x.shape)}")
         empty = x[:0]
         return Dataset("tensor", x, empty, empty, None, bool(((x == 0) | (x == 1)).all()))

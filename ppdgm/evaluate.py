@@ -21,7 +21,7 @@ import pyro
 import pyro.poutine as poutine
 import torch
 
-from ppdgm.batch import Data, as_rows
+from ppdgm.batch import Data, as_rows, first_column
 from ppdgm.batch import batch_size as rows_of
 from ppdgm.compiled import RecordedFunction
 from ppdgm.errors import UsageError
@@ -112,13 +112,20 @@ def log_likelihood(
 
     def per_batch(programs: ProgramPair, x: Data) -> torch.Tensor:
         nonlocal chunk_lse
+        if programs.structure.global_sites:
+            raise UsageError(
+                f"log p(x) per datapoint is not defined for a pair with global site(s) "
+                f"{list(programs.structure.global_sites)} (outside the data plate): their importance weights belong "
+                "to the whole data set, not to one row. Use evaluate.elbo (exact in sum) or evaluate.iwae_bound (the "
+                "batch's bound)"
+            )
         if chunk_lse is None:  # one recording per chunk shape, replayed for every batch (ppdgm.compiled)
 
             def lse(x: Data, k: int) -> torch.Tensor:
                 return torch.logsumexp(programs.data_side(x, k).log_weights, 0)
 
             chunk_lse = RecordedFunction(lse, "the importance-sampled log-likelihood", enabled=compile)
-        chunk = _particle_chunk(num_samples, rows_of(x), programs.observed_of(x)[0].numel(), max_elements)
+        chunk = _particle_chunk(num_samples, rows_of(x), first_column(x)[1][0].numel(), max_elements)
         running = None
         for k in _chunks(num_samples, chunk):
             lse_k = chunk_lse(x, k)

@@ -44,14 +44,23 @@ class StoreParams(Messenger):
     parameter through the whole handler stack (trace, replay, plates) on every call: as the
     innermost handler this one answers known parameters and stops the message. A parameter the
     store does not hold yet falls through to Pyro's default behaviour.
+
+    Args:
+        owned: the parameter names the players own; a name outside it is written to ``unowned`` with ``program``
+            (a parameter the program creates or first uses after the players were made: the engine adopts it).
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, owned: set[str] | None = None, unowned: dict[str, str] | None = None, program: str = "model"
+    ) -> None:
         super().__init__()
         self._store = pyro.get_param_store()
+        self._owned, self._unowned, self._program = owned, unowned, program
 
     def _pyro_param(self, msg: Message) -> None:
         name = msg["name"]
+        if self._owned is not None and name not in self._owned:
+            self._unowned.setdefault(name, self._program)
         store = self._store  # the hot loop: the store's dicts read directly (this module is their one reader)
         unconstrained = store._params.get(name)
         if unconstrained is None:

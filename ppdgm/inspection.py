@@ -17,13 +17,14 @@ from typing import Any
 
 import pyro.poutine as poutine
 import torch
-from pyro.poutine.messenger import _context_wrap
+from pyro.poutine.messenger import _bound_partial, _context_wrap
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 
 from ppdgm.batch import Batch, Data, Key
 from ppdgm.batch import batch_size as rows_of
 from ppdgm.errors import PpdgmError
+from ppdgm.handlers import unconstrained_params
 
 
 class ConventionError(PpdgmError, ValueError):
@@ -35,15 +36,25 @@ class ProgramError(ConventionError):
 
 
 def signature(fn: Callable) -> _inspect.Signature | None:
-    """The signature of the user's function, seen through Pyro's handler wrappers (``config_enumerate``...)."""
+    """The signature of the user's function, seen through Pyro's handlers applied as calls or decorators.
+
+    ``config_enumerate(fn)``, ``poutine.scale(fn, 0.5)``, ``poutine.block(fn)``... wrap ``fn`` in partials whose
+    bound arguments are the handler and ``fn`` itself, taken off here as Pyro's own
+    :func:`~pyro.poutine.messenger.unwrap` does; arguments bound by a user's ``functools.partial`` are not the
+    program's to receive (unlike ``unwrap``, such a partial is not mistaken for a handler).
+    """
     bound = 0
-    while isinstance(fn, functools.partial):
-        if fn.func is _context_wrap and len(fn.args) >= 2:  # a Pyro handler around fn: (messenger, fn, *bound)
-            bound += len(fn.args) - 2
+    while True:
+        if isinstance(fn, _bound_partial):  # Messenger.__call__'s wrapper (its partial's own fields are flattened)
+            fn = fn.func
+        elif isinstance(fn, functools.partial) and fn.func is _context_wrap and len(fn.args) >= 2:
+            bound += len(fn.args) - 2  # partial(_context_wrap, handler, fn, *bound)
             fn = fn.args[1]
-        else:
+        elif isinstance(fn, functools.partial):
             bound += len(fn.args)
             fn = fn.func
+        else:
+            break
     if isinstance(fn, torch.nn.Module):
         fn = fn.forward
     try:
@@ -142,6 +153,20 @@ class Structure:
     guide_enumerated: tuple[str, ...] = ()
     #: model latents summed out in the model (enumerated, no guide site): not in ``latent_sites``
     model_enumerated: tuple[str, ...] = ()
+    #: guide sample sites with no model site (an AutoGuide's ``*_unconstrained`` or ``_AutoDiagonalNormal_latent``,
+    #: any auxiliary variable): part of log q, as in Pyro's estimators, but never handed to the model
+    auxiliary_sites: tuple[str, ...] = ()
+
+    #: parameters both programs use (one ``pyro.module`` in both): part of ``model_param_names``, not of the guide's
+    shared_param_names: tuple[str, ...] = ()
+    #: latent and auxiliary sites outside the data plate (a global mu, an AutoDiagonalNormal's one latent vector):
+    #: their weights belong to the whole batch, not to one datapoint
+    global_sites: tuple[str, ...] = ()
+
+    @property
+    def scored_sites(self) -> tuple[str, ...]:
+        """The guide sites whose log-densities make log q(z | x): the latents and the auxiliary sites."""
+        return self.latent_sites + self.auxiliary_sites
 
     @property
     def particle_dim(self) -> int:
@@ -187,6 +212,19 @@ def param_names(trace: Trace | None) -> tuple[str, ...]:
     return tuple(name for name, site in trace.nodes.items() if site["type"] == "param")
 
 
+def _local_params(trace: Trace | None) -> dict[str, torch.Tensor]:
+    """The unconstrained leaves of param sites that Pyro's param store does not hold (module-local parameters)."""
+    if trace is None:
+        return {}
+    store = unconstrained_params()
+    local = {}
+    for name, site in trace.nodes.items():
+        if site["type"] == "param" and name not in store:
+            leaf = getattr(site["value"], "unconstrained", None)
+            local[name] = leaf() if callable(leaf) else site["value"]
+    return local
+
+
 def column_label(key: Key) -> str:
     return f"at position {key}" if isinstance(key, int) else repr(key)
 
@@ -198,6 +236,8 @@ class Inspected:
     structure: Structure
     obs_site: str
     observed_sites: dict[str, Any]
+    #: parameters outside Pyro's param store (``PyroModule`` under ``module_local_params``): unconstrained leaves
+    local_params: dict[str, torch.Tensor]
 
 
 def inspect_pair(
@@ -244,9 +284,11 @@ def inspect_pair(
     latents, model_enumerated = _latents(model_sites, guide_sites, observed, guide_trace is not None, partial_guide)
     _refuse_sequential({**model_sites, **guide_sites})
     guide_enumerated = tuple(n for n in latents if n in guide_sites and enumerated(guide_sites[n]) == "parallel")
-    scored = [n for n in latents if n not in guide_enumerated]
+    auxiliary_sites = tuple(n for n, s in guide_sites.items() if n not in model_sites and not s["is_observed"])
+    _refuse_enumerated_auxiliary(guide_sites, auxiliary_sites)
+    scored = [n for n in latents + auxiliary_sites if n not in guide_enumerated]
     reparam = tuple(n for n in scored if is_reparameterized(guide_sites[n])) if guide_sites else ()
-    model_params, guide_params = _players(replayed, guide_trace)
+    model_params, guide_params, shared_params = _players(replayed, guide_trace)
     structure = Structure(
         latent_sites=latents,
         reparam_sites=reparam,
@@ -259,8 +301,14 @@ def inspect_pair(
         observed_columns=tuple(columns.items()),
         guide_enumerated=guide_enumerated,
         model_enumerated=model_enumerated,
+        auxiliary_sites=auxiliary_sites,
+        shared_param_names=shared_params,
+        global_sites=_global_sites(
+            {**sample_sites(replayed), **guide_sites}, latents + auxiliary_sites + observed, plate, batch_size
+        ),
     )
-    return Inspected(structure, primary, {name: model_sites[name] for name in observed})
+    local = {**_local_params(replayed), **_local_params(guide_trace)}
+    return Inspected(structure, primary, {name: model_sites[name] for name in observed}, local)
 
 
 def _latents(
@@ -268,11 +316,11 @@ def _latents(
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The latents the guide proposes and those the model enumerates; refuses a guide that misses one."""
     model_latents = tuple(n for n, s in model_sites.items() if not s["is_observed"])
-    if not has_guide:
-        return model_latents, ()
     model_enumerated = tuple(
         n for n in model_latents if n not in guide_sites and enumerated(model_sites[n]) == "parallel"
     )
+    if not has_guide:  # a guide-less method that sums nothing out refuses these (Method.check_programs)
+        return tuple(n for n in model_latents if n not in model_enumerated), model_enumerated
     latents = tuple(n for n in model_latents if n not in model_enumerated)
     missing = [n for n in latents if n not in guide_sites]
     if partial:
@@ -326,6 +374,25 @@ def _check_latent_shapes(model_sites: dict[str, Any], guide_sites: dict[str, Any
             )
 
 
+def _global_sites(sites: dict[str, Any], names: tuple[str, ...], data_plate: str, rows: int) -> tuple[str, ...]:
+    """The sites whose log-densities are not one per row of the batch: outside the data plate, or inside a plate that
+    subsamples the batch's rows (``pyro.plate("data", len(data), subsample_size=b)`` over the whole data)."""
+
+    def per_row(site: Any) -> bool:
+        return any(f.name == data_plate and f.size == rows for f in site["cond_indep_stack"])
+
+    return tuple(n for n in names if n in sites and not per_row(sites[n]))
+
+
+def _refuse_enumerated_auxiliary(guide_sites: dict[str, Any], auxiliary_sites: tuple[str, ...]) -> None:
+    marked = [n for n in auxiliary_sites if enumerated(guide_sites[n])]
+    if marked:
+        raise ConventionError(
+            f"the guide enumerates its auxiliary site(s) {marked} (sites with no model site); ppdgm sums out "
+            "enumerated latents of the model only"
+        )
+
+
 def _refuse_sequential(sites: dict[str, Any]) -> None:
     sequential = [n for n, s in sites.items() if enumerated(s) == "sequential"]
     if sequential:
@@ -347,17 +414,13 @@ def _max_plate_nesting(*traces: Trace | None) -> int:
     return max([-f.dim for f in frames], default=0)
 
 
-def _players(model_trace: Trace, guide_trace: Trace | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The parameters the model uses (θ) and those the guide uses (φ); one used by both is refused."""
+def _players(model_trace: Trace, guide_trace: Trace | None) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """The parameters the model uses (θ), those only the guide uses (φ), and those both use (with θ: a method that
+    steps the players separately refuses them, see :meth:`ppdgm.method.Method.check_programs`)."""
     model_params = param_names(model_trace)
     guide_params = param_names(guide_trace)
-    shared = sorted(set(model_params) & set(guide_params))
-    if shared:
-        raise ConventionError(
-            f"parameters {shared} are used by both the model and the guide; each player owns its own parameters "
-            "(rename the guide's: the name given to pyro.module, or for a PyroModule its attribute names)"
-        )
-    return model_params, guide_params
+    shared = tuple(n for n in model_params if n in set(guide_params))
+    return model_params, tuple(n for n in guide_params if n not in shared), shared
 
 
 def _observed_columns(x: Data, sites: dict[str, dict], observed: tuple[str, ...]) -> dict[Key, str]:
@@ -404,7 +467,7 @@ def _find_data_plate(obs_name: str, obs_site: Any, batch_size: int, data_plate: 
         return data_plate
     if "data" in names:
         return "data"
-    candidates = [f.name for f in frames if f.size == batch_size]
+    candidates = [f.name for f in frames if f.size == batch_size or f.full_size == batch_size]
     if len(candidates) == 1:
         return candidates[0]
     if not candidates:

@@ -114,14 +114,13 @@ class Engine:
         extra_params: Mapping[str, list[torch.Tensor]] | None = None,
     ) -> None:
         self.programs = programs
-        store = unconstrained_params()
         known = sorted({*players, *(extra_params or {})})
         for label, value in (("lr", lr), ("optimizer", optimizer), ("optimizer_options", optimizer_options)):
             _check_players(label, value, known, nested=label == "optimizer_options")
         self.players: dict[str, Player] = {}
         for name, param_names in players.items():
             param_names = tuple(param_names)
-            params = [store[n] for n in param_names]
+            params = programs.param_tensors(param_names)
             params += list((extra_params or {}).get(name, ()))
             if not params:
                 continue
@@ -142,6 +141,11 @@ class Engine:
                 raise UsageError(f"the optimizer of player {name!r} refuses its options: {err}") from None
             self.players[name] = Player(name, param_names, params, opt)
         self._base_lrs = {name: [g["lr"] for g in p.optimizer.param_groups] for name, p in self.players.items()}
+        self._lr_factor = 1.0
+        #: how many times players have adopted parameters created after inspection (a recording's parameters change)
+        self.param_version = 0
+        programs.owned = {n for player in self.players.values() for n in player.param_names}
+        programs.unowned.clear()
         #: called on the moving parameters between backward and step (a distributed fit averages gradients there)
         self.grad_sync: Any = None  # a distributed.GradientSync in a data-parallel fit
         self._counters_hosted: set[str] = set()
@@ -153,6 +157,7 @@ class Engine:
 
     def scale_learning_rates(self, factor: float) -> None:
         """Set every player's learning rates to ``factor`` times their initial values."""
+        self._lr_factor = factor
         for name, player in self.players.items():
             for group, base in zip(player.optimizer.param_groups, self._base_lrs[name]):
                 group["lr"] = base * factor
@@ -169,6 +174,8 @@ class Engine:
 
     def update(self, loss: torch.Tensor, players: Iterable[str]) -> None:
         """Back-propagate ``loss`` and step the optimizers of ``players`` only."""
+        if self.programs.unowned and self.recorder is None:
+            self.adopt_new_parameters()
         moving = [self.players[p] for p in players if p in self.players]
         if not moving:
             return
@@ -181,6 +188,34 @@ class Engine:
             player.optimizer.zero_grad(set_to_none=True)
         loss.backward(inputs=params)
         self.apply_gradients(loss, moving, params)
+
+    def adopt_new_parameters(self) -> list[str]:
+        """Give the parameters the programs created after inspection to the player of the program that made them
+        (the model's, for one both use), as Pyro's ``SVI`` steps every parameter it has seen.
+
+        Each joins its player's optimizer as a new parameter group at the player's current learning rate.
+        """
+        programs, adopted = self.programs, []
+        store = unconstrained_params()
+        for name, program in list(programs.unowned.items()):
+            if name not in store and name not in programs.local_params:
+                continue  # asked for, never created (the program raised on the way)
+            player = self.players.get(program) or self.players.get("model")
+            if player is None:
+                raise ConventionError(f"parameter {name!r} was created during training, but no player can own it")
+            tensor = programs.param_tensors([name])[0]
+            player.param_names = (*player.param_names, name)
+            player.params.append(tensor)
+            player.optimizer.add_param_group({"params": [tensor]})
+            group = player.optimizer.param_groups[-1]
+            self._base_lrs[player.name].append(group["lr"])
+            group["lr"] = group["lr"] * self._lr_factor
+            programs.owned.add(name)
+            adopted.append(name)
+        programs.unowned.clear()
+        if adopted:
+            self.param_version += 1
+        return adopted
 
     def apply_gradients(self, loss: torch.Tensor, moving: list[Player], params: list[torch.Tensor]) -> None:
         """Average gradients over ranks, skip a non-finite update if asked, and step the moving players."""
@@ -274,6 +309,11 @@ class Method:
     enumeration: ClassVar[str] = "none"
     #: ``True``, or why the method's step always runs eagerly (see :mod:`ppdgm.compiled`)
     compilable: ClassVar[bool | str] = True
+    #: trains on the joint score of every guide site, auxiliary ones included (guide sites with no model site, such
+    #: as an AutoGuide's); a method that hands latents to the guide (sleep phases) or reads q(z | x) alone cannot
+    scores_auxiliary: ClassVar[bool] = False
+    #: trains every parameter on one loss, so one parameter used by both programs is well defined
+    shares_parameters: ClassVar[bool] = False
 
     def setup(self, programs: ProgramPair) -> None:
         """Called once after the program pair is inspected; check the method can train it."""
@@ -284,6 +324,20 @@ class Method:
         refused = structure.enumerated if self.enumeration == "none" else ()
         if self.enumeration == "model":
             refused = structure.guide_enumerated
+        if structure.shared_param_names and not self.shares_parameters:
+            shared = sorted(structure.shared_param_names)
+            raise ConventionError(
+                f"parameters {shared[:5]}{' ...' if len(shared) > 5 else ''} are used by both the model and the "
+                f"guide; method {self.name!r} steps the model and the guide as separate players, each on its own "
+                "loss, so each must own its parameters (rename the guide's: the name given to pyro.module, or for a "
+                "PyroModule its attribute names). vae and iwae, which train both on one loss, accept shared parameters"
+            )
+        if structure.auxiliary_sites and not self.scores_auxiliary:
+            raise ConventionError(
+                f"method {self.name!r} cannot train a guide with auxiliary site(s) {list(structure.auxiliary_sites)} "
+                "(guide sample sites with no model site, e.g. an AutoGuide's): it needs q(z | x) of the model's "
+                "latents alone. Use vae or iwae, which score every guide site as Pyro's ELBOs do"
+            )
         if refused:
             allowed = {"model": "only sites enumerated in the model (not in the guide)", "none": "no enumeration"}
             raise ConventionError(

@@ -42,7 +42,6 @@ from typing import Any
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.distributions.util import scale_and_mask
 from pyro.poutine.enum_messenger import EnumMessenger
 from pyro.poutine.trace_struct import Trace
 
@@ -50,7 +49,7 @@ from ppdgm.batch import Batch, Data, Key, first_column
 from ppdgm.batch import batch_size as rows_of
 from ppdgm.combine import log_mean_exp, mean
 from ppdgm.errors import UsageError
-from ppdgm.handlers import StoreParams, distribution_of
+from ppdgm.handlers import StoreParams, distribution_of, unconstrained_params
 from ppdgm.inspection import (
     ConventionError,
     ProgramError,
@@ -102,14 +101,15 @@ class DataSide:
 
     @cached_property
     def log_q(self) -> torch.Tensor:
-        return self._log_q_of(self.structure.latent_sites)
+        """log q of every guide site (latents and auxiliary sites), as Pyro's estimators score the guide."""
+        return self._log_q_of(self.structure.scored_sites)
 
     @cached_property
     def log_q_nonreparam(self) -> torch.Tensor | None:
         structure = self.structure
         if not structure.nonreparam_sites:
             return None
-        if len(structure.nonreparam_sites) == len(structure.latent_sites):
+        if len(structure.nonreparam_sites) == len(structure.scored_sites):
             return self.log_q
         return self._log_q_of(structure.nonreparam_sites)
 
@@ -119,7 +119,7 @@ class DataSide:
         enumerated = self.structure.guide_enumerated
         if not enumerated:
             return self.log_p - self.log_q
-        continuous = tuple(n for n in self.structure.latent_sites if n not in enumerated)
+        continuous = tuple(n for n in self.structure.scored_sites if n not in enumerated)
         log_w = self.log_p - self._log_q_of(continuous) if continuous else self.log_p
         return torch.logsumexp(log_w, tuple(range(self._kept_enum))).expand(self._shape)
 
@@ -137,8 +137,16 @@ class DataSide:
         return mean(self.expected_log_weights)
 
     def iwae_bound(self) -> torch.Tensor:
-        """The IWAE bound L_K per datapoint, shape ``(B,)``: log-mean-exp of :attr:`log_weights` over particles."""
-        return log_mean_exp(self.log_weights, 0)
+        """The IWAE bound L_K per datapoint, shape ``(B,)``: log-mean-exp of :attr:`log_weights` over particles.
+
+        A pair with global sites (:attr:`Structure.global_sites`) has one weight per particle for the whole batch,
+        as in Pyro's ``RenyiELBO``: the batch's bound, log-mean-exp of the summed weights, shared equally by its rows.
+        """
+        log_w = self.log_weights
+        if self.structure.global_sites:
+            rows = log_w.shape[-1]
+            return (log_mean_exp(log_w.sum(-1), 0) / rows).expand(rows)
+        return log_mean_exp(log_w, 0)
 
     def latents(self) -> dict[str, torch.Tensor]:
         return {name: self.guide_trace.nodes[name]["value"] for name in self.structure.latent_sites}
@@ -197,25 +205,45 @@ class ProgramPair:
         self._model_bs = accepts(self.model, "batch_size", named=True)
         self._guide_bs = self.guide is not None and accepts(self.guide, "batch_size", named=True)
         self._obs_site_given = self.obs_site
+        self.local_params: dict[str, torch.Tensor] = {}
+        #: names of the parameters the players own (set by the engine; ``None`` before there is one)
+        self.owned: set[str] | None = None
+        #: parameters the programs used that no player owns yet, with the program that used them first
+        self.unowned: dict[str, str] = {}
+        #: keyword arguments passed to both programs beside the batch (``fit(step_kwargs=...)``), this step's values
+        self.step_kwargs: dict[str, Any] = {}
+
+    def param_tensors(self, names: Iterable[str]) -> list[torch.Tensor]:
+        """The unconstrained tensors of parameters by name: the param store's, or a module's own
+        (``pyro.settings.set(module_local_params=True)``)."""
+        store = unconstrained_params()
+        return [store[n] if n in store else self.local_params[n] for n in names]
 
     # ------------------------------------------------------------------ calling conventions
     def model_arguments(self, x: Data | None, batch_size: int) -> tuple[tuple, dict]:
-        """The model's arguments for batch ``x`` (as ``SVI.step`` passes them)."""
-        return arguments(x, batch_size, self._model_bs)
+        """The model's arguments for batch ``x`` (as ``SVI.step`` passes them), with this step's :attr:`step_kwargs`."""
+        args, kwargs = arguments(x, batch_size, self._model_bs)
+        return args, {**kwargs, **self.step_kwargs} if self.step_kwargs else kwargs
 
     def guide_arguments(self, x: Data, batch_size: int) -> tuple[tuple, dict]:
         """The guide's arguments for batch ``x``."""
-        return arguments(x, batch_size, self._guide_bs)
+        args, kwargs = arguments(x, batch_size, self._guide_bs)
+        return args, {**kwargs, **self.step_kwargs} if self.step_kwargs else kwargs
 
     def vectorised(self, fn: Callable, num_particles: int) -> Callable:
-        """``fn`` run inside the particle plate (none when K = 1), serving known parameters from the store."""
+        """``fn`` run inside the particle plate (none when K = 1), serving known parameters from the store.
+
+        Parameters the players do not own yet (created after inspection, e.g. by a program that creates one at
+        its third step) are noted in :attr:`unowned` with the program that used them, for the engine to adopt.
+        """
         dim = self.structure.particle_dim if self.structure is not None else None
+        program = "guide" if fn is self.guide else "model"
 
         def vectorised(*args, **kwargs):
             if num_particles == 1:
-                with StoreParams():
+                with StoreParams(self.owned, self.unowned, program):
                     return fn(*args, **kwargs)
-            with pyro.plate(PARTICLE_PLATE, num_particles, dim=dim), StoreParams():
+            with pyro.plate(PARTICLE_PLATE, num_particles, dim=dim), StoreParams(self.owned, self.unowned, program):
                 return fn(*args, **kwargs)
 
         return vectorised
@@ -239,6 +267,7 @@ class ProgramPair:
             partial_guide=self.partial_guide,
         )
         self.structure, self.obs_site, self.observed_sites = found.structure, found.obs_site, found.observed_sites
+        self.local_params = found.local_params
         self.obs_distribution = self.observed_sites[self.obs_site]["fn"]
         self._generate_with_none = self._model_bs and self._runs_without_data(x)
         return self.structure
@@ -312,8 +341,12 @@ class ProgramPair:
                 continue
             column = data.get(key) if isinstance(data, Batch) else data
             fn = site["fn"]
-            value = column.reshape(column.shape[0], *site["value"].shape[1:]) if column.dim() else column
+            if column is None or column.numel() != site["value"].numel() * column.shape[0] // max(
+                1, len(site["value"])
+            ):
+                continue  # the site reads part of the column: Pyro's own checks name it in the first step
             try:
+                value = column.reshape(column.shape[0], *site["value"].shape[1:]) if column.dim() else column
                 ok = fn.support.check(value)
             except RuntimeError:  # a shape the support cannot broadcast: the site reads a transformed column
                 continue
@@ -567,7 +600,12 @@ class ProgramPair:
             fn = distribution_of(site)
             if detach_params:
                 fn = pyro.distributions.util.detach(fn)
-            lp = scale_and_mask(fn.log_prob(site["value"]), site["scale"], site["mask"])
+            try:
+                lp = fn.log_prob(site["value"])
+            except ValueError as err:  # Pyro's validation, on in the first step: the value outside the support
+                first = str(err).strip().splitlines()[0]
+                raise UsageError(f"site {name!r} cannot score its value: {first}") from err
+            lp = _scale_and_mask(lp, site["scale"], site["mask"])
             total = _reduce_to_particles_by_data(
                 lp, site, structure.data_plate, rank, num_particles, batch_size, total, self.row_scale, enum_rank
             )
@@ -579,6 +617,15 @@ class ProgramPair:
         if self.structure is None:
             raise RuntimeError("call ProgramPair.inspect(x) on a batch before running the programs")
         return self.structure
+
+
+def _scale_and_mask(lp: torch.Tensor, scale: Any, mask: Any) -> torch.Tensor:
+    """Pyro's ``scale_and_mask`` without its host read of a tensor scale (a subsample plate's, an annealing factor)."""
+    if mask is None or mask is True:
+        return lp if isinstance(scale, int | float) and scale == 1 else lp * scale
+    if mask is False:
+        return torch.zeros_like(lp)
+    return torch.where(mask, lp * scale, lp.new_zeros(()))
 
 
 _ROWS = "ppdgm_rows"
@@ -613,9 +660,10 @@ def _reduce_to_particles_by_data(
         lp = lp.reshape((1,) * (full - lp.dim()) + lp.shape)
     particle_index = lp.dim() - rank
     enum_dims = tuple(range(particle_index - enum_rank, particle_index))
-    data_dim = next((f.dim for f in site["cond_indep_stack"] if f.name == data_plate), None)
+    data_dim = next((f.dim for f in site["cond_indep_stack"] if f.name == data_plate and f.size == batch_size), None)
     if data_dim is None:
-        # a global site: its log-probability is shared equally by the datapoints of the batch
+        # a global site, or one in a plate that subsamples the rows: its log-probability (scaled by the subsample
+        # plate) is shared equally by the datapoints of the batch, so that their sum is Pyro's total
         other = tuple(d for d in range(lp.dim()) if d != particle_index and d not in enum_dims)
         lp = (lp.sum(other) if other else lp).unsqueeze(-1) / (batch_size * row_scale)
     else:

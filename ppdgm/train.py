@@ -211,9 +211,7 @@ def _move_programs(
     for fn in (programs.model, programs.guide, *modules):
         if isinstance(fn, torch.nn.Module):
             fn.to(device)
-    store = unconstrained_params()
-    for name in names:
-        p = store[name]
+    for p in programs.param_tensors(names):
         if p.device != device:
             p.data = p.data.to(device)
 
@@ -249,6 +247,7 @@ def fit(
     precision: str = "fp32",
     skip_nonfinite: bool = False,
     compile: bool | str = "auto",
+    step_kwargs: Mapping[str, Any] | None = None,
     **method_options: Any,
 ) -> Run:
     """Train ``model`` and ``guide`` on ``data`` with the algorithm ``method`` (in full: docs/usage.md).
@@ -284,6 +283,9 @@ def fit(
         compile: ``"auto"`` runs steps from recordings traced once per batch shape (:mod:`ppdgm.compiled`), falling
             back to the eager step with a ``CompileWarning`` that names the cause; ``True`` raises instead of falling
             back; ``False`` always runs the eager step. Both paths give the same result from the same seed.
+        step_kwargs: keyword arguments passed to both programs beside each batch, as ``svi.step(x, name=value)``
+            passes them (DMM's ``annealing_factor``): each a value, or a function ``f(step, epoch)`` of the 0-based
+            step and epoch giving this step's value (recorded in ``config``; a resumed fit computes the same values).
 
     Under ``torchrun`` the fit is data-parallel and equals one process to float tolerance (docs/scaling.md).
 
@@ -300,6 +302,7 @@ def fit(
             raise UsageError("checkpoint_every needs a checkpoint_dir to write the checkpoints to")
     if shuffle is not None and not isinstance(shuffle, bool):
         raise UsageError(f"shuffle must be True or False, got {shuffle!r}")
+    step_kwargs = _check_step_kwargs(step_kwargs)
     method_obj = get_method(method, **method_options)
     resolve_schedule(lr_schedule, 1)  # a bad name fails before any data is read
     if method_obj.requires_guide and guide is None:
@@ -323,16 +326,21 @@ def fit(
         transform=None if transform is None else repr(transform),
         source=source.name,
         columns=describe_columns(first),
+        step_kwargs={
+            k: v if isinstance(v, int | float | str | bool | None) else repr(v) for k, v in step_kwargs.items()
+        },
     )
     loop = TrainingLoop(
         budget, seed, tuple(callbacks), None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME,
         resume, validate_every, progress and distributed.is_main(), log_every, validate,
         resolve_schedule(lr_schedule, budget.num_epochs), precision, shuffle, transform, checkpoint_every, compile,
+        step_kwargs,
     )  # fmt: skip
     pyro.set_rng_seed(seed)
     programs = ProgramPair(
         model, guide, obs_site=obs_site, data_plate=data_plate, partial_guide=method_obj.partial_guide
     )
+    programs.step_kwargs = loop.step_arguments(0, 0)
     store = pyro.get_param_store()
     with store.scope() as scope_state:
         _inspect(programs, method_obj, dataset, first, transform, seed)
@@ -343,6 +351,19 @@ def fit(
         loop.run(run)
     store.set_state(scope_state)
     return run
+
+
+def _check_step_kwargs(step_kwargs: Any) -> dict[str, Any]:
+    if step_kwargs is None:
+        return {}
+    if not isinstance(step_kwargs, Mapping):
+        raise UsageError(
+            f"step_kwargs must be a mapping from argument names to values, got {type(step_kwargs).__name__}"
+        )
+    bad = [k for k in step_kwargs if not isinstance(k, str) or not k.isidentifier()]
+    if bad:
+        raise UsageError(f"step_kwargs keys name the programs' keyword arguments; {bad} are not valid names")
+    return dict(step_kwargs)
 
 
 def _check_fit_arguments(
@@ -535,6 +556,11 @@ class TrainingLoop:
     transform: RowTransform | None = None
     checkpoint_every: int | None = None
     compile: bool | str = "auto"
+    step_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def step_arguments(self, step: int, epoch: int) -> dict[str, Any]:
+        """The programs' keyword arguments for 0-based ``step`` of ``epoch``: each value, or its function's value."""
+        return {k: v(step, epoch) if callable(v) else v for k, v in self.step_kwargs.items()}
 
     def run(self, run: Run) -> None:
         """Train ``run`` from its checkpoint (when resuming) to the end of the budget or a callback's stop."""
@@ -619,7 +645,10 @@ class _Epoch:
         self.unfinished, position = None, start - 1
         with _device_context(dev):
             batches = self.source.batches(epoch, loop.budget.batch_size, loop.seed, loop.shuffle, start)
+            self.step.epoch_start = True
             for position, (n, batch) in enumerate(batches, start):
+                if loop.step_kwargs:
+                    run.programs.step_kwargs = loop.step_arguments(step, epoch)
                 batch = batch.to(dev, non_blocking=True)  # overlaps the copy when the loader pins memory
                 if transform is not None:
                     batch = transform(batch, noise_key(loop.seed, epoch, position), rank_rows(n), n)
@@ -839,7 +868,7 @@ _FIXED = (
     "transform",
 )  # fmt: skip
 #: training settings a resumed fit may change with ``resume="override"`` (the new values then apply)
-_OVERRIDABLE = ("lr", "optimizer_options", "lr_schedule", "precision")
+_OVERRIDABLE = ("lr", "optimizer_options", "lr_schedule", "precision", "step_kwargs")
 
 
 def _restore(run: Run, path: Path, override: bool) -> tuple[int, int, dict | None]:

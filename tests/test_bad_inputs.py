@@ -80,7 +80,7 @@ FIT_OTHER = [
     ("num_particles=0", {"method": "iwae", "num_particles": 0}, r"num_particles must be a positive integer"),
     ("an unknown guide_gradient", {"method": "iwae", "guide_gradient": "dregs"}, r"guide_gradient must be one of"),
     ("an unknown data set", {"data": "mnist-typo"}, r"unknown data set 'mnist-typo'"),
-    ("data of one row per column", {"data": torch.ones(5)}, r"one datapoint per row"),
+    ("data of no rows (a scalar)", {"data": torch.tensor(1.0)}, r"one datapoint per row"),
     ("data of a wrong type", {"data": 3}, r"data must be a data set name"),
     ("grey data for a Bernoulli", {"data": "digits"}, r"outside the support of the Bernoulli likelihood at site 'x'"),
     (

@@ -83,7 +83,10 @@ def test_a_compiled_fit_gives_the_eager_parameters(case):
     assert eager.config["step_path"]["path"] == "eager"
     described = compiled.config["step_path"]
     assert described["path"] == "compiled" and described["fallback"] is None, described
-    assert described["compiled_steps"] == STEPS - 1  # the first step runs eagerly (with Pyro's checks)
+    # the first step runs eagerly (with Pyro's checks); each recording is checked on first use and re-checked on its
+    # first replay, whose eager step is the real one
+    assert described["rechecks"] == 2 * described["traces"], described
+    assert described["compiled_steps"] == STEPS - 1 - described["traces"], described
     _assert_same(eager_params, compiled_params)
     for key in eager.history[-1]:
         if key.startswith("train_"):
@@ -97,8 +100,9 @@ def test_replays_draw_fresh_noise():
     run = ppdgm.fit(model, guide, x, "vae", steps=1, batch_size=32, progress=False, validate_every=0)
     step = CompiledStep(run.method, run.engine, compile=True, eager_steps=0)
     with run.params(), pyro.validation_enabled(False):
+        step(x), step(x)  # recorded and checked; the first replay re-checked
         first, second = step(x)["elbo"], step(x)["elbo"]
-    assert step.traces == 1 and step.compiled_steps == 2
+    assert step.traces == 1 and step.compiled_steps == 3 and step.rechecks == 2
     assert first != second
 
 
@@ -133,7 +137,8 @@ def test_a_fit_resumed_from_a_checkpoint_continues_on_the_compiled_path(tmp_path
     model, guide = user_pair()
     resumed = ppdgm.fit(model, guide, data, "vae", steps=40, **common)
     assert resumed.config["step_path"]["path"] == "compiled"
-    assert resumed.config["step_path"]["compiled_steps"] == 19  # the resumed process's first step runs eagerly
+    # the resumed process's first step runs eagerly, its recording's first replay is a re-check (eager)
+    assert resumed.config["step_path"]["compiled_steps"] == 18
     _assert_same(eager_params, _params(resumed))
 
 

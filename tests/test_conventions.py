@@ -121,7 +121,7 @@ def test_dreg_refuses_non_reparameterised_latents():
         ppdgm.fit(model, guide, "digits-binary", "iwae", guide_gradient="dreg", steps=1, progress=False)
 
 
-def test_parameters_shared_by_model_and_guide_are_refused():
+def test_parameters_shared_by_model_and_guide_are_trained_once_by_vae_and_refused_by_separate_players():
     shared = nn.Linear(64, 4)
 
     def model(x=None, batch_size=None):
@@ -136,7 +136,11 @@ def test_parameters_shared_by_model_and_guide_are_refused():
             pyro.sample("z", dist.Normal(shared(x), 1.0).to_event(1))
 
     with pytest.raises(ConventionError, match=r"parameters \['net\$\$\$bias', 'net\$\$\$weight'\] are used by both"):
-        fit(model, guide, "digits-binary")
+        ppdgm.fit(model, guide, "digits-binary", "rws", steps=1, progress=False)
+    run = ppdgm.fit(model, guide, "digits-binary", "vae", steps=2, progress=False)
+    assert sorted(run.programs.structure.shared_param_names) == ["net$$$bias", "net$$$weight"]
+    assert sorted(run.engine.players["model"].param_names) == ["net$$$bias", "net$$$weight"]
+    assert "guide" not in run.engine.players  # one optimizer steps each parameter once
 
 
 def test_log_prob_shapes_per_particle_and_datapoint_with_nested_plates():

@@ -74,7 +74,8 @@ def test_mixture_density_is_normalised_and_samples_cover_every_mode(name, compon
 def test_tensor_data_and_bad_data_types():
     ds = data.as_dataset(torch.ones(10, 3))
     assert ds.train.shape == (10, 3) and ds.valid.shape[0] == 0
+    assert data.as_dataset(torch.ones(10, dtype=torch.float64)).train.dtype == torch.float64  # scalar rows, as given
     with pytest.raises(ValueError, match="one datapoint per row"):
-        data.as_dataset(torch.ones(10))
+        data.as_dataset(torch.tensor(1.0))
     with pytest.raises(TypeError, match="data must be a data set name"):
         data.as_dataset([1, 2, 3])

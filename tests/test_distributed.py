@@ -30,7 +30,7 @@ CASES = {  # case: (method, model, method options)
     "iwae": ("iwae", "vae-mlp", {"num_particles": 3}),
     "rws": ("rws", "sbn", {"num_particles": 3}),
     "gan": ("gan", "gan-image", {}),
-    "iwae-global-latent": ("iwae", "global", {"num_particles": 3}),
+    "vae-global-latent": ("vae", "global", {"num_particles": 3}),
     "vae-dataset-binarized": ("vae", "vae-mlp", {"transform": "binarize"}),  # a torch Dataset, read per rank
 }
 

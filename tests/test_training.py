@@ -237,7 +237,7 @@ def test_pyro_module_programs_train(method):
 def test_pyro_modules_with_clashing_names_are_refused_with_a_hint():
     model, guide = _pyro_module_pair(guide_attribute="net")
     with pytest.raises(ppdgm.ConventionError, match="for a PyroModule its attribute names"):
-        ppdgm.fit(model, guide, "digits-binary", "vae", steps=1, progress=False)
+        ppdgm.fit(model, guide, "digits-binary", "ws", steps=1, progress=False)
 
 
 def test_burda_schedule_sets_each_players_learning_rate_per_epoch():
