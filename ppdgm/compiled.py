@@ -69,7 +69,7 @@ RTOL, ATOL = 1e-5, 1e-6
 #: recordings kept per compiled step (least recently used dropped first)
 MAX_RECORDINGS = 16
 #: steps between re-checks of a recording against the eager step, once its early re-checks are done
-RECHECK_EVERY = 500
+RECHECK_EVERY = 600
 COMPILE_MODES = ("auto", True, False)
 
 
@@ -752,13 +752,13 @@ class CompiledStep:
 
     def due(self, uses: int) -> bool:
         """Whether this replay re-checks its recording against the eager step: on the recording's first replay, then
-        every ``recheck_every`` steps, and at an epoch's first step once a quarter of that has passed. What a recording
+        every ``recheck_every`` steps, and at an epoch's first step once half of that has passed. What a recording
         cannot see — Python state a program reads (a global schedule, a call counter), a parameter created late — is
         caught there, at a cost bounded by the schedule (docs/performance.md, 'Re-checks')."""
         epoch_start, self.epoch_start = self.epoch_start, False
         if uses == 1:
             return True
-        return self.since_check >= self.recheck_every or (epoch_start and 4 * self.since_check >= self.recheck_every)
+        return self.since_check >= self.recheck_every or (epoch_start and 2 * self.since_check >= self.recheck_every)
 
     def _step_arguments(self) -> tuple[dict[str, Any], tuple]:
         """The programs' per-step keyword arguments (``fit(step_kwargs=...)``): floats and tensors, fed to recordings
