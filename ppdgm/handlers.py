@@ -37,6 +37,22 @@ def unconstrained_params() -> dict[str, torch.Tensor]:
     return pyro.get_param_store()._params
 
 
+def constraint_name(name: str) -> str | None:
+    """The name in ``pyro.distributions.constraints`` of parameter ``name``'s constraint (``None``: not one of its
+    singletons, such as ``interval(0, 2)``): what a checkpoint records to create the parameter again."""
+    constraint = pyro.get_param_store()._constraints.get(name)
+    return next((key for key, value in vars(constraints).items() if value is constraint), None)
+
+
+def create_param(name: str, unconstrained: torch.Tensor, constraint: str) -> torch.Tensor:
+    """Create parameter ``name`` in the param store from its unconstrained value and its constraint's name."""
+    store = pyro.get_param_store()
+    store._params[name] = unconstrained.detach().clone().requires_grad_()
+    store._constraints[name] = getattr(constraints, constraint)
+    store._param_to_name[store._params[name]] = name
+    return store._params[name]
+
+
 class StoreParams(Messenger):
     """Answer ``pyro.param`` (and so ``pyro.module``) straight from the param store, unrecorded.
 

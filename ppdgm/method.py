@@ -17,7 +17,7 @@ import torch
 
 from ppdgm.batch import Data
 from ppdgm.errors import UsageError
-from ppdgm.handlers import unconstrained_params
+from ppdgm.handlers import constraint_name, create_param, unconstrained_params
 from ppdgm.programs import ConventionError, ProgramPair
 
 OptimizerSpec = str | type[torch.optim.Optimizer] | Callable[[list[torch.Tensor]], torch.optim.Optimizer]
@@ -142,6 +142,8 @@ class Engine:
             self.players[name] = Player(name, param_names, params, opt)
         self._base_lrs = {name: [g["lr"] for g in p.optimizer.param_groups] for name, p in self.players.items()}
         self._lr_factor = 1.0
+        #: per player, how many parameters it had when made (later ones were created during training)
+        self._first_late = {name: len(p.param_names) for name, p in self.players.items()}
         #: how many times players have adopted parameters created after inspection (a recording's parameters change)
         self.param_version = 0
         programs.owned = {n for player in self.players.values() for n in player.param_names}
@@ -188,6 +190,42 @@ class Engine:
             player.optimizer.zero_grad(set_to_none=True)
         loss.backward(inputs=params)
         self.apply_gradients(loss, moving, params)
+
+    def _recreate_late_parameters(self, player: Player, saved: Mapping) -> None:
+        """Parameters the saved run's programs created during training: created again and adopted, so that the
+        checkpoint's tensors and optimizer state fit (a new process has not run those steps)."""
+        late = [n for n in saved.get("names", ()) if n not in player.param_names]
+        for n in late:
+            constraint = saved.get("constraints", {}).get(n)
+            if constraint is None:
+                raise UsageError(
+                    f"the checkpoint holds parameter {n!r}, created during training with a constraint ppdgm cannot "
+                    "create again (not one of pyro.distributions.constraints' singletons); resume=False starts fresh"
+                )
+            value = saved["params"][saved["names"].index(n)]
+            if n not in unconstrained_params():
+                create_param(n, value.to(player.params[0].device if player.params else value.device), constraint)
+            self.programs.unowned[n] = player.name
+        if late:
+            self.adopt_new_parameters()
+        names = list(saved.get("names", player.param_names))
+        if names != list(player.param_names) and sorted(names) == sorted(player.param_names):
+            self._regroup(player, names, saved["optimizer"]["param_groups"])
+        if "names" in saved:  # the saved run's late parameters stay late: later checkpoints can create them again
+            self._first_late[player.name] = len(player.param_names) - len(saved.get("constraints", {}))
+
+    def _regroup(self, player: Player, names: list[str], groups: list[dict]) -> None:
+        """Order ``player``'s parameters and optimizer groups as a checkpoint has them (a parameter the saved run
+        created during training may have been there from the start in this process)."""
+        by_name = dict(zip(player.param_names, player.params))
+        player.param_names, player.params = tuple(names), [by_name[n] for n in names]
+        optimizer = player.optimizer
+        options = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
+        first, *rest = [[player.params[i] for i in group["params"]] for group in groups]
+        player.optimizer = type(optimizer)(first, **options)
+        for params in rest:
+            player.optimizer.add_param_group({"params": params})
+        self._base_lrs[player.name] = [options["lr"] / self._lr_factor] * len(groups)
 
     def adopt_new_parameters(self) -> list[str]:
         """Give the parameters the programs created after inspection to the player of the program that made them
@@ -243,6 +281,9 @@ class Engine:
             name: {
                 "params": [p.detach().clone() for p in player.params],
                 "optimizer": player.optimizer.state_dict(),
+                "names": list(player.param_names),
+                # how to create again a parameter a program made during training, before its optimizer state loads
+                "constraints": {n: constraint_name(n) for n in player.param_names[self._first_late[name] :]},
             }
             for name, player in self.players.items()
         }
@@ -250,6 +291,7 @@ class Engine:
     def load_state_dict(self, state: Mapping) -> None:
         for name, player in self.players.items():
             saved = state[name]
+            self._recreate_late_parameters(player, saved)
             if len(saved["params"]) != len(player.params):
                 raise UsageError(
                     f"checkpoint has {len(saved['params'])} tensors for player {name!r}, expected "

@@ -171,3 +171,32 @@ def test_the_periodic_recheck_catches_a_global_schedule_changed_after_first_use(
                     step(x)
             assert step.path == "eager" and "disagrees" in step.fallback
     SCALE["value"] = 1.0
+
+
+def test_a_run_with_a_late_parameter_resumes_from_its_checkpoint(tmp_path):
+    """The checkpoint records how to create the late parameter again; the resumed fit equals the uninterrupted one."""
+
+    def fit(pair, steps, folder):
+        def raise_flag(run, record):
+            pair.late = True
+
+        return ppdgm.fit(
+            pair.model, pair.guide, _digits(32), "vae", steps=steps, batch_size=16, lr=1e-2, progress=False,
+            validate_every=0, compile=False, callbacks=[raise_flag], checkpoint_dir=folder,
+        )  # fmt: skip
+
+    pyro.set_rng_seed(0)
+    pair = LateParameter()
+    whole = _params(fit(pair, 12, tmp_path / "whole"))
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    pair = LateParameter()
+    fit(pair, 6, tmp_path / "cut")
+    pyro.clear_param_store()
+    with torch.no_grad():  # a new process: other initial weights, no late parameter yet; the program's flag restored
+        for p in pair.parameters():
+            p.add_(1.0)
+    pair.late = True
+    resumed = fit(pair, 12, tmp_path / "cut")
+    assert "late_shift" in resumed.engine.players["guide"].param_names
+    _assert_close(whole, _params(resumed))
