@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import collections
 import copy
-import dataclasses
 import itertools
 import traceback
 import warnings
@@ -236,7 +235,6 @@ class _Snapshot:
     buffers: list[torch.Tensor]
     rng: tuple[torch.Tensor, list[torch.Tensor]]
     skipped: int = 0
-    names: list[str] = dataclasses.field(default_factory=list)
 
     @classmethod
     def take(cls, engine: Any, method: Any) -> _Snapshot:
@@ -249,7 +247,6 @@ class _Snapshot:
             buffers=[b.detach().clone() for m in _modules(engine, method) for b in m.buffers()],
             rng=_rng_state(),
             skipped=engine.skipped_updates,
-            names=[n for player in engine.players.values() for n in player.param_names],
         )
 
     def restore(self, engine: Any, method: Any) -> None:
@@ -351,7 +348,7 @@ class _Recording:
         self, method: Any, x: Data, state: dict | None = None, extra: tuple[torch.Tensor, ...] = ()
     ) -> dict[str, torch.Tensor]:
         """One step from the recording; ``state``: the method's state dict, where the caller has read it already;
-        ``extra``: the per-step arguments fed in as tensors (:meth:`CompiledStep.step_arguments`)."""
+        ``extra``: the per-step arguments fed in as tensors (:meth:`CompiledStep._step_arguments`)."""
         state, inputs = self.state_inputs(method, state)
         with torch.no_grad():
             metrics, outputs = self.run(*self.params, *data_leaves(x), *extra, *inputs)
@@ -688,7 +685,7 @@ class CompiledStep:
         self.method, self.engine, self.mode = method, engine, compile
         self.eager_steps = eager_steps
         self.recheck_every = recheck_every
-        #: replays of each recording since it was made (re-checked on its 1st, 2nd, 4th, 8th... replay)
+        #: replays of each recording since it was made (re-checked on its first replay, see :meth:`due`)
         self.uses: dict[Hashable, int] = {}
         self.rechecks = 0
         self.since_check = 0
@@ -840,7 +837,7 @@ class CompiledStep:
             engine.grad_sync = sync
         self.recordings[key] = recording
         if len(self.recordings) > MAX_RECORDINGS:
-            self.recordings.popitem(last=False)
+            self.uses.pop(self.recordings.popitem(last=False)[0], None)
         self.uses[key] = 0
         return self._recheck(recording, x, extra, keep_eager=False)
 
@@ -856,6 +853,7 @@ class CompiledStep:
         self.captured.clear()  # restoring optimizer states below gives them new tensors, which captures point at
         sync, engine.grad_sync = engine.grad_sync, None  # the check's steps stay local to each rank
         start = _Snapshot.take(engine, method)
+        owned = {n for player in engine.players.values() for n in player.param_names}
         version = engine.param_version
         try:
             compiled = _first_run(recording, method, x, None, extra)
@@ -863,10 +861,10 @@ class CompiledStep:
             start.restore(engine, method)
             eager = method.step(engine, x)
             if engine.param_version != version:  # the eager step created parameters: it was this step's real one
-                created = [n for player in engine.players.values() for n in player.param_names]
+                created = {n for player in engine.players.values() for n in player.param_names} - owned
                 self._give_up(
-                    f"the step created parameter(s) {sorted(set(created) - set(start.names))} after the "
-                    "first step (the recording cannot create them)"
+                    f"the step created parameter(s) {sorted(created)} after the first step (the recording cannot "
+                    "create them)"
                 )
                 return eager
             after_eager = _Snapshot.take(engine, method)

@@ -21,6 +21,7 @@ from pyro.distributions.torch import Independent
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import Message
 from pyro.poutine.util import site_is_subsample
+from torch.distributions import transform_to
 
 
 def distribution_of(site: Message | dict) -> Any:
@@ -44,13 +45,11 @@ def constraint_name(name: str) -> str | None:
     return next((key for key, value in vars(constraints).items() if value is constraint), None)
 
 
-def create_param(name: str, unconstrained: torch.Tensor, constraint: str) -> torch.Tensor:
-    """Create parameter ``name`` in the param store from its unconstrained value and its constraint's name."""
-    store = pyro.get_param_store()
-    store._params[name] = unconstrained.detach().clone().requires_grad_()
-    store._constraints[name] = getattr(constraints, constraint)
-    store._param_to_name[store._params[name]] = name
-    return store._params[name]
+def create_param(name: str, unconstrained: torch.Tensor, constraint: str) -> None:
+    """Create parameter ``name`` in the param store from its unconstrained value and its constraint's name (the
+    value through the constraint's transform and back: a checkpoint's exact values are copied in afterwards)."""
+    chosen = getattr(constraints, constraint)
+    pyro.get_param_store().setdefault(name, transform_to(chosen)(unconstrained.detach()), chosen)
 
 
 class StoreParams(Messenger):

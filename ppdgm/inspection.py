@@ -156,7 +156,6 @@ class Structure:
     #: guide sample sites with no model site (an AutoGuide's ``*_unconstrained`` or ``_AutoDiagonalNormal_latent``,
     #: any auxiliary variable): part of log q, as in Pyro's estimators, but never handed to the model
     auxiliary_sites: tuple[str, ...] = ()
-
     #: parameters both programs use (one ``pyro.module`` in both): part of ``model_param_names``, not of the guide's
     shared_param_names: tuple[str, ...] = ()
     #: latent and auxiliary sites outside the data plate (a global mu, an AutoDiagonalNormal's one latent vector):

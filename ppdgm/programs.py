@@ -222,12 +222,14 @@ class ProgramPair:
     # ------------------------------------------------------------------ calling conventions
     def model_arguments(self, x: Data | None, batch_size: int) -> tuple[tuple, dict]:
         """The model's arguments for batch ``x`` (as ``SVI.step`` passes them), with this step's :attr:`step_kwargs`."""
-        args, kwargs = arguments(x, batch_size, self._model_bs)
-        return args, {**kwargs, **self.step_kwargs} if self.step_kwargs else kwargs
+        return self._arguments(x, batch_size, self._model_bs)
 
     def guide_arguments(self, x: Data, batch_size: int) -> tuple[tuple, dict]:
         """The guide's arguments for batch ``x``."""
-        args, kwargs = arguments(x, batch_size, self._guide_bs)
+        return self._arguments(x, batch_size, self._guide_bs)
+
+    def _arguments(self, x: Data | None, batch_size: int, with_batch_size: bool) -> tuple[tuple, dict]:
+        args, kwargs = arguments(x, batch_size, with_batch_size)
         return args, {**kwargs, **self.step_kwargs} if self.step_kwargs else kwargs
 
     def vectorised(self, fn: Callable, num_particles: int) -> Callable:
@@ -335,15 +337,14 @@ class ProgramPair:
         site (Pyro's ``obs_mask``) is not checked, as its missing entries may hold any placeholder.
         """
         structure = self._require_structure()
+        traced_rows = rows_of(self.example)  # the batch the observed sites' values were traced on
         for key, name in structure.observed_columns:
             site = self.observed_sites[name]
             if site.get("mask") is not None:
                 continue
             column = data.get(key) if isinstance(data, Batch) else data
             fn = site["fn"]
-            if column is None or column.numel() != site["value"].numel() * column.shape[0] // max(
-                1, len(site["value"])
-            ):
+            if column is None or column[0].numel() * traced_rows != site["value"].numel():
                 continue  # the site reads part of the column: Pyro's own checks name it in the first step
             try:
                 value = column.reshape(column.shape[0], *site["value"].shape[1:]) if column.dim() else column
