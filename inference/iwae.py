@@ -67,6 +67,7 @@ class IWAE(Method):
     enumeration = "all"
     scores_auxiliary = True
     shares_parameters = True
+    several_layouts = True
 
     def __init__(self, num_particles: int = 5, guide_gradient: str = "reparam") -> None:
         if guide_gradient not in _GUIDE_GRADIENTS:
@@ -128,18 +129,22 @@ class IWAE(Method):
 
     def step(self, engine: Engine, x: torch.Tensor) -> dict[str, torch.Tensor]:
         loss, _, bound = self.loss(engine.programs, x)
-        engine.update(loss, self.players)
-        return {"iwae_bound": bound.mean()}
+        auxiliary = engine.programs.auxiliary_loss(x)
+        if auxiliary is None:
+            engine.update(loss, self.players)
+            return {"iwae_bound": bound.mean()}
+        engine.update(loss + auxiliary, self.players)
+        return {"iwae_bound": bound.mean(), "auxiliary_loss": auxiliary.detach()}
 
     def _dreg_surrogate(self, programs: ProgramPair, side: DataSide, batch_size: int) -> torch.Tensor:
         structure = side.structure
         log_q_stopped = programs.log_prob(
-            side.guide_trace, self.num_particles, batch_size, sites=structure.scored_sites, detach_params=True
+            side.guide_trace, self.num_particles, batch_size, sites=side.sites.scored, detach_params=True
         )
         log_w = side.log_p - log_q_stopped
         weights = self_normalised_weights(log_w.detach())
         rank = structure.max_plate_nesting + 1
-        for name in structure.reparam_sites if self.num_particles > 1 else ():
+        for name in side.sites.reparam if self.num_particles > 1 else ():
             site = side.guide_trace.nodes[name]
             z = site["value"]
             if z.requires_grad:

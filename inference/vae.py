@@ -51,6 +51,7 @@ class VAE(Method):
     enumeration = "all"
     scores_auxiliary = True
     shares_parameters = True
+    several_layouts = True
 
     def __init__(
         self,
@@ -90,8 +91,12 @@ class VAE(Method):
 
     def step(self, engine: Engine, x: torch.Tensor) -> dict[str, torch.Tensor]:
         loss, _, elbo = self.loss(engine.programs, x)
-        engine.update(loss, self.players)
-        return {"elbo": elbo.mean()}
+        auxiliary = engine.programs.auxiliary_loss(x)
+        if auxiliary is None:
+            engine.update(loss, self.players)
+            return {"elbo": elbo.mean()}
+        engine.update(loss + auxiliary, self.players)
+        return {"elbo": elbo.mean(), "auxiliary_loss": auxiliary.detach()}
 
     @torch.no_grad()
     def objective(self, programs: ProgramPair, x: torch.Tensor) -> torch.Tensor:

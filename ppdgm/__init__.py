@@ -10,17 +10,20 @@ from ppdgm.checkpoints import CheckpointError
 from ppdgm.divergence import TrainingDiverged
 from ppdgm.errors import PpdgmError, UsageError
 from ppdgm.method import Engine, Method, available_methods, get_method, register
-from ppdgm.programs import ConventionError, DataSide, ProgramError, ProgramPair
+from ppdgm.programs import Auxiliary, ConventionError, DataSide, ProgramError, ProgramPair
 from ppdgm.sampling import sample
+from ppdgm.streams import Interleaved
 from ppdgm.train import Run, TrainingInterrupted, fit, load_params
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Auxiliary",
     "Batch",
     "CheckpointError",
     "ConventionError",
     "DataSide",
+    "Interleaved",
     "Engine",
     "Method",
     "ProgramError",

@@ -75,12 +75,13 @@ def _batched(
     batch_size: int,
     obs_site: str | None,
     data_plate: str | None,
+    arguments: Callable | None = None,
 ) -> Estimate:
     data = materialize(data) if is_stream(data) else as_rows(data)
     batch_size = positive_int("batch_size", batch_size)
     if rows_of(data) == 0:
         raise UsageError("no data to evaluate on (the split is empty)")
-    programs = ProgramPair(model, guide, obs_site=obs_site, data_plate=data_plate)
+    programs = ProgramPair(model, guide, obs_site=obs_site, data_plate=data_plate, arguments=arguments)
     programs.inspect_data(data[:batch_size], [data])  # fit's checks: data outside the support has no score
     out = []
     with pyro.validation_enabled(False):
@@ -99,6 +100,7 @@ def log_likelihood(
     max_elements: int = 1 << 24,
     obs_site: str | None = None,
     data_plate: str | None = None,
+    arguments: Callable | None = None,
     compile: bool = True,
 ) -> Estimate:
     """Importance-sampled log p(x) per datapoint with ``num_samples`` guide samples each.
@@ -132,7 +134,7 @@ def log_likelihood(
             running = lse_k if running is None else torch.logaddexp(running, lse_k)
         return running - math.log(num_samples)
 
-    return _batched(model, guide, data, per_batch, batch_size, obs_site, data_plate)
+    return _batched(model, guide, data, per_batch, batch_size, obs_site, data_plate, arguments)
 
 
 def iwae_bound(
@@ -145,6 +147,7 @@ def iwae_bound(
     batch_size: int = 100,
     obs_site: str | None = None,
     data_plate: str | None = None,
+    arguments: Callable | None = None,
 ) -> Estimate:
     """The IWAE bound L_k per datapoint, each averaged over ``num_repeats`` independent draws."""
     k, num_repeats = positive_int("k", k), positive_int("num_repeats", num_repeats)
@@ -152,7 +155,7 @@ def iwae_bound(
     def per_batch(programs: ProgramPair, x: Data) -> torch.Tensor:
         return torch.stack([programs.data_side(x, k).iwae_bound() for _ in range(num_repeats)]).mean(0)
 
-    return _batched(model, guide, data, per_batch, batch_size, obs_site, data_plate)
+    return _batched(model, guide, data, per_batch, batch_size, obs_site, data_plate, arguments)
 
 
 def elbo(
@@ -164,6 +167,7 @@ def elbo(
     batch_size: int = 100,
     obs_site: str | None = None,
     data_plate: str | None = None,
+    arguments: Callable | None = None,
 ) -> Estimate:
     """The ELBO per datapoint, a Monte Carlo average over ``num_samples`` guide samples."""
     num_samples = positive_int("num_samples", num_samples)
@@ -171,7 +175,7 @@ def elbo(
     def per_batch(programs: ProgramPair, x: Data) -> torch.Tensor:
         return programs.data_side(x, num_samples).elbo()
 
-    return _batched(model, guide, data, per_batch, batch_size, obs_site, data_plate)
+    return _batched(model, guide, data, per_batch, batch_size, obs_site, data_plate, arguments)
 
 
 @torch.no_grad()

@@ -176,6 +176,67 @@ class Structure:
         return self.guide_enumerated + self.model_enumerated
 
 
+@dataclass(frozen=True)
+class GuideSites:
+    """The guide sites one data-side run scores, by kind: every sample site of the guide's trace (latents and
+    auxiliary sites), those summed out by enumeration, and of the others those with and without a reparameterised
+    sampler."""
+
+    scored: tuple[str, ...]
+    enumerated: tuple[str, ...]
+    reparam: tuple[str, ...]
+    nonreparam: tuple[str, ...]
+
+    @classmethod
+    def of_structure(cls, structure: Structure) -> GuideSites:
+        return cls(
+            structure.scored_sites, structure.guide_enumerated, structure.reparam_sites, structure.nonreparam_sites
+        )
+
+
+def guide_sites(guide_trace: Trace, structure: Structure, known: GuideSites) -> GuideSites:
+    """The guide sites of this trace: ``known`` (the inspection batch's) when they are the same names, else classified
+    from the trace (a sequence model has a site per time step of the batch's longest sequence).
+
+    A site that the inspection batch did not have is accepted only where the method's checks at inspection still hold:
+    inside the data plate, and of a kind (enumerated, reparameterised or not) that the inspection batch had.
+    """
+    sites = {n: s for n, s in sample_sites(guide_trace).items() if not s["is_observed"]}
+    if len(sites) == len(known.scored) and all(n in sites for n in known.scored):
+        return known
+    enumerated_ = tuple(n for n, s in sites.items() if enumerated(s) == "parallel")
+    reparam = tuple(n for n, s in sites.items() if n not in enumerated_ and is_reparameterized(s))
+    found = GuideSites(
+        tuple(sites), enumerated_, reparam, tuple(n for n in sites if n not in enumerated_ and n not in reparam)
+    )
+    seen = set(known.scored)
+    for name, site in sites.items():
+        if name in seen:
+            continue
+        kind = next(
+            (
+                label
+                for label, now, before in (
+                    ("enumerated", found.enumerated, known.enumerated),
+                    ("sampled without a reparameterised path", found.nonreparam, known.nonreparam),
+                    ("reparameterised", found.reparam, known.reparam),
+                )
+                if name in now and not before
+            ),
+            None,
+        )
+        plates = [f.name for f in site["cond_indep_stack"] if f.vectorized]
+        if kind is not None or structure.data_plate not in plates:
+            why = f"is {kind}, a kind" if kind is not None else "lies outside the data plate, where"
+            raise ConventionError(
+                f"the guide's site {name!r} appears in this batch but not in the first one (which had "
+                f"{list(known.scored)[:6]}...), and {why} the checks made on the first batch did not see; make the "
+                "first batch show every kind of site (e.g. its longest sequence), or give the site the same kind in "
+                "every batch"
+            )
+    return found
+
+
 def describe(x: Data | None) -> str:
     """``"(arg 0: (100, 64) float32, ...)"``: what a program was called with."""
     if x is None:
@@ -378,9 +439,19 @@ def _global_sites(sites: dict[str, Any], names: tuple[str, ...], data_plate: str
     subsamples the batch's rows (``pyro.plate("data", len(data), subsample_size=b)`` over the whole data)."""
 
     def per_row(site: Any) -> bool:
-        return any(f.name == data_plate and f.size == rows for f in site["cond_indep_stack"])
+        return any(
+            f.name == data_plate and plate_rows(f, site["fn"].batch_shape) == rows for f in site["cond_indep_stack"]
+        )
 
     return tuple(n for n in names if n in sites and not per_row(sites[n]))
+
+
+def plate_rows(frame: Any, shape: torch.Size) -> int:
+    """A plate's size; for ``pyro.plate(name)`` without one (Pyro's size -1, "as the values have"), the extent of
+    ``shape`` (a site's batch shape or log-density) at the plate's dim."""
+    if frame.size != -1:
+        return frame.size
+    return shape[frame.dim] if frame.dim is not None and len(shape) >= -frame.dim else -1
 
 
 def _refuse_enumerated_auxiliary(guide_sites: dict[str, Any], auxiliary_sites: tuple[str, ...]) -> None:
@@ -449,10 +520,9 @@ def _primary_site(observed: tuple[str, ...], columns: dict[Key, str], given: str
         return observed[0]
     if columns:
         return next(iter(columns.values()))
-    raise ConventionError(
-        f"the model has several observed sites {list(observed)} and none observes a data column as it is; "
-        "pass obs_site=... to say which one the data are"
-    )
+    # no site observes a column as it is (a time step of a sequence, a derived value): the data side scores every
+    # observed site and needs none primary; the model side refuses when it needs the tie (ProgramPair.observed_of)
+    return observed[0]
 
 
 def _find_data_plate(obs_name: str, obs_site: Any, batch_size: int, data_plate: str | None) -> str:
@@ -466,7 +536,8 @@ def _find_data_plate(obs_name: str, obs_site: Any, batch_size: int, data_plate: 
         return data_plate
     if "data" in names:
         return "data"
-    candidates = [f.name for f in frames if f.size == batch_size or f.full_size == batch_size]
+    shape = obs_site["fn"].batch_shape
+    candidates = [f.name for f in frames if plate_rows(f, shape) == batch_size or f.full_size == batch_size]
     if len(candidates) == 1:
         return candidates[0]
     if not candidates:

@@ -356,6 +356,9 @@ class Method:
     scores_auxiliary: ClassVar[bool] = False
     #: trains every parameter on one loss, so one parameter used by both programs is well defined
     shares_parameters: ClassVar[bool] = False
+    #: trains on batches of several layouts in one fit (labelled ``(xs, ys)`` and unlabelled ``xs``), each scored
+    #: with its own trace's sites; adds auxiliary losses (``fit(auxiliary=...)``) to its one loss
+    several_layouts: ClassVar[bool] = False
 
     def setup(self, programs: ProgramPair) -> None:
         """Called once after the program pair is inspected; check the method can train it."""
@@ -373,6 +376,11 @@ class Method:
                 f"guide; method {self.name!r} steps the model and the guide as separate players, each on its own "
                 "loss, so each must own its parameters (rename the guide's: the name given to pyro.module, or for a "
                 "PyroModule its attribute names). vae and iwae, which train both on one loss, accept shared parameters"
+            )
+        if programs.auxiliary and not self.several_layouts:
+            raise ConventionError(
+                f"method {self.name!r} has no one loss to add the auxiliary pair(s) to (it steps players on losses of "
+                "their own); vae and iwae add their ELBOs to theirs"
             )
         if structure.auxiliary_sites and not self.scores_auxiliary:
             raise ConventionError(

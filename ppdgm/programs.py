@@ -34,8 +34,8 @@ dimensions further left.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -52,17 +52,24 @@ from ppdgm.errors import UsageError
 from ppdgm.handlers import StoreParams, distribution_of, unconstrained_params
 from ppdgm.inspection import (
     ConventionError,
+    GuideSites,
     ProgramError,
     Structure,
     accepts,
     arguments,
     column_label,
+    guide_sites,
     inspect_pair,
+    param_names,
+    plate_rows,
     run_program,
     sample_sites,
 )
 
-__all__ = ["ConventionError", "DataSide", "ProgramError", "ProgramPair", "Structure", "dream_rows", "flatten_rows"]
+__all__ = [
+    "Auxiliary", "ConventionError", "DataSide", "ProgramError", "ProgramPair", "Structure", "dream_rows",
+    "flatten_rows",
+]  # fmt: skip
 
 PARTICLE_PLATE = "_ppdgm_particles"
 
@@ -87,10 +94,12 @@ class DataSide:
     ) -> None:
         self.programs, self.guide_trace, self.model_trace = programs, guide_trace, model_trace
         self.structure = programs.structure
+        #: the guide sites this run scores (those of the inspection batch, or of this batch's own trace)
+        self.sites = guide_sites(guide_trace, self.structure, programs.known_guide_sites)
         self._shape = (num_particles, batch_size)
         self._n_enum, model_dims = _enum_dims(guide_trace, model_trace, self.structure)
         #: enumeration dims kept in log_p / log_q: those of guide-enumerated sites (model ones are summed out)
-        self._kept_enum = self._n_enum if self.structure.guide_enumerated else 0
+        self._kept_enum = self._n_enum if self.sites.enumerated else 0
         log_p = programs.log_prob(model_trace, num_particles, batch_size, enum_rank=self._n_enum)
         if model_dims:
             log_p = torch.logsumexp(log_p, model_dims, keepdim=True)
@@ -102,24 +111,24 @@ class DataSide:
     @cached_property
     def log_q(self) -> torch.Tensor:
         """log q of every guide site (latents and auxiliary sites), as Pyro's estimators score the guide."""
-        return self._log_q_of(self.structure.scored_sites)
+        return self._log_q_of(self.sites.scored)
 
     @cached_property
     def log_q_nonreparam(self) -> torch.Tensor | None:
-        structure = self.structure
-        if not structure.nonreparam_sites:
+        sites = self.sites
+        if not sites.nonreparam:
             return None
-        if len(structure.nonreparam_sites) == len(structure.scored_sites):
+        if len(sites.nonreparam) == len(sites.scored):
             return self.log_q
-        return self._log_q_of(structure.nonreparam_sites)
+        return self._log_q_of(sites.nonreparam)
 
     @property
     def log_weights(self) -> torch.Tensor:
         """Importance log weights log p(x, z) - log q(z | x), shape ``(K, B)``."""
-        enumerated = self.structure.guide_enumerated
+        enumerated = self.sites.enumerated
         if not enumerated:
             return self.log_p - self.log_q
-        continuous = tuple(n for n in self.structure.scored_sites if n not in enumerated)
+        continuous = tuple(n for n in self.sites.scored if n not in enumerated)
         log_w = self.log_p - self._log_q_of(continuous) if continuous else self.log_p
         return torch.logsumexp(log_w, tuple(range(self._kept_enum))).expand(self._shape)
 
@@ -127,9 +136,9 @@ class DataSide:
     def expected_log_weights(self) -> torch.Tensor:
         """E over the guide-enumerated sites of log p - log q, exactly; shape ``(K, B)``."""
         log_w = self.log_p - self.log_q
-        if not self.structure.guide_enumerated:
+        if not self.sites.enumerated:
             return log_w
-        q_enum = self._log_q_of(self.structure.guide_enumerated).exp()
+        q_enum = self._log_q_of(self.sites.enumerated).exp()
         return (q_enum * log_w).sum(tuple(range(self._kept_enum))).expand(self._shape)
 
     def elbo(self) -> torch.Tensor:
@@ -152,6 +161,41 @@ class DataSide:
         return {name: self.guide_trace.nodes[name]["value"] for name in self.structure.latent_sites}
 
 
+@dataclass(frozen=True)
+class Auxiliary:
+    r"""A further Pyro model/guide pair whose ELBO joins a data-side method's objective with a weight.
+
+    Pyro's semi-supervised VAE adds a classification loss this way (``model_classify``/``guide_classify``, an empty
+    guide and ``y`` observed through the guide's classifier on labelled batches). Called with each batch's arguments
+    as the main pair is, the pair adds :math:`-w\,\mathrm{ELBO}_{aux}(x)` to the loss (per datapoint, as the main
+    loss is): with ``w = 1`` ppdgm's loss times the rows is Pyro's ``Trace_ELBO`` loss of the main pair plus that of
+    this pair. Its guide's sites must be reparameterised (no score-function term); its model's unobserved sites must
+    be its guide's.
+    """
+
+    model: Callable
+    guide: Callable
+    weight: float = 1.0
+
+    @classmethod
+    def of(cls, given: Any) -> Auxiliary:
+        """From an ``Auxiliary``, a ``(model, guide)`` or a ``(model, guide, weight)`` tuple."""
+        if isinstance(given, Auxiliary):
+            pair = given
+        elif isinstance(given, tuple | list) and len(given) in (2, 3):
+            pair = cls(*given)
+        else:
+            raise UsageError(
+                f"auxiliary must be a list of (model, guide) or (model, guide, weight) pairs, got {given!r}"
+            )
+        if not callable(pair.model) or not callable(pair.guide):
+            raise UsageError(f"an auxiliary pair's model and guide must be Pyro programs, got {given!r}")
+        weight = pair.weight
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < float("inf"):
+            raise UsageError(f"an auxiliary pair's weight must be a non-negative number, got {weight!r}")
+        return pair
+
+
 def _enum_dims(guide_trace: Trace, model_trace: Trace, structure: Structure) -> tuple[int, tuple[int, ...]]:
     """How many enumeration dims the traces use, and (counted from the left of ``(E..., K, B)``) the model's.
 
@@ -160,10 +204,15 @@ def _enum_dims(guide_trace: Trace, model_trace: Trace, structure: Structure) -> 
     if not structure.enumerated:
         return 0, ()
     rank = structure.max_plate_nesting + 1
-    guide_dims = {guide_trace.nodes[n]["infer"].get("_enumerate_dim") for n in structure.guide_enumerated}
-    model_dims = {model_trace.nodes[n]["infer"].get("_enumerate_dim") for n in structure.model_enumerated}
-    guide_dims.discard(None)
-    model_dims.discard(None)
+    guide_dims, model_dims = set(), set()  # from the traces: a batch may hold other sites than the first (a DMM's)
+    for site in guide_trace.nodes.values():
+        if site["type"] == "sample" and (site.get("infer") or {}).get("_enumerate_dim") is not None:
+            guide_dims.add(site["infer"]["_enumerate_dim"])
+    for name, site in model_trace.nodes.items():
+        if site["type"] == "sample" and name not in guide_trace.nodes and site.get("infer"):
+            dim = site["infer"].get("_enumerate_dim")
+            if dim is not None:
+                model_dims.add(dim)
     dims = guide_dims | model_dims
     if not dims:
         return 0, ()
@@ -184,6 +233,12 @@ class ProgramPair:
         data_plate: name of the plate over datapoints (found automatically when ``None``).
         partial_guide: the guide may sample only some of the model's latents (InfoGAN's q(c | x) of a
             code c beside the noise z); the others are then not scored by the guide.
+        auxiliary: further model/guide pairs whose weighted ELBOs join the data-side objective (:class:`Auxiliary`).
+        arguments: builds the programs' arguments from a batch's columns, as a Pyro training loop does before
+            ``svi.step`` (Pyro's DMM sorts, masks and packs its sequences): called as the programs would be
+            (``arguments(x)``, ``arguments(*columns)``, ``arguments(**columns)``), it returns a tuple of positional
+            arguments or a dict of keyword arguments, of any types (a ``PackedSequence``, a mask, a scalar). The
+            model side (sleep phases, GANs, ``sample``) cannot invert it and refuses such a pair.
     """
 
     model: Callable
@@ -191,6 +246,8 @@ class ProgramPair:
     obs_site: str | None = None
     data_plate: str | None = None
     partial_guide: bool = False
+    arguments: Callable | None = None
+    auxiliary: tuple[Auxiliary, ...] = ()
     structure: Structure | None = field(default=None, init=False)
     #: rows of the whole minibatch per row this process holds (> 1 on a rank of a data-parallel fit):
     #: a global site's log-probability is shared by the global batch's datapoints, not the local ones
@@ -201,6 +258,9 @@ class ProgramPair:
             raise UsageError(f"model must be a callable Pyro program, got {type(self.model).__name__}")
         if self.guide is not None and not callable(self.guide):
             raise UsageError(f"guide must be a callable Pyro program or None, got {type(self.guide).__name__}")
+        self.auxiliary = tuple(Auxiliary.of(pair) for pair in self.auxiliary)
+        if self.arguments is not None and not callable(self.arguments):
+            raise UsageError(f"arguments must be a function of a batch's columns, got {type(self.arguments).__name__}")
         # only a program that names `batch_size` is passed it (an AutoGuide's **kwargs go on to the model)
         self._model_bs = accepts(self.model, "batch_size", named=True)
         self._guide_bs = self.guide is not None and accepts(self.guide, "batch_size", named=True)
@@ -212,6 +272,9 @@ class ProgramPair:
         self.unowned: dict[str, str] = {}
         #: keyword arguments passed to both programs beside the batch (``fit(step_kwargs=...)``), this step's values
         self.step_kwargs: dict[str, Any] = {}
+        #: what inspection learnt, per layout of the batch (:meth:`select`)
+        self._layouts: dict[Hashable, dict[str, Any]] = {}
+        self._layout: Hashable = None
 
     def param_tensors(self, names: Iterable[str]) -> list[torch.Tensor]:
         """The unconstrained tensors of parameters by name: the param store's, or a module's own
@@ -229,8 +292,34 @@ class ProgramPair:
         return self._arguments(x, batch_size, self._guide_bs)
 
     def _arguments(self, x: Data | None, batch_size: int, with_batch_size: bool) -> tuple[tuple, dict]:
-        args, kwargs = arguments(x, batch_size, with_batch_size)
+        if self.arguments is None:
+            args, kwargs = arguments(x, batch_size, with_batch_size)
+        else:
+            args, kwargs = self._built_arguments(x, batch_size, with_batch_size)
         return args, {**kwargs, **self.step_kwargs} if self.step_kwargs else kwargs
+
+    def _built_arguments(self, x: Data | None, batch_size: int, with_batch_size: bool) -> tuple[tuple, dict]:
+        """The programs' arguments from :attr:`arguments` applied to the batch's columns."""
+        if x is None or (isinstance(x, Batch) and any(c is None for _, c in x.items())):
+            raise ConventionError(
+                "the model side generates the observed sites, but with arguments=... ppdgm cannot tell which of the "
+                "programs' arguments would carry them; train this pair with a data-side method (vae, iwae) and "
+                "evaluate it with ppdgm.evaluate"
+            )
+        columns, named = arguments(x, batch_size, False)
+        built = self.arguments(*columns, **named)
+        if isinstance(built, tuple | list):
+            args, kwargs = tuple(built), {}
+        elif isinstance(built, Mapping) and all(isinstance(k, str) for k in built):
+            args, kwargs = (), dict(built)
+        else:
+            raise UsageError(
+                f"arguments={getattr(self.arguments, '__name__', self.arguments)!r} must return a tuple of the "
+                f"programs' positional arguments or a dict of their keyword arguments, got {type(built).__name__}"
+            )
+        if with_batch_size:
+            kwargs["batch_size"] = batch_size
+        return args, kwargs
 
     def vectorised(self, fn: Callable, num_particles: int) -> Callable:
         """``fn`` run inside the particle plate (none when K = 1), serving known parameters from the store.
@@ -251,6 +340,22 @@ class ProgramPair:
         return vectorised
 
     # ------------------------------------------------------------------ inspection
+    def select(self, x: Data) -> bool:
+        """Make what is known of the pair that of ``x``'s layout (which columns it has): a fit that alternates
+        labelled batches ``(xs, ys)`` and unlabelled ones ``xs`` (Pyro's ss-vae) calls ``model(xs, ys)`` and
+        ``model(xs)``, whose traces hold different sites. Each layout is inspected on its first batch; returns
+        ``True`` when ``x``'s layout was new (the method checks the pair again)."""
+        layout = data_layout(x)
+        if layout == self._layout:
+            return False
+        known = self._layouts.get(layout)
+        if known is not None:
+            vars(self).update(known)
+            self._layout = layout
+            return False
+        self.inspect(x)
+        return True
+
     def inspect(self, x: Data) -> Structure:
         """Trace the pair once on a batch, find the observed sites and check the pair can be run
         (:func:`ppdgm.inspection.inspect_pair`). Raises :class:`ConventionError` naming the offending site."""
@@ -269,9 +374,14 @@ class ProgramPair:
             partial_guide=self.partial_guide,
         )
         self.structure, self.obs_site, self.observed_sites = found.structure, found.obs_site, found.observed_sites
+        if self.auxiliary:
+            self.structure = self._with_auxiliary_params(self.structure, x)
+        self.known_guide_sites = GuideSites.of_structure(self.structure)
         self.local_params = found.local_params
         self.obs_distribution = self.observed_sites[self.obs_site]["fn"]
         self._generate_with_none = self._model_bs and self._runs_without_data(x)
+        self._layout = data_layout(x)
+        self._layouts[self._layout] = {name: getattr(self, name) for name in _PER_LAYOUT}
         return self.structure
 
     def inspect_data(self, first: Data, splits: Iterable[Data]) -> Structure:
@@ -294,6 +404,62 @@ class ProgramPair:
             if rows_of(rows):
                 self.check_support(rows)
         return structure
+
+    def _with_auxiliary_params(self, structure: Structure, x: Data) -> Structure:
+        """The structure with the parameters only the auxiliary pairs use given to the model's and guide's players."""
+        model_params, guide_params = list(structure.model_param_names), list(structure.guide_param_names)
+        known = {*model_params, *guide_params, *structure.shared_param_names}
+        with poutine.block(), torch.no_grad():
+            for aux in self.auxiliary:
+                guide_trace, model_trace = self._auxiliary_traces(aux, x)
+                for names, trace in ((guide_params, guide_trace), (model_params, model_trace)):
+                    for name in param_names(trace):
+                        if name not in known:
+                            known.add(name)
+                            names.append(name)
+        return replace(structure, model_param_names=tuple(model_params), guide_param_names=tuple(guide_params))
+
+    def _auxiliary_traces(self, aux: Auxiliary, x: Data) -> tuple[Trace, Trace]:
+        batch_size = rows_of(x)
+        args = self._arguments(x, batch_size, accepts(aux.guide, "batch_size", named=True))
+        with StoreParams(self.owned, self.unowned, "guide"):
+            guide_trace = run_program(aux.guide, args, "auxiliary guide", "data side", x)
+        args = self._arguments(x, batch_size, accepts(aux.model, "batch_size", named=True))
+        with StoreParams(self.owned, self.unowned, "model"):
+            model_trace = run_program(
+                poutine.replay(aux.model, trace=guide_trace), args, "auxiliary model", "data side", x
+            )
+        return guide_trace, model_trace
+
+    def auxiliary_loss(self, x: Data) -> torch.Tensor | None:
+        r"""The auxiliary pairs' loss on batch ``x``, per datapoint: :math:`-\sum_a w_a\,\mathrm{ELBO}_a(x) / B`
+        (``None`` without auxiliary pairs). Each ELBO is Pyro's ``Trace_ELBO`` of one particle."""
+        if not self.auxiliary:
+            return None
+        total: torch.Tensor | None = None
+        for aux in self.auxiliary:
+            guide_trace, model_trace = self._auxiliary_traces(aux, x)
+            guide_sites = {n: site for n, site in sample_sites(guide_trace).items() if not site["is_observed"]}
+            for name, site in guide_sites.items():
+                if not getattr(site["fn"], "has_rsample", False) or site["infer"].get("enumerate"):
+                    raise ConventionError(
+                        f"the auxiliary guide's site {name!r} is not reparameterised: an auxiliary pair is scored "
+                        "by its pathwise ELBO only (no score-function or enumeration terms)"
+                    )
+            scores = []  # log p of the model's sites, -log q of the guide's
+            for name, site in sample_sites(model_trace).items():
+                if not site["is_observed"] and name not in guide_sites:
+                    raise ConventionError(
+                        f"the auxiliary model's site {name!r} is neither observed nor sampled by its guide"
+                    )
+                scores.append(_site_score(site).sum())
+            scores += [-_site_score(site).sum() for site in guide_sites.values()]
+            if not scores:
+                continue  # no sites for this batch (ss-vae's classifier on an unlabelled batch)
+            value = torch.stack(scores).sum()
+            term = -aux.weight * value / rows_of(x)
+            total = term if total is None else total + term
+        return total if total is not None else torch.zeros((), device=first_column(x)[1].device)
 
     def _runs_without_data(self, x: Data) -> bool:
         """Whether the model generates when called with its observed columns ``None`` and ``batch_size``.
@@ -416,6 +582,8 @@ class ProgramPair:
     def _generating(self, rows: Data) -> tuple[Callable, tuple, dict]:
         """How the model generates ``rows``'s observed columns: ``None`` + ``batch_size``, or unconditioned."""
         batch_size = rows_of(rows)
+        if self.arguments is not None:
+            self._built_arguments(None, batch_size, False)  # refuses, naming the cause
         if self._generate_with_none:
             absent = self._without_observed(rows)
             return self.model, *self.model_arguments(absent, batch_size)
@@ -475,7 +643,12 @@ class ProgramPair:
             return x
         key = next((k for k, n in self._require_structure().observed_columns if n == self.obs_site), None)
         if key is None:
-            raise ConventionError(f"the observed site {self.obs_site!r} reads no data column as it is")
+            raise ConventionError(
+                f"the observed site {self.obs_site!r} reads no data column as it is (observed sites: "
+                f"{list(self._require_structure().observed_sites)}), so ppdgm cannot hand it generated or real data "
+                "outside the programs' own call; methods that only run the programs on the data (vae, iwae, "
+                "ppdgm.evaluate) train and score it as it is"
+            )
         return x.get(key)
 
     def input_keys(self, x: Data) -> list[Key]:
@@ -620,6 +793,11 @@ class ProgramPair:
         return self.structure
 
 
+def _site_score(site: dict) -> torch.Tensor:
+    """A sample site's log-density at its value, scaled and masked as Pyro scores it."""
+    return _scale_and_mask(distribution_of(site).log_prob(site["value"]), site["scale"], site["mask"])
+
+
 def _scale_and_mask(lp: torch.Tensor, scale: Any, mask: Any) -> torch.Tensor:
     """Pyro's ``scale_and_mask`` without its host read of a tensor scale (a subsample plate's, an annealing factor)."""
     if mask is None or mask is True:
@@ -630,6 +808,19 @@ def _scale_and_mask(lp: torch.Tensor, scale: Any, mask: Any) -> torch.Tensor:
 
 
 _ROWS = "ppdgm_rows"
+
+#: what :meth:`ProgramPair.inspect` learns from a batch, kept per layout of the batch
+_PER_LAYOUT = (
+    "example", "_data_ndim", "structure", "obs_site", "observed_sites", "known_guide_sites", "local_params",
+    "obs_distribution", "_generate_with_none",
+)  # fmt: skip
+
+
+def data_layout(x: Data) -> Hashable:
+    """Which columns a batch has (not their shapes): a tensor of rows, or a batch's keys with the absent ones."""
+    if isinstance(x, Batch):
+        return tuple((key, column is None) for key, column in x.items())
+    return "rows"
 
 
 def _remember_rows(trace: Trace, rows: Data) -> Trace:
@@ -661,7 +852,10 @@ def _reduce_to_particles_by_data(
         lp = lp.reshape((1,) * (full - lp.dim()) + lp.shape)
     particle_index = lp.dim() - rank
     enum_dims = tuple(range(particle_index - enum_rank, particle_index))
-    data_dim = next((f.dim for f in site["cond_indep_stack"] if f.name == data_plate and f.size == batch_size), None)
+    data_dim = next(
+        (f.dim for f in site["cond_indep_stack"] if f.name == data_plate and plate_rows(f, lp.shape) == batch_size),
+        None,
+    )
     if data_dim is None:
         # a global site, or one in a plate that subsamples the rows: its log-probability (scaled by the subsample
         # plate) is shared equally by the datapoints of the batch, so that their sum is Pyro's total

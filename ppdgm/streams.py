@@ -27,6 +27,7 @@ Nothing needs the data set in memory: only the batches being read are.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -169,6 +170,10 @@ def collated(raw: Any) -> Data:
 
 class Source:
     """Rows of one split, read in minibatches (see the module docstring)."""
+
+    def batches_per_epoch(self, batch_size: int) -> int | None:
+        """Batches in one epoch (``None``: a stream of unknown length)."""
+        return None if self.num_rows is None else math.ceil(self.num_rows / batch_size)
 
     name = "rows"
 
@@ -321,6 +326,64 @@ class IterableSource(Source):
                 continue
             n = rows_of(rows)
             yield n, rows if whole else rows[rank_rows(n)]
+
+
+class Interleaved(Source):
+    """Several data sources read in one fit, their batches interleaved evenly through each epoch.
+
+    Pyro's semi-supervised VAE steps on a labelled loader yielding ``(xs, ys)`` and an unlabelled one yielding
+    ``xs``, a labelled batch every few unlabelled ones: ``Interleaved(labelled, unlabelled)`` gives that epoch (every
+    batch of each source once, a source's batches spread evenly among the others') and each batch reaches the
+    programs as its source gives it, ``model(xs, ys)`` or ``model(xs)``. Each source is any data ``fit`` takes (rows
+    in memory, a torch ``Dataset`` or ``DataLoader``) with its own seeded order; the order of the epoch is a
+    function of the seed and the epoch alone, so a fit resumes mid-epoch bit for bit.
+
+    A minibatch of the fit's ``batch_size`` is drawn from one source at a time. Methods that score each batch with its
+    own trace (``vae``, ``iwae``) train on batches of several layouts; others refuse them by name.
+    """
+
+    name = "interleaved"
+
+    def __init__(self, *sources: Any) -> None:
+        if len(sources) < 2:
+            raise UsageError(f"Interleaved needs two or more data sources, got {len(sources)}")
+        self.sources = [as_source(source if is_stream(source) else as_rows(source)) for source in sources]
+        unknown = [i for i, source in enumerate(self.sources) if source.num_rows is None]
+        if unknown:
+            raise UsageError(
+                f"Interleaved needs the length of every source to spread their batches over an epoch; source(s) "
+                f"{unknown} have no __len__ (an IterableDataset)"
+            )
+        self.num_rows = sum(int(source.num_rows or 0) for source in self.sources)
+        self.preferred_batch_size = self.sources[0].preferred_batch_size
+
+    def batches_per_epoch(self, batch_size: int) -> int:
+        return sum(math.ceil(int(source.num_rows or 0) / batch_size) for source in self.sources)
+
+    def order(self, batch_size: int) -> list[int]:
+        """Which source each batch of an epoch comes from: source i's j-th batch at (j + 1/2) / m_i of the epoch."""
+        counts = [math.ceil(int(source.num_rows or 0) / batch_size) for source in self.sources]
+        places = [((j + 0.5) / m, i) for i, m in enumerate(counts) for j in range(m)]
+        return [i for _, i in sorted(places)]
+
+    def batches(
+        self, epoch: int, batch_size: int, seed: int, shuffle: bool, start: int = 0, whole: bool = False
+    ) -> Iterator[tuple[int, Data]]:
+        order = self.order(batch_size)
+        skipped = [order[:start].count(i) for i in range(len(self.sources))]
+        readers = [
+            source.batches(epoch, batch_size, seed * len(self.sources) + i, shuffle, skipped[i], whole)
+            for i, source in enumerate(self.sources)
+        ]
+        for i in order[start:]:
+            yield next(readers[i])
+
+    def chunks(self, size: int, whole: bool = False) -> Iterator[tuple[int, Data]]:
+        for source in self.sources:
+            yield from source.chunks(size, whole)
+
+    def head(self, n: int) -> Data:
+        return self.sources[self.order(n)[0]].head(n)
 
 
 def as_source(data: Any) -> Source:

@@ -40,11 +40,13 @@ from ppdgm.data import Dataset, as_dataset
 from ppdgm.divergence import all_finite, diagnose, params_finite
 from ppdgm.errors import MissingResourceError, UsageError
 from ppdgm.handlers import unconstrained_params
+from ppdgm.inspection import describe
 from ppdgm.method import Engine, Method, get_method, positive_int
 from ppdgm.precision import autocast, check_precision
-from ppdgm.programs import ProgramPair
+from ppdgm.programs import Auxiliary, ConventionError, ProgramPair
 from ppdgm.streams import (
     RowTransform,
+    Source,
     TensorSource,
     as_source,
     get_transform,
@@ -248,6 +250,8 @@ def fit(
     skip_nonfinite: bool = False,
     compile: bool | str = "auto",
     step_kwargs: Mapping[str, Any] | None = None,
+    arguments: Callable | None = None,
+    auxiliary: Sequence[Any] = (),
     **method_options: Any,
 ) -> Run:
     """Train ``model`` and ``guide`` on ``data`` with the algorithm ``method`` (in full: docs/usage.md).
@@ -286,6 +290,12 @@ def fit(
         step_kwargs: keyword arguments passed to both programs beside each batch, as ``svi.step(x, name=value)``
             passes them (DMM's ``annealing_factor``): each a value, or a function ``f(step, epoch)`` of the 0-based
             step and epoch giving this step's value (recorded in ``config``; a resumed fit computes the same values).
+        arguments: a function that builds the programs' arguments from each batch's columns, as a Pyro loop does
+            before ``svi.step`` (Pyro's DMM: sorted sequences, a reversed ``PackedSequence``, masks, lengths); it
+            returns a tuple (positional) or a dict (keyword). Data-side methods only (docs/programs.md).
+        auxiliary: further Pyro model/guide pairs, each ``(model, guide)`` or ``(model, guide, weight)``, whose
+            ELBOs on each batch join the loss of ``vae`` or ``iwae`` (Pyro's ss-vae's classification loss;
+            :class:`~ppdgm.programs.Auxiliary`).
 
     Under ``torchrun`` the fit is data-parallel and equals one process to float tolerance (docs/scaling.md).
 
@@ -313,7 +323,7 @@ def fit(
     if batch_size is None:
         batch_size = source.preferred_batch_size or 100
     shuffle = shuffle if shuffle is not None else source.shuffle if source.shuffle is not None else True
-    budget = Budget.of(source.num_rows, epochs, steps, batch_size)
+    budget = Budget.of(source, epochs, steps, batch_size)
     first = materialize(dataset.train, budget.batch_size, transform=transform, seed=seed)  # as the programs see it
     if isinstance(first, Batch) and not method_obj.accepts_columns:
         raise UsageError(f"method {method_obj.name!r} trains on a single tensor of rows, not on data columns")
@@ -329,6 +339,9 @@ def fit(
         step_kwargs={
             k: v if isinstance(v, int | float | str | bool | None) else repr(v) for k, v in step_kwargs.items()
         },
+        arguments=None if arguments is None else _name(arguments),
+        auxiliary=[[_name(pair.model), _name(pair.guide), pair.weight] for pair in map(Auxiliary.of, auxiliary)]
+        or None,
     )
     loop = TrainingLoop(
         budget, seed, tuple(callbacks), None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME,
@@ -338,7 +351,13 @@ def fit(
     )  # fmt: skip
     pyro.set_rng_seed(seed)
     programs = ProgramPair(
-        model, guide, obs_site=obs_site, data_plate=data_plate, partial_guide=method_obj.partial_guide
+        model,
+        guide,
+        obs_site=obs_site,
+        data_plate=data_plate,
+        partial_guide=method_obj.partial_guide,
+        arguments=arguments,
+        auxiliary=tuple(auxiliary),
     )
     programs.step_kwargs = loop.step_arguments(0, 0)
     store = pyro.get_param_store()
@@ -351,6 +370,11 @@ def fit(
         loop.run(run)
     store.set_state(scope_state)
     return run
+
+
+def _name(fn: Callable) -> str:
+    """A function's name for run records."""
+    return getattr(fn, "__qualname__", None) or repr(fn)
 
 
 def _check_step_kwargs(step_kwargs: Any) -> dict[str, Any]:
@@ -400,16 +424,16 @@ class Budget:
     total_steps: int
 
     @classmethod
-    def of(cls, num_rows: int | None, epochs: int | None, steps: int | None, batch_size: int) -> Budget:
+    def of(cls, source: Source, epochs: int | None, steps: int | None, batch_size: int) -> Budget:
         """From ``epochs`` or ``steps`` (default 10 epochs), each checked."""
         if epochs is not None and steps is not None:
             raise UsageError("give epochs or steps, not both")
         batch_size = positive_int("batch_size", batch_size)
-        if num_rows is None:
+        per_epoch = source.batches_per_epoch(batch_size)
+        if per_epoch is None:
             if steps is None:
                 raise UsageError("an IterableDataset without __len__ has no epoch length: give steps=N")
             return cls(batch_size, None, positive_int("steps", steps))
-        per_epoch = math.ceil(num_rows / batch_size)
         if steps is not None:
             return cls(batch_size, per_epoch, positive_int("steps", steps))
         return cls(batch_size, per_epoch, positive_int("epochs", 10 if epochs is None else epochs) * per_epoch)
@@ -497,6 +521,17 @@ def _inspect(
             limit = rows_of(first) if is_stream(split) else None
             splits.append(materialize(split, limit, transform=transform, seed=seed))
     programs.inspect_data(first, splits)
+    method.check_programs(programs)
+    method.setup(programs)
+
+
+def _check_layout(method: Method, programs: ProgramPair, batch: Data) -> None:
+    """A batch whose columns differ from the first batch's was inspected: may the method train on both?"""
+    if not method.several_layouts:
+        raise ConventionError(
+            f"method {method.name!r} trains on batches of one layout, but this batch {describe(batch)} has "
+            "other columns than the first; vae and iwae train on several (e.g. labelled and unlabelled streams)"
+        )
     method.check_programs(programs)
     method.setup(programs)
 
@@ -652,6 +687,9 @@ class _Epoch:
                 batch = batch.to(dev, non_blocking=True)  # overlaps the copy when the loader pins memory
                 if transform is not None:
                     batch = transform(batch, noise_key(loop.seed, epoch, position), rank_rows(n), n)
+                if run.programs.select(batch):  # a batch of other columns (Interleaved streams): checked again
+                    _check_layout(method, run.programs, batch)
+                    self.first_step = True
                 with (
                     pyro.validation_enabled(loop.validate or self.first_step),
                     shards.take(n),
@@ -865,7 +903,7 @@ def _save_checkpoint(run: Run, path: Path, epoch: int, step: int, partial: dict 
 #: what a checkpoint must agree on with the fit that resumes it (the run would be another run otherwise)
 _FIXED = (
     "method", "method_options", "data", "columns", "obs_site", "batch_size", "seed", "optimizer", "shuffle",
-    "transform",
+    "transform", "arguments", "auxiliary",
 )  # fmt: skip
 #: training settings a resumed fit may change with ``resume="override"`` (the new values then apply)
 _OVERRIDABLE = ("lr", "optimizer_options", "lr_schedule", "precision", "step_kwargs")

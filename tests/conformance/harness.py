@@ -40,15 +40,19 @@ def assert_same_objective(
     num_particles: int = 1,
     elbo: Any = None,
     seed: int = 0,
+    pyro_data: Any = None,
+    step_kwargs: dict[str, Any] | None = None,
     **pair_options: Any,
 ) -> ProgramPair:
     """ppdgm's loss times the batch's rows equals Pyro's loss, and so do the gradients of every parameter.
 
     ``elbo`` defaults to ``Trace_ELBO`` for ``vae`` and ``RenyiELBO(alpha=0)`` for ``iwae``; pass
-    ``TraceEnum_ELBO(...)`` for enumerated programs. Returns the inspected pair.
+    ``TraceEnum_ELBO(...)`` for enumerated programs. ``pyro_data`` is what ``SVI.step`` is given when it is not
+    ``data`` itself (arguments built by ``arguments=``, ``step_kwargs`` appended). Returns the inspected pair.
     """
     x = as_rows(data)
     programs = ProgramPair(model, guide, **pair_options)
+    programs.step_kwargs = dict(step_kwargs or {})
     programs.inspect(x)
     rows = rows_of(x)
     names = [*programs.structure.model_param_names, *programs.structure.guide_param_names]
@@ -59,6 +63,8 @@ def assert_same_objective(
         ours = VAE(num_particles=num_particles).loss(programs, x)[0] * rows
     else:
         ours = IWAE(num_particles=num_particles).loss(programs, x)[0] * rows
+    if programs.auxiliary:  # fit(auxiliary=...): their ELBOs join the loss, as a further SVI loss does in Pyro
+        ours = ours + programs.auxiliary_loss(x) * rows
     if elbo is None:
         elbo = (
             Trace_ELBO()
@@ -69,10 +75,12 @@ def assert_same_objective(
     if isinstance(elbo, RenyiELBO):  # Pyro offers only the float and .grad here
         for p in params:
             p.grad = None
-        theirs = torch.tensor(_renyi(elbo, model, guide, data), dtype=ours.dtype)
+        theirs = torch.tensor(_renyi(elbo, model, guide, data if pyro_data is None else pyro_data), dtype=ours.dtype)
         their_grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     else:
-        theirs = pyro_loss(elbo, model, guide, data)
+        theirs = pyro_loss(elbo, model, guide, data if pyro_data is None else pyro_data)
+        for aux in programs.auxiliary:
+            theirs = theirs + aux.weight * pyro_loss(Trace_ELBO(), aux.model, aux.guide, data)
         their_grads = torch.autograd.grad(theirs, params, allow_unused=True)
         their_grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, their_grads)]
     assert torch.allclose(ours.detach(), theirs.detach(), atol=ATOL, rtol=0), (ours.item(), theirs.item())
