@@ -129,12 +129,7 @@ class IWAE(Method):
 
     def step(self, engine: Engine, x: torch.Tensor) -> dict[str, torch.Tensor]:
         loss, _, bound = self.loss(engine.programs, x)
-        auxiliary = engine.programs.auxiliary_loss(x)
-        if auxiliary is None:
-            engine.update(loss, self.players)
-            return {"iwae_bound": bound.mean()}
-        engine.update(loss + auxiliary, self.players)
-        return {"iwae_bound": bound.mean(), "auxiliary_loss": auxiliary.detach()}
+        return self.update_with_auxiliary(engine, loss, x, {"iwae_bound": bound.mean()})
 
     def _dreg_surrogate(self, programs: ProgramPair, side: DataSide, batch_size: int) -> torch.Tensor:
         structure = side.structure

@@ -91,12 +91,7 @@ class VAE(Method):
 
     def step(self, engine: Engine, x: torch.Tensor) -> dict[str, torch.Tensor]:
         loss, _, elbo = self.loss(engine.programs, x)
-        auxiliary = engine.programs.auxiliary_loss(x)
-        if auxiliary is None:
-            engine.update(loss, self.players)
-            return {"elbo": elbo.mean()}
-        engine.update(loss + auxiliary, self.players)
-        return {"elbo": elbo.mean(), "auxiliary_loss": auxiliary.detach()}
+        return self.update_with_auxiliary(engine, loss, x, {"elbo": elbo.mean()})
 
     @torch.no_grad()
     def objective(self, programs: ProgramPair, x: torch.Tensor) -> torch.Tensor:

@@ -102,11 +102,15 @@ def log_likelihood(
     data_plate: str | None = None,
     arguments: Callable | None = None,
     compile: bool = True,
+    vectorize_particles: bool = True,
 ) -> Estimate:
     """Importance-sampled log p(x) per datapoint with ``num_samples`` guide samples each.
 
     Memory stays bounded: at most about ``max_elements`` numbers of x-sized tensors at once. With ``compile`` each
     chunk of particles runs from a recording (:class:`~ppdgm.compiled.RecordedFunction`; eager where it cannot).
+    ``vectorize_particles=False`` runs the programs once per particle, as Pyro's ELBOs do by default: for programs
+    that do not broadcast over a leading particle dimension (Pyro's cvae indexes with a mask of the batch's shape).
+    ``arguments`` builds the programs' arguments from each batch, as in :func:`ppdgm.fit`.
     """
     num_samples, max_elements = positive_int("num_samples", num_samples), positive_int("max_elements", max_elements)
 
@@ -127,7 +131,9 @@ def log_likelihood(
                 return torch.logsumexp(programs.data_side(x, k).log_weights, 0)
 
             chunk_lse = RecordedFunction(lse, "the importance-sampled log-likelihood", enabled=compile)
-        chunk = _particle_chunk(num_samples, rows_of(x), first_column(x)[1][0].numel(), max_elements)
+        chunk = 1
+        if vectorize_particles:
+            chunk = _particle_chunk(num_samples, rows_of(x), first_column(x)[1][0].numel(), max_elements)
         running = None
         for k in _chunks(num_samples, chunk):
             lse_k = chunk_lse(x, k)

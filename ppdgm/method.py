@@ -412,6 +412,18 @@ class Method:
         """One training step on a batch ``x``; returns detached scalar metrics (kept on device)."""
         raise NotImplementedError
 
+    def update_with_auxiliary(
+        self, engine: Engine, loss: torch.Tensor, x: Data, metrics: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Step the players on ``loss`` plus the auxiliary pairs' loss on ``x`` (``fit(auxiliary=...)``, methods with
+        :attr:`several_layouts`), adding ``auxiliary_loss`` to ``metrics`` when there are auxiliary pairs."""
+        auxiliary = engine.programs.auxiliary_loss(x)
+        if auxiliary is None:
+            engine.update(loss, self.players)
+            return metrics
+        engine.update(loss + auxiliary, self.players)
+        return {**metrics, "auxiliary_loss": auxiliary.detach()}
+
     @torch.no_grad()
     def objective(self, programs: ProgramPair, x: Data) -> torch.Tensor:
         """The quantity the method maximises, per datapoint (shape ``(B,)``), for validation."""

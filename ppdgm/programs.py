@@ -298,14 +298,18 @@ class ProgramPair:
             args, kwargs = self._built_arguments(x, batch_size, with_batch_size)
         return args, {**kwargs, **self.step_kwargs} if self.step_kwargs else kwargs
 
-    def _built_arguments(self, x: Data | None, batch_size: int, with_batch_size: bool) -> tuple[tuple, dict]:
-        """The programs' arguments from :attr:`arguments` applied to the batch's columns."""
-        if x is None or (isinstance(x, Batch) and any(c is None for _, c in x.items())):
+    def _refuse_built_arguments(self) -> None:
+        if self.arguments is not None:
             raise ConventionError(
                 "the model side generates the observed sites, but with arguments=... ppdgm cannot tell which of the "
                 "programs' arguments would carry them; train this pair with a data-side method (vae, iwae) and "
-                "evaluate it with ppdgm.evaluate"
+                "evaluate it with ppdgm.evaluate (ppdgm.sample returns every observed site's draws)"
             )
+
+    def _built_arguments(self, x: Data | None, batch_size: int, with_batch_size: bool) -> tuple[tuple, dict]:
+        """The programs' arguments from :attr:`arguments` applied to the batch's columns."""
+        if x is None or (isinstance(x, Batch) and any(c is None for _, c in x.items())):
+            self._refuse_built_arguments()
         columns, named = arguments(x, batch_size, False)
         built = self.arguments(*columns, **named)
         if isinstance(built, tuple | list):
@@ -582,9 +586,7 @@ class ProgramPair:
     def _generating(self, rows: Data) -> tuple[Callable, tuple, dict]:
         """How the model generates ``rows``'s observed columns: ``None`` + ``batch_size``, or unconditioned."""
         batch_size = rows_of(rows)
-        if self.arguments is not None:
-            self._built_arguments(None, batch_size, False)  # refuses, naming the cause
-        if self._generate_with_none:
+        if self._generate_with_none and self.arguments is None:
             absent = self._without_observed(rows)
             return self.model, *self.model_arguments(absent, batch_size)
         return poutine.uncondition(self.model), *self.model_arguments(rows, batch_size)
@@ -617,6 +619,7 @@ class ProgramPair:
 
         ``values`` overrides the dreamt value of a site (e.g. the generated x *with* its graph).
         """
+        self._refuse_built_arguments()
         rows = dream_rows(dream)
         columns = {}
         for key, name in self._require_structure().observed_columns:
@@ -639,6 +642,7 @@ class ProgramPair:
 
     def observed_of(self, x: Data) -> torch.Tensor:
         """The data column of the primary observed site (``x`` itself for a tensor)."""
+        self._refuse_built_arguments()
         if torch.is_tensor(x):
             return x
         key = next((k for k, n in self._require_structure().observed_columns if n == self.obs_site), None)
@@ -650,6 +654,15 @@ class ProgramPair:
                 "ppdgm.evaluate) train and score it as it is"
             )
         return x.get(key)
+
+    def holds_observations(self) -> bool:
+        """Whether a data column holds the primary observed site's values, so that generated values can be given
+        back in the data's shape (not with ``arguments=``, nor for a site that reads a transformed column)."""
+        if self.arguments is not None:
+            return False
+        return self._data_ndim is not None or any(
+            name == self.obs_site for _, name in self._require_structure().observed_columns
+        )
 
     def input_keys(self, x: Data) -> list[Key]:
         """The keys of the columns of ``x`` that no observed site reads: a conditional model's inputs."""

@@ -26,8 +26,13 @@ def sample(
     condition: torch.Tensor | Mapping[Key, torch.Tensor] | None = None,
     mean: bool = False,
     obs_site: str | None = None,
-) -> torch.Tensor:
+    arguments: Callable | None = None,
+) -> torch.Tensor | dict[str, torch.Tensor]:
     """``n`` draws of the model's observed site from the model side (its likelihood's mean when ``mean``).
+
+    When no data column holds the observed site's values (a program called through ``arguments=``, a DMM's site per
+    time step, an observed site that reads a masked or transformed column), the draws of *every* observed site are
+    returned as a dict from site name to values, in the order of the programs' arguments.
 
     Args:
         model: a trained :class:`~ppdgm.train.Run` (its model and data shape are known), or a Pyro model.
@@ -38,6 +43,7 @@ def sample(
             one such column, else a dict from column (position or name) to tensor; one row per draw.
         mean: return the mean of the observed site's distribution instead of a draw.
         obs_site: which observed site to return, when the model has several.
+        arguments: for a bare model, the function that builds its arguments from a batch (``fit(arguments=...)``).
 
     The model runs as in training's model side: with its observed columns ``None`` when it takes a
     ``batch_size`` argument, else under ``poutine.uncondition`` on a placeholder batch.
@@ -50,13 +56,14 @@ def sample(
     if isinstance(model, Run):
         programs, scope = model.programs, cast(contextlib.AbstractContextManager, model.params())
         if obs_site is not None and obs_site != programs.obs_site:
-            programs = ProgramPair(model.model, None, obs_site=obs_site)
+            programs = ProgramPair(model.model, None, obs_site=obs_site, arguments=model.programs.arguments)
             with model.params():
                 programs.inspect(model.programs.example)
     else:
         if like is None:
             raise UsageError("sampling from a bare model needs like=<a batch of data it can be called with>")
-        programs, scope = ProgramPair(model, None, obs_site=obs_site), contextlib.nullcontext({})
+        programs = ProgramPair(model, None, obs_site=obs_site, arguments=arguments)
+        scope = contextlib.nullcontext({})
         with scope:
             programs.inspect(as_rows(like))
     inputs = programs.input_keys(programs.example)
@@ -81,12 +88,31 @@ def sample(
         rows = rows.replace({k: v.to(programs.observed_of(rows).device) for k, v in condition.items()})
     with scope:
         dream = programs.model_side(rows)
-    site = dream.nodes[programs.obs_site]
+    if not programs.holds_observations():
+        return {name: _draw(dream.nodes[name], mean) for name in programs.structure.observed_sites}
+    return programs.as_column(_draw(dream.nodes[programs.obs_site], mean), programs.observed_of(rows))
+
+
+def sample_rows(model: Callable | Any, n: int | None = None, **options: Any) -> torch.Tensor:
+    """:func:`sample` where the draws must fill the data's rows (images to save, samples to score)."""
+    draws = sample(model, n, **options)
+    if isinstance(draws, dict):
+        from ppdgm.programs import ConventionError
+
+        raise ConventionError(
+            f"no data column holds the draws of the observed site(s) {list(draws)}; ppdgm.sample returns them by "
+            "site name"
+        )
+    return draws
+
+
+def _draw(site: Any, mean: bool) -> torch.Tensor:
+    """A generated site's value, or its distribution's mean."""
     value = site["value"]
     if mean:
         with contextlib.suppress(NotImplementedError):
             value = distribution_of(site).mean
-    return programs.as_column(value.detach(), programs.observed_of(rows))
+    return value.detach()
 
 
 @torch.no_grad()

@@ -101,14 +101,14 @@ def _classifier_metrics(spec: Spec, model: Callable, test: Data) -> dict[str, fl
     samples, judged by a classifier trained on the data set's training rows (or Inception-v3 for IS and FID when
     the spec gives ``inception_weights``)."""
     from ppdgm import evaluate, fidelity
-    from ppdgm.sampling import sample
+    from ppdgm.sampling import sample_rows
 
     labelled, classifier = _data_classifier(spec.data, spec.data_dir)
     train = labelled.tensor("train")
     out: dict[str, float] = {}
     conditional = not torch.is_tensor(test)  # the test rows carry the spec's columns: labels are inputs
     condition = fidelity.balanced_labels(CLASSIFIER_SAMPLES, labelled.classes or 10) if conditional else None
-    samples = sample(model, CLASSIFIER_SAMPLES, like=test, condition=condition, mean=True).cpu()
+    samples = sample_rows(model, CLASSIFIER_SAMPLES, like=test, condition=condition, mean=True).cpu()
     samples = samples.reshape(CLASSIFIER_SAMPLES, -1)
     if spec.inception_weights:
         shape = labelled.image_shape or (1, *([int(train.shape[1] ** 0.5)] * 2))

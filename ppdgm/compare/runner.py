@@ -100,7 +100,7 @@ def _launch_distributed(spec: Spec, method_index: int, seed: int, folder: Path, 
 def _train_and_evaluate(spec: Spec, method: MethodSpec, seed: int, folder: Path, tensorboard: bool) -> dict:
     import ppdgm
     from ppdgm import distributed
-    from ppdgm.sampling import generate, sample, save_image_grid
+    from ppdgm.sampling import generate, sample_rows, save_image_grid
 
     done = folder / RESULT
     dataset = load_dataset(spec)
@@ -157,7 +157,7 @@ def _train_and_evaluate(spec: Spec, method: MethodSpec, seed: int, folder: Path,
             metrics["objective"] = validation_objective(run.method, run.programs, test.to(run.device))
     torch.manual_seed(seed)
     if dataset.image_shape is not None:
-        save_image_grid(sample(run, 64, mean=True), dataset.image_shape, folder / "samples.png")
+        save_image_grid(sample_rows(run, 64, mean=True), dataset.image_shape, folder / "samples.png")
     elif dataset.dim == 2:
         np.save(folder / "samples.npy", generate(model, 1000, mean=False).reshape(1000, 2).cpu().numpy())
     result = {

@@ -196,6 +196,9 @@ def test_dmm_trains_with_annealing_and_is_evaluated():
     )
     assert torch.isfinite(log_px.values).all()
     assert log_px.mean >= after - 0.5  # log p(x) is above the ELBO up to Monte Carlo error
+    draws = ppdgm.sample(run, 4)  # no data column holds a time step: every observed site's draws, by name
+    assert sorted(draws) == sorted(f"obs_x_{t}" for t in range(1, len(draws) + 1)) and len(draws) >= 2
+    assert all(v.shape == (4, DATA_DIM) and set(v.unique().tolist()) <= {0.0, 1.0} for v in draws.values())
 
 
 def test_dmm_iwae_trains_and_auto_compile_runs_eagerly_naming_the_host_read():
