@@ -237,8 +237,9 @@ class ProgramPair:
         arguments: builds the programs' arguments from a batch's columns, as a Pyro training loop does before
             ``svi.step`` (Pyro's DMM sorts, masks and packs its sequences): called as the programs would be
             (``arguments(x)``, ``arguments(*columns)``, ``arguments(**columns)``), it returns a tuple of positional
-            arguments or a dict of keyword arguments, of any types (a ``PackedSequence``, a mask, a scalar). The
-            model side (sleep phases, GANs, ``sample``) cannot invert it and refuses such a pair.
+            arguments or a dict of keyword arguments, of any types (a ``PackedSequence``, a mask, a scalar). Sleep
+            phases and GANs cannot put generated observations back through it and refuse such a pair;
+            ``ppdgm.sample`` returns every observed site's draws by name.
     """
 
     model: Callable
