@@ -194,6 +194,13 @@ class GuideSites:
         )
 
 
+def classify_guide_sites(names: tuple[str, ...], sites: dict[str, Any]) -> GuideSites:
+    """Guide sites ``names`` (of ``sites``) by kind: enumerated, else with or without a reparameterised sampler."""
+    enumerated_ = tuple(n for n in names if enumerated(sites[n]) == "parallel")
+    reparam = tuple(n for n in names if n not in enumerated_ and is_reparameterized(sites[n]))
+    return GuideSites(names, enumerated_, reparam, tuple(n for n in names if n not in enumerated_ and n not in reparam))
+
+
 def guide_sites(guide_trace: Trace, structure: Structure, known: GuideSites) -> GuideSites:
     """The guide sites of this trace: ``known`` (the inspection batch's) when they are the same names, else classified
     from the trace (a sequence model has a site per time step of the batch's longest sequence).
@@ -204,27 +211,18 @@ def guide_sites(guide_trace: Trace, structure: Structure, known: GuideSites) -> 
     sites = {n: s for n, s in sample_sites(guide_trace).items() if not s["is_observed"]}
     if len(sites) == len(known.scored) and all(n in sites for n in known.scored):
         return known
-    enumerated_ = tuple(n for n, s in sites.items() if enumerated(s) == "parallel")
-    reparam = tuple(n for n, s in sites.items() if n not in enumerated_ and is_reparameterized(s))
-    found = GuideSites(
-        tuple(sites), enumerated_, reparam, tuple(n for n in sites if n not in enumerated_ and n not in reparam)
+    found = classify_guide_sites(tuple(sites), sites)
+    kinds = (
+        ("enumerated", found.enumerated, known.enumerated),
+        ("sampled without a reparameterised path", found.nonreparam, known.nonreparam),
+        ("reparameterised", found.reparam, known.reparam),
     )
     seen = set(known.scored)
     for name, site in sites.items():
         if name in seen:
             continue
-        kind = next(
-            (
-                label
-                for label, now, before in (
-                    ("enumerated", found.enumerated, known.enumerated),
-                    ("sampled without a reparameterised path", found.nonreparam, known.nonreparam),
-                    ("reparameterised", found.reparam, known.reparam),
-                )
-                if name in now and not before
-            ),
-            None,
-        )
+        label, _, before = next(k for k in kinds if name in k[1])
+        kind = None if before else label  # a kind the first batch had passed the method's checks
         plates = [f.name for f in site["cond_indep_stack"] if f.vectorized]
         if kind is not None or structure.data_plate not in plates:
             why = f"is {kind}, a kind" if kind is not None else "lies outside the data plate, where"
@@ -343,23 +341,22 @@ def inspect_pair(
     guide_sites = sample_sites(guide_trace) if guide_trace is not None else {}
     latents, model_enumerated = _latents(model_sites, guide_sites, observed, guide_trace is not None, partial_guide)
     _refuse_sequential({**model_sites, **guide_sites})
-    guide_enumerated = tuple(n for n in latents if n in guide_sites and enumerated(guide_sites[n]) == "parallel")
     auxiliary_sites = tuple(n for n, s in guide_sites.items() if n not in model_sites and not s["is_observed"])
     _refuse_enumerated_auxiliary(guide_sites, auxiliary_sites)
-    scored = [n for n in latents + auxiliary_sites if n not in guide_enumerated]
-    reparam = tuple(n for n in scored if is_reparameterized(guide_sites[n])) if guide_sites else ()
+    scored = latents + auxiliary_sites
+    kinds = classify_guide_sites(scored, guide_sites) if guide_sites else GuideSites(scored, (), (), ())
     model_params, guide_params, shared_params = _players(replayed, guide_trace)
     structure = Structure(
         latent_sites=latents,
-        reparam_sites=reparam,
-        nonreparam_sites=tuple(n for n in scored if n not in reparam) if guide_sites else (),
+        reparam_sites=kinds.reparam,
+        nonreparam_sites=kinds.nonreparam,
         data_plate=plate,
         max_plate_nesting=_max_plate_nesting(replayed, guide_trace),
         model_param_names=model_params,
         guide_param_names=guide_params,
         observed_sites=observed,
         observed_columns=tuple(columns.items()),
-        guide_enumerated=guide_enumerated,
+        guide_enumerated=kinds.enumerated,
         model_enumerated=model_enumerated,
         auxiliary_sites=auxiliary_sites,
         shared_param_names=shared_params,

@@ -58,8 +58,10 @@ from ppdgm.inspection import (
     accepts,
     arguments,
     column_label,
+    enumerated,
     guide_sites,
     inspect_pair,
+    is_reparameterized,
     param_names,
     plate_rows,
     run_program,
@@ -204,20 +206,23 @@ def _enum_dims(guide_trace: Trace, model_trace: Trace, structure: Structure) -> 
     if not structure.enumerated:
         return 0, ()
     rank = structure.max_plate_nesting + 1
-    guide_dims, model_dims = set(), set()  # from the traces: a batch may hold other sites than the first (a DMM's)
-    for site in guide_trace.nodes.values():
-        if site["type"] == "sample" and (site.get("infer") or {}).get("_enumerate_dim") is not None:
-            guide_dims.add(site["infer"]["_enumerate_dim"])
-    for name, site in model_trace.nodes.items():
-        if site["type"] == "sample" and name not in guide_trace.nodes and site.get("infer"):
-            dim = site["infer"].get("_enumerate_dim")
-            if dim is not None:
-                model_dims.add(dim)
+    # from the traces, not the first batch's site names: a batch may hold other sites (a DMM's)
+    guide_dims = _enumerate_dims(guide_trace)
+    model_dims = _enumerate_dims(model_trace, skip=guide_trace.nodes)
     dims = guide_dims | model_dims
     if not dims:
         return 0, ()
     n_enum = max(-d for d in dims) - rank
     return n_enum, tuple(sorted(n_enum + rank + d for d in model_dims))
+
+
+def _enumerate_dims(trace: Trace, skip: Any = ()) -> set[int]:
+    """The dims Pyro's enumeration gave the sample sites of ``trace`` (those not in ``skip``)."""
+    return {
+        site["infer"]["_enumerate_dim"]
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and name not in skip and (site.get("infer") or {}).get("_enumerate_dim") is not None
+    }
 
 
 @dataclass
@@ -260,6 +265,11 @@ class ProgramPair:
         if self.guide is not None and not callable(self.guide):
             raise UsageError(f"guide must be a callable Pyro program or None, got {type(self.guide).__name__}")
         self.auxiliary = tuple(Auxiliary.of(pair) for pair in self.auxiliary)
+        #: per auxiliary pair, whether its guide and its model name `batch_size`
+        self._auxiliary_bs = tuple(
+            (accepts(aux.guide, "batch_size", named=True), accepts(aux.model, "batch_size", named=True))
+            for aux in self.auxiliary
+        )
         if self.arguments is not None and not callable(self.arguments):
             raise UsageError(f"arguments must be a function of a batch's columns, got {type(self.arguments).__name__}")
         # only a program that names `batch_size` is passed it (an AutoGuide's **kwargs go on to the model)
@@ -415,8 +425,8 @@ class ProgramPair:
         model_params, guide_params = list(structure.model_param_names), list(structure.guide_param_names)
         known = {*model_params, *guide_params, *structure.shared_param_names}
         with poutine.block(), torch.no_grad():
-            for aux in self.auxiliary:
-                guide_trace, model_trace = self._auxiliary_traces(aux, x)
+            for index in range(len(self.auxiliary)):
+                guide_trace, model_trace = self._auxiliary_traces(index, x)
                 for names, trace in ((guide_params, guide_trace), (model_params, model_trace)):
                     for name in param_names(trace):
                         if name not in known:
@@ -424,12 +434,14 @@ class ProgramPair:
                             names.append(name)
         return replace(structure, model_param_names=tuple(model_params), guide_param_names=tuple(guide_params))
 
-    def _auxiliary_traces(self, aux: Auxiliary, x: Data) -> tuple[Trace, Trace]:
+    def _auxiliary_traces(self, index: int, x: Data) -> tuple[Trace, Trace]:
+        """The guide trace of auxiliary pair ``index`` on batch ``x`` and its model replayed on it."""
+        aux, (guide_bs, model_bs) = self.auxiliary[index], self._auxiliary_bs[index]
         batch_size = rows_of(x)
-        args = self._arguments(x, batch_size, accepts(aux.guide, "batch_size", named=True))
+        args = self._arguments(x, batch_size, guide_bs)
         with StoreParams(self.owned, self.unowned, "guide"):
             guide_trace = run_program(aux.guide, args, "auxiliary guide", "data side", x)
-        args = self._arguments(x, batch_size, accepts(aux.model, "batch_size", named=True))
+        args = self._arguments(x, batch_size, model_bs)
         with StoreParams(self.owned, self.unowned, "model"):
             model_trace = run_program(
                 poutine.replay(aux.model, trace=guide_trace), args, "auxiliary model", "data side", x
@@ -442,11 +454,11 @@ class ProgramPair:
         if not self.auxiliary:
             return None
         total: torch.Tensor | None = None
-        for aux in self.auxiliary:
-            guide_trace, model_trace = self._auxiliary_traces(aux, x)
+        for index, aux in enumerate(self.auxiliary):
+            guide_trace, model_trace = self._auxiliary_traces(index, x)
             guide_sites = {n: site for n, site in sample_sites(guide_trace).items() if not site["is_observed"]}
             for name, site in guide_sites.items():
-                if not getattr(site["fn"], "has_rsample", False) or site["infer"].get("enumerate"):
+                if not is_reparameterized(site) or enumerated(site):
                     raise ConventionError(
                         f"the auxiliary guide's site {name!r} is not reparameterised: an auxiliary pair is scored "
                         "by its pathwise ELBO only (no score-function or enumeration terms)"
@@ -457,8 +469,8 @@ class ProgramPair:
                     raise ConventionError(
                         f"the auxiliary model's site {name!r} is neither observed nor sampled by its guide"
                     )
-                scores.append(_site_score(site).sum())
-            scores += [-_site_score(site).sum() for site in guide_sites.values()]
+                scores.append(_site_score(name, site).sum())
+            scores += [-_site_score(name, site).sum() for name, site in guide_sites.items()]
             if not scores:
                 continue  # no sites for this batch (ss-vae's classifier on an unlabelled batch)
             value = torch.stack(scores).sum()
@@ -785,15 +797,7 @@ class ProgramPair:
         names = sites if sites is not None else tuple(sample_sites(trace))
         for name in names:
             site = trace.nodes[name]
-            fn = distribution_of(site)
-            if detach_params:
-                fn = pyro.distributions.util.detach(fn)
-            try:
-                lp = fn.log_prob(site["value"])
-            except ValueError as err:  # Pyro's validation, on in the first step: the value outside the support
-                first = str(err).strip().splitlines()[0]
-                raise UsageError(f"site {name!r} cannot score its value: {first}") from err
-            lp = _scale_and_mask(lp, site["scale"], site["mask"])
+            lp = _site_score(name, site, detach_params)
             total = _reduce_to_particles_by_data(
                 lp, site, structure.data_plate, rank, num_particles, batch_size, total, self.row_scale, enum_rank
             )
@@ -807,9 +811,18 @@ class ProgramPair:
         return self.structure
 
 
-def _site_score(site: dict) -> torch.Tensor:
-    """A sample site's log-density at its value, scaled and masked as Pyro scores it."""
-    return _scale_and_mask(distribution_of(site).log_prob(site["value"]), site["scale"], site["mask"])
+def _site_score(name: str, site: Any, detach_params: bool = False) -> torch.Tensor:
+    """A sample site's log-density at its value, scaled and masked as Pyro scores it (``detach_params``: with the
+    distribution's parameters cut from the graph); a value outside the support is named by its site."""
+    fn = distribution_of(site)
+    if detach_params:
+        fn = pyro.distributions.util.detach(fn)
+    try:
+        lp = fn.log_prob(site["value"])
+    except ValueError as err:  # Pyro's validation, on in the first step: the value outside the support
+        first = str(err).strip().splitlines()[0]
+        raise UsageError(f"site {name!r} cannot score its value: {first}") from err
+    return _scale_and_mask(lp, site["scale"], site["mask"])
 
 
 def _scale_and_mask(lp: torch.Tensor, scale: Any, mask: Any) -> torch.Tensor:

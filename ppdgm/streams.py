@@ -357,12 +357,16 @@ class Interleaved(Source):
         self.num_rows = sum(int(source.num_rows or 0) for source in self.sources)
         self.preferred_batch_size = self.sources[0].preferred_batch_size
 
+    def _counts(self, batch_size: int) -> list[int]:
+        """Batches per epoch of each source (every source has a length: see ``__init__``)."""
+        return [int(source.batches_per_epoch(batch_size) or 0) for source in self.sources]
+
     def batches_per_epoch(self, batch_size: int) -> int:
-        return sum(math.ceil(int(source.num_rows or 0) / batch_size) for source in self.sources)
+        return sum(self._counts(batch_size))
 
     def order(self, batch_size: int) -> list[int]:
         """Which source each batch of an epoch comes from: source i's j-th batch at (j + 1/2) / m_i of the epoch."""
-        counts = [math.ceil(int(source.num_rows or 0) / batch_size) for source in self.sources]
+        counts = self._counts(batch_size)
         places = [((j + 0.5) / m, i) for i, m in enumerate(counts) for j in range(m)]
         return [i for _, i in sorted(places)]
 

@@ -313,6 +313,7 @@ def fit(
     if shuffle is not None and not isinstance(shuffle, bool):
         raise UsageError(f"shuffle must be True or False, got {shuffle!r}")
     step_kwargs = _check_step_kwargs(step_kwargs)
+    auxiliary_pairs = tuple(map(Auxiliary.of, auxiliary))
     method_obj = get_method(method, **method_options)
     resolve_schedule(lr_schedule, 1)  # a bad name fails before any data is read
     if method_obj.requires_guide and guide is None:
@@ -340,8 +341,7 @@ def fit(
             k: v if isinstance(v, int | float | str | bool | None) else repr(v) for k, v in step_kwargs.items()
         },
         arguments=None if arguments is None else _name(arguments),
-        auxiliary=[[_name(pair.model), _name(pair.guide), pair.weight] for pair in map(Auxiliary.of, auxiliary)]
-        or None,
+        auxiliary=[[_name(pair.model), _name(pair.guide), pair.weight] for pair in auxiliary_pairs] or None,
     )
     loop = TrainingLoop(
         budget, seed, tuple(callbacks), None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME,
@@ -357,7 +357,7 @@ def fit(
         data_plate=data_plate,
         partial_guide=method_obj.partial_guide,
         arguments=arguments,
-        auxiliary=tuple(auxiliary),
+        auxiliary=auxiliary_pairs,
     )
     programs.step_kwargs = loop.step_arguments(0, 0)
     store = pyro.get_param_store()
