@@ -31,7 +31,7 @@ class NVILBaseline:
         self.mean: torch.Tensor | None = None
         self.var: torch.Tensor | None = None
 
-    def centred(self, signal: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def centred(self, signal: torch.Tensor, x: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Centre and scale ``signal`` (shape ``(K, B)``, detached).
 
         Returns the centred signal (detached) and the loss that trains the baseline network (zero
@@ -47,6 +47,8 @@ class NVILBaseline:
         centred = signal - self.mean
         net_loss = signal.new_zeros(())
         if self.net is not None:
+            if x is None:
+                raise ValueError("an input-dependent baseline needs the observed data x")
             prediction = self.net(x).reshape(-1)
             net_loss = (centred.mean(0) - prediction).pow(2).mean()
             centred = centred - prediction.detach()

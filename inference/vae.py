@@ -85,7 +85,8 @@ class VAE(Method):
         elbo = mean(log_w)
         surrogate = elbo.mean()
         if side.log_q_nonreparam is not None:
-            signal, baseline_loss = self.baseline.centred(log_w.detach(), programs.observed_of(x))
+            seen = programs.observed_of(x) if self.baseline.net is not None else None  # only a network reads x
+            signal, baseline_loss = self.baseline.centred(log_w.detach(), seen)
             surrogate = surrogate + (signal * side.log_q_nonreparam).mean() - baseline_loss
         return -surrogate, side, elbo.detach()
 

@@ -237,6 +237,29 @@ def test_model_side_methods_refuse_built_arguments(method):
         ppdgm.fit(model, guide, torch.randn(20, 3), method, steps=1, arguments=with_temperature, progress=False)
 
 
+def test_vae_with_a_discrete_latent_trains_a_pair_called_through_arguments():
+    """The NVIL score-function term needs the data only for a baseline network; without one, vae trains a pair whose
+    arguments are built from the batch, whatever column the observed site reads."""
+
+    def model(x, temperature):
+        w = pyro.param("w", torch.zeros(3))
+        with pyro.plate("data", x.shape[0]):
+            b = pyro.sample("b", dist.Bernoulli(0.5))
+            pyro.sample("x", dist.Normal(b[:, None] + w, temperature).to_event(1), obs=x)
+
+    def guide(x, temperature):
+        logit = pyro.param("logit", torch.zeros(()))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("b", dist.Bernoulli(logits=logit.expand(x.shape[0])))
+
+    def with_temperature(x):
+        return x, 2.0
+
+    x = torch.randn(20, 3) + 1.0
+    run = ppdgm.fit(model, guide, x, "vae", steps=5, arguments=with_temperature, compile=False, progress=False)
+    assert run.history[-1]["step"] == 5
+
+
 def test_a_site_kind_the_first_batch_lacked_is_refused():
     """Sites that only longer sequences have are scored (the DMM's z_6); one of a kind the first batch's checks did
     not see (here a discrete latent from the fifth step on) is refused by name, not scored by the wrong rule."""
