@@ -1,5 +1,4 @@
-import sys
-
 from ppdgm.cli import main
+from ppdgm.distributed import exit_job
 
-sys.exit(main())
+exit_job(main())

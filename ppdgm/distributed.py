@@ -31,7 +31,9 @@ then raises, naming the site). Gradients of players whose phase did not reach a 
 
 from __future__ import annotations
 
+import atexit
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +46,7 @@ __all__ = [
     "ShardedSampling",
     "block",
     "context",
+    "exit_job",
     "is_main",
     "rank",
     "world_size",
@@ -84,6 +87,7 @@ def context(device: torch.device) -> Context | None:
             return None
         backend = "nccl" if device.type == "cuda" else "gloo"
         torch_dist.init_process_group(backend=backend)
+        atexit.register(_leave)
     if torch_dist.get_world_size() == 1:
         return None
     backend = torch_dist.get_backend()
@@ -95,6 +99,30 @@ def context(device: torch.device) -> Context | None:
         local_rank=int(os.environ.get("LOCAL_RANK", torch_dist.get_rank())),
         backend=backend,
     )
+
+
+def _leave() -> None:
+    """Leave a process group ppdgm joined before the interpreter tears down (its threads otherwise may not be)."""
+    if torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
+def exit_job(code: int) -> None:
+    """End a ppdgm entry point run by ``torchrun`` (``ppdgm train``, a comparison's worker) with status ``code``.
+
+    Every rank first waits for the others (rank 0 may still be evaluating and writing the run's files), then leaves
+    the process group and exits at once: the interpreter's teardown with torch.distributed loaded aborted now and
+    then in native code (SIGABRT, "terminate called without an active exception"), after the work was done, and
+    ``torchrun`` then killed the ranks still writing. Outside a job this is ``sys.exit(code)``.
+    """
+    if not (torch_dist.is_available() and torch_dist.is_initialized()):
+        sys.exit(code)
+    if code == 0:
+        torch_dist.barrier()
+    torch_dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def rank() -> int:

@@ -130,10 +130,6 @@ def enumerated(site: dict) -> str | None:
     return (site.get("infer") or {}).get("enumerate")
 
 
-def storage(t: torch.Tensor) -> int:
-    return t.untyped_storage().data_ptr()
-
-
 @dataclass(frozen=True)
 class Structure:
     """What :meth:`ProgramPair.inspect` learnt about a program pair from one trace."""
@@ -492,18 +488,30 @@ def _players(model_trace: Trace, guide_trace: Trace | None) -> tuple[tuple[str, 
 
 def _observed_columns(x: Data, sites: dict[str, dict], observed: tuple[str, ...]) -> dict[Key, str]:
     """Tie each data column to the observed site whose value is that column (or a view of it)."""
-    items = x.items() if isinstance(x, Batch) else [(0, x)]
-    by_storage = {storage(c): key for key, c in items if c is not None}
+    items = [(key, c) for key, c in (x.items() if isinstance(x, Batch) else [(0, x)]) if c is not None]
     columns: dict[Key, str] = {}
     for name in observed:
         value = sites[name]["value"]
-        key = by_storage.get(storage(value)) if torch.is_tensor(value) else None
+        if not torch.is_tensor(value):
+            continue
+        # the column itself, a view of all of it, or a copy of its values (x.contiguous(), x.float()) in row-major
+        # order: generated values then go back into the column by a reshape; a slice or a transform is no column
+        same = [k for k, c in items if _same_values(value, c)]
+        key = next((k for k in same if value.data_ptr() == x_column(x, k).data_ptr()), same[0] if same else None)
         if key is not None and key not in columns:
             columns[key] = name
-    if not columns and len(items) == 1 and len(observed) == 1:
-        columns[items[0][0]] = observed[0]
     order = [key for key, _ in items]  # the batch's column order: the first observed column is the primary site's
     return {key: columns[key] for key in sorted(columns, key=order.index)}
+
+
+def x_column(x: Data, key: Key) -> torch.Tensor:
+    return x.get(key) if isinstance(x, Batch) else x
+
+
+def _same_values(value: torch.Tensor, column: torch.Tensor) -> bool:
+    if value.numel() != column.numel() or value.device != column.device:
+        return False
+    return bool(torch.equal(value.reshape(-1).to(column.dtype), column.reshape(-1)))
 
 
 def _primary_site(observed: tuple[str, ...], columns: dict[Key, str], given: str | None) -> str:

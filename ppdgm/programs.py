@@ -45,7 +45,7 @@ import torch
 from pyro.poutine.enum_messenger import EnumMessenger
 from pyro.poutine.trace_struct import Trace
 
-from ppdgm.batch import Batch, Data, Key, first_column
+from ppdgm.batch import Batch, Data, Key, as_batch, first_column
 from ppdgm.batch import batch_size as rows_of
 from ppdgm.combine import log_mean_exp, mean
 from ppdgm.errors import UsageError
@@ -253,6 +253,7 @@ class ProgramPair:
     data_plate: str | None = None
     partial_guide: bool = False
     arguments: Callable | None = None
+    generated_rows: Callable | None = None
     auxiliary: tuple[Auxiliary, ...] = ()
     structure: Structure | None = field(default=None, init=False)
     #: rows of the whole minibatch per row this process holds (> 1 on a rank of a data-parallel fit):
@@ -272,6 +273,11 @@ class ProgramPair:
         )
         if self.arguments is not None and not callable(self.arguments):
             raise UsageError(f"arguments must be a function of a batch's columns, got {type(self.arguments).__name__}")
+        if self.generated_rows is not None and not callable(self.generated_rows):
+            raise UsageError(
+                "generated_rows must be a function of the generated observations and a batch's columns, got "
+                f"{type(self.generated_rows).__name__}"
+            )
         # only a program that names `batch_size` is passed it (an AutoGuide's **kwargs go on to the model)
         self._model_bs = accepts(self.model, "batch_size", named=True)
         self._guide_bs = self.guide is not None and accepts(self.guide, "batch_size", named=True)
@@ -313,8 +319,7 @@ class ProgramPair:
         if self.arguments is not None:
             raise ConventionError(
                 "the model side generates the observed sites, but with arguments=... ppdgm cannot tell which of the "
-                "programs' arguments would carry them; train this pair with a data-side method (vae, iwae) and "
-                "evaluate it with ppdgm.evaluate (ppdgm.sample returns every observed site's draws)"
+                f"programs' arguments would carry them; {_GENERATED_ROWS_HINT}"
             )
 
     def _built_arguments(self, x: Data | None, batch_size: int, with_batch_size: bool) -> tuple[tuple, dict]:
@@ -630,8 +635,11 @@ class ProgramPair:
     def dreamt_batch(self, dream: Trace, values: dict[str, torch.Tensor] | None = None) -> Data:
         """The rows of ``dream`` with each observed column replaced by the dreamt values of its site.
 
-        ``values`` overrides the dreamt value of a site (e.g. the generated x *with* its graph).
+        ``values`` overrides the dreamt value of a site (e.g. the generated x *with* its graph). With
+        :attr:`generated_rows` the user's function builds the rows from the dreamt values of every observed site.
         """
+        if self.generated_rows is not None:
+            return self._generated_batch(dream, values or {})
         self._refuse_built_arguments()
         rows = dream_rows(dream)
         columns = {}
@@ -645,6 +653,66 @@ class ProgramPair:
             return columns.get(0, rows)
         return rows.replace(columns)
 
+    def _generated_batch(self, dream: Trace, overrides: dict[str, torch.Tensor]) -> Data:
+        """The rows :attr:`generated_rows` builds from the dream's observed sites (``fit(generated_rows=...)``)."""
+        values = {
+            name: overrides[name] if name in overrides else site["value"].detach()
+            for name, site in dream.nodes.items()
+            if name in _generated_sites(dream, self._require_structure())
+        }
+        rows = dream_rows(dream)
+        columns, named = arguments(rows, rows_of(rows), False)
+        built = self.generated_rows(values, *columns, **named)
+        hook = getattr(self.generated_rows, "__name__", repr(self.generated_rows))
+        if torch.is_tensor(rows):
+            if not torch.is_tensor(built) or built.shape[:1] != rows.shape[:1]:
+                raise UsageError(
+                    f"generated_rows={hook!r} must return the batch's rows as the data holds them: a tensor of "
+                    f"{rows.shape[0]} rows, got {_described(built)}"
+                )
+            return built
+        try:
+            batch = as_batch(built if isinstance(built, tuple | list | Mapping) else (built,))
+        except UsageError as err:
+            raise UsageError(f"generated_rows={hook!r} returned columns ppdgm cannot read: {err}") from None
+        if [k for k, _ in batch.items()] != [k for k, _ in rows.items()] or rows_of(batch) != rows_of(rows):
+            raise UsageError(
+                f"generated_rows={hook!r} must return the batch's columns in the data's layout ({rows.describe()}), "
+                f"got {batch.describe()}"
+            )
+        return batch
+
+    def _check_generated_rows(self, dream: Trace, rows: Data) -> None:
+        """Refuse a ``generated_rows`` whose rows do not make the model observe the dreamt values: the model, its
+        latents held at the dream's, is run on the rows and every observed site's log-density compared."""
+        structure = self._require_structure()
+        generated = _generated_sites(dream, structure)
+        latents = {n: s["value"] for n, s in dream.nodes.items() if s["type"] == "sample" and n not in generated}
+        batch_size = rows_of(rows)
+        observed = run_program(
+            poutine.condition(self.vectorised(self.model, 1), data=latents),
+            self.model_arguments(rows, batch_size),
+            "model",
+            "model side (rows from generated_rows)",
+            rows,
+        )
+        hook = getattr(self.generated_rows, "__name__", repr(self.generated_rows))
+        for name in generated:
+            site = observed.nodes.get(name)
+            if site is None or site["type"] != "sample" or not site["is_observed"]:
+                raise ConventionError(
+                    f"with the rows generated_rows={hook!r} builds, the model does not observe the generated site "
+                    f"{name!r}; it must return rows from which the model reads every generated observation"
+                )
+            dreamt, seen = _masked_log_prob(dream.nodes[name]), _masked_log_prob(site)
+            if dreamt.shape != seen.shape or not torch.allclose(dreamt, seen, rtol=1e-4, atol=1e-4):
+                raise ConventionError(
+                    f"generated_rows={hook!r} does not give the generated observations back: on its rows the model "
+                    f"observes other values at site {name!r} than the ones generated (log-densities differ). It "
+                    "receives each site's values in the order the programs saw the rows (after arguments= reordered "
+                    "them, say) and must return the rows in the data's order and layout"
+                )
+
     def as_column(self, value: torch.Tensor, like: torch.Tensor | None) -> torch.Tensor:
         """A generated site value in the shape of the data column it stands for (particle dims dropped)."""
         if like is not None and like.dim() >= 1:
@@ -656,9 +724,13 @@ class ProgramPair:
     def observed_of(self, x: Data) -> torch.Tensor:
         """The data column of the primary observed site (``x`` itself for a tensor)."""
         self._refuse_built_arguments()
-        if torch.is_tensor(x):
-            return x
         key = next((k for k, n in self._require_structure().observed_columns if n == self.obs_site), None)
+        if key is None and self.generated_rows is not None:
+            raise ConventionError(
+                f"the observed site {self.obs_site!r} reads no data column as it is, and this method compares "
+                "generated with real observations outside the programs' own call (a discriminator, a kernel, a "
+                "reconstruction); generated_rows= serves the sleep phases (wake-sleep, rws) only"
+            )
         if key is None:
             raise ConventionError(
                 f"the observed site {self.obs_site!r} reads no data column as it is (observed sites: "
@@ -666,16 +738,14 @@ class ProgramPair:
                 "outside the programs' own call; methods that only run the programs on the data (vae, iwae, "
                 "ppdgm.evaluate) train and score it as it is"
             )
-        return x.get(key)
+        return x if torch.is_tensor(x) else x.get(key)
 
     def holds_observations(self) -> bool:
         """Whether a data column holds the primary observed site's values, so that generated values can be given
         back in the data's shape (not with ``arguments=``, nor for a site that reads a transformed column)."""
         if self.arguments is not None:
             return False
-        return self._data_ndim is not None or any(
-            name == self.obs_site for _, name in self._require_structure().observed_columns
-        )
+        return any(name == self.obs_site for _, name in self._require_structure().observed_columns)
 
     def input_keys(self, x: Data) -> list[Key]:
         """The keys of the columns of ``x`` that no observed site reads: a conditional model's inputs."""
@@ -699,15 +769,17 @@ class ProgramPair:
         structure = self._require_structure()
         tied = {name for _, name in structure.observed_columns}
         untied = [n for n in structure.observed_sites if n not in tied]
-        if untied:
+        if untied and self.generated_rows is None:
             raise ConventionError(
                 f"the sleep phase hands the guide dreamt data, but the observed site(s) {untied} observe no data "
                 "column as it is (a transformed copy?); observe the column itself (a view such as x.reshape(...) "
-                "is fine)"
+                "is fine), or pass generated_rows= to build the rows from the generated values"
             )
         with poutine.block(), torch.no_grad():
             dream = self.model_side(batch_size)
             x = self.dreamt_batch(dream)
+            if self.generated_rows is not None:
+                self._check_generated_rows(dream, x)
             guide_trace = run_program(
                 self.vectorised(self.guide, 1), self.guide_arguments(x, batch_size), "guide", "model side", x
             )
@@ -853,6 +925,36 @@ def data_layout(x: Data) -> Hashable:
 def _remember_rows(trace: Trace, rows: Data) -> Trace:
     vars(trace)[_ROWS] = rows
     return trace
+
+
+#: what to do with a pair whose generated observations no column holds
+_GENERATED_ROWS_HINT = (
+    "pass generated_rows= (a function from the generated values to the batch's rows) for the sleep phases "
+    "(wake-sleep, rws), or train the pair with a data-side method (vae, iwae) and evaluate it with ppdgm.evaluate "
+    "(ppdgm.sample returns every observed site's draws)"
+)
+
+
+def _generated_sites(dream: Trace, structure: Structure) -> list[str]:
+    """The sites of a model-side trace that the model observes on data: the ones the dream generated."""
+    return [
+        name
+        for name, site in dream.nodes.items()
+        if site["type"] == "sample" and (site["infer"].get("was_observed") or name in structure.observed_sites)
+    ]
+
+
+def _masked_log_prob(site: Any) -> torch.Tensor:
+    """A sample site's elementwise log-density with its mask applied (what it adds to the joint)."""
+    lp = site["fn"].log_prob(site["value"])
+    mask = site.get("mask")
+    if mask is not None and mask is not True:
+        lp = lp.masked_fill(~torch.as_tensor(mask, dtype=torch.bool).expand_as(lp), 0.0)
+    return lp
+
+
+def _described(value: Any) -> str:
+    return f"a tensor of shape {tuple(value.shape)}" if torch.is_tensor(value) else f"a {type(value).__name__}"
 
 
 def dream_rows(dream: Trace) -> Data:

@@ -251,6 +251,7 @@ def fit(
     compile: bool | str = "auto",
     step_kwargs: Mapping[str, Any] | None = None,
     arguments: Callable | None = None,
+    generated_rows: Callable | None = None,
     auxiliary: Sequence[Any] = (),
     **method_options: Any,
 ) -> Run:
@@ -292,7 +293,14 @@ def fit(
             step and epoch giving this step's value (recorded in ``config``; a resumed fit computes the same values).
         arguments: a function that builds the programs' arguments from each batch's columns, as a Pyro loop does
             before ``svi.step`` (Pyro's DMM: sorted sequences, a reversed ``PackedSequence``, masks, lengths); it
-            returns a tuple (positional) or a dict (keyword). Data-side methods only (docs/programs.md).
+            returns a tuple (positional) or a dict (keyword). Data-side methods, and the sleep phases with
+            ``generated_rows`` (docs/programs.md).
+        generated_rows: for the sleep phases (``wake-sleep``, ``rws``) of a pair whose observations no data column
+            holds as it is (``arguments=``, an observed site reading a slice or a transformed column): a function
+            ``f(values, *columns, **named_columns)`` from the generated values of every observed site (a dict by site
+            name, rows in the order the programs saw them) and the batch's columns to the batch's columns holding
+            those observations, in the data's layout (a tensor, a tuple or a dict). Checked once before training:
+            on its rows the model must observe exactly the generated values.
         auxiliary: further Pyro model/guide pairs, each ``(model, guide)`` or ``(model, guide, weight)``, whose
             ELBOs on each batch join the loss of ``vae`` or ``iwae`` (Pyro's ss-vae's classification loss;
             :class:`~ppdgm.programs.Auxiliary`).
@@ -341,6 +349,7 @@ def fit(
             k: v if isinstance(v, int | float | str | bool | None) else repr(v) for k, v in step_kwargs.items()
         },
         arguments=None if arguments is None else _name(arguments),
+        generated_rows=None if generated_rows is None else _name(generated_rows),
         auxiliary=[[_name(pair.model), _name(pair.guide), pair.weight] for pair in auxiliary_pairs] or None,
     )
     loop = TrainingLoop(
@@ -357,6 +366,7 @@ def fit(
         data_plate=data_plate,
         partial_guide=method_obj.partial_guide,
         arguments=arguments,
+        generated_rows=generated_rows,
         auxiliary=auxiliary_pairs,
     )
     programs.step_kwargs = loop.step_arguments(0, 0)
@@ -903,7 +913,7 @@ def _save_checkpoint(run: Run, path: Path, epoch: int, step: int, partial: dict 
 #: what a checkpoint must agree on with the fit that resumes it (the run would be another run otherwise)
 _FIXED = (
     "method", "method_options", "data", "columns", "obs_site", "batch_size", "seed", "optimizer", "shuffle",
-    "transform", "arguments", "auxiliary",
+    "transform", "arguments", "generated_rows", "auxiliary",
 )  # fmt: skip
 #: training settings a resumed fit may change with ``resume="override"`` (the new values then apply)
 _OVERRIDABLE = ("lr", "optimizer_options", "lr_schedule", "precision", "step_kwargs")

@@ -26,4 +26,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    distributed.exit_job(main(sys.argv[1:]))

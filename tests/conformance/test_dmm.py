@@ -85,8 +85,9 @@ class Combiner(nn.Module):
 class DMM(nn.Module):
     """Pyro's DMM (Krishnan et al. 2017) at toy sizes, its model and guide as the example writes them."""
 
-    def __init__(self, input_dim=DATA_DIM, z_dim=Z_DIM, rnn_dim=RNN_DIM):
+    def __init__(self, input_dim=DATA_DIM, z_dim=Z_DIM, rnn_dim=RNN_DIM, split=False):
         super().__init__()
+        self.split = split
         self.emitter = nn.Linear(z_dim, input_dim)
         self.trans = GatedTransition(z_dim, 6)
         self.combiner = Combiner(z_dim, rnn_dim)
@@ -95,9 +96,20 @@ class DMM(nn.Module):
         self.z_q_0 = nn.Parameter(torch.zeros(z_dim))
         self.h_0 = nn.Parameter(torch.zeros(1, 1, rnn_dim))
 
+    def registered(self, program):
+        """The example's one module in both programs; with ``split`` each program registers its own parts (the sleep
+        phases step the model and the guide as separate players, each owning its parameters)."""
+        if not self.split:
+            return "dmm", self
+        parts = nn.Module()
+        names = ("emitter", "trans", "z_0") if program == "model" else ("combiner", "rnn", "z_q_0", "h_0")
+        for name in names:
+            setattr(parts, name, getattr(self, name))
+        return f"dmm_{program}", parts
+
     def model(self, mini_batch, mini_batch_reversed, mini_batch_mask, mini_batch_seq_lengths, annealing_factor=1.0):
         T_max = mini_batch.size(1)
-        pyro.module("dmm", self)
+        pyro.module(*self.registered("model"))
         z_prev = self.z_0.expand(mini_batch.size(0), self.z_0.size(0))
         with pyro.plate("z_minibatch", len(mini_batch)):
             for t in pyro.markov(range(1, T_max + 1)):
@@ -117,7 +129,7 @@ class DMM(nn.Module):
 
     def guide(self, mini_batch, mini_batch_reversed, mini_batch_mask, mini_batch_seq_lengths, annealing_factor=1.0):
         T_max = mini_batch.size(1)
-        pyro.module("dmm", self)
+        pyro.module(*self.registered("guide"))
         h_0_contig = self.h_0.expand(1, mini_batch.size(0), self.rnn.hidden_size).contiguous()
         rnn_output, _ = self.rnn(mini_batch_reversed, h_0_contig)
         rnn_output = pad_and_reverse(rnn_output, mini_batch_seq_lengths)
@@ -213,6 +225,53 @@ def test_dmm_iwae_trains_and_auto_compile_runs_eagerly_naming_the_host_read():
         ppdgm.fit(auto.model, auto.guide, train, "iwae", **kwargs)
     for a, b in zip(eager.parameters(), auto.parameters()):
         assert torch.equal(a, b)
+
+
+def generated_sequences(values, sequences, lengths):
+    """The dreamt time steps as rows of the data: ``get_mini_batch`` sorted the rows by length before the model
+    generated them, so they go back through the same permutation."""
+    _, order = torch.sort(lengths, descending=True)
+    steps = torch.stack([values[f"obs_x_{t}"] for t in range(1, len(values) + 1)], dim=1)
+    dreamt = torch.zeros_like(sequences)
+    dreamt[order, : steps.shape[1]] = steps
+    return dreamt, lengths
+
+
+def test_dmm_trains_under_wake_sleep_with_generated_rows():
+    """The sleep phase dreams a DMM's time steps through get_mini_batch and hands the guide the rows a hook builds."""
+    train, held_out = sequences(60, seed=1), sequences(30, seed=2)
+    dmm = DMM(split=True)
+
+    def held_out_elbo():
+        return ppdgm.evaluate.elbo(dmm.model, dmm.guide, held_out, 20, batch_size=30, arguments=get_mini_batch).mean
+
+    before = held_out_elbo()
+    run = ppdgm.fit(
+        dmm.model, dmm.guide, train, "ws", steps=150, batch_size=20, lr=0.01, arguments=get_mini_batch,
+        generated_rows=generated_sequences, compile=False, progress=False,
+    )  # fmt: skip
+    after = held_out_elbo()
+    assert after > before + 0.5, (before, after)
+    assert run.config["generated_rows"] == "generated_sequences"
+    sleep = [record["train_sleep_log_q"] for record in run.history]
+    assert sleep[-1] > sleep[0], sleep
+
+
+def test_rows_left_in_the_programs_order_are_refused():
+    """A hook that forgets get_mini_batch's sort pairs each dreamt latent with another row's time steps."""
+
+    def unsorted(values, sequences, lengths):
+        steps = torch.stack([values[f"obs_x_{t}"] for t in range(1, len(values) + 1)], dim=1)
+        dreamt = torch.zeros_like(sequences)
+        dreamt[:, : steps.shape[1]] = steps
+        return dreamt, lengths
+
+    dmm = DMM(split=True)
+    with pytest.raises(ConventionError, match=r"generated_rows='unsorted' does not give the generated observations"):
+        ppdgm.fit(
+            dmm.model, dmm.guide, sequences(20, seed=1), "ws", steps=1, batch_size=20, arguments=get_mini_batch,
+            generated_rows=unsorted, compile=False, progress=False,
+        )  # fmt: skip
 
 
 @pytest.mark.parametrize("method", ["wake-sleep", "gan"])
