@@ -18,7 +18,7 @@ import random
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,13 @@ def _digest(value: Any, h: Any) -> None:
             _digest(item, h)
     else:
         h.update(f"{type(value).__name__} {value!r};".encode())
+
+
+def digest(value: Any) -> str:
+    """SHA-256 over a value of plain data and tensors (each tensor's dtype, shape and bytes)."""
+    h = hashlib.sha256()
+    _digest(value, h)
+    return h.hexdigest()
 
 
 def checksum(content: Mapping[str, Any]) -> str:
@@ -110,6 +117,16 @@ def rng_state() -> dict[str, Any]:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Every random state as it was before the block: work inside it (validation) leaves the stream untouched."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
 
 
 def set_rng_state(state: Mapping[str, Any]) -> None:

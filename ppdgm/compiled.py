@@ -55,7 +55,6 @@ from typing import Any, cast
 
 import pyro
 import torch
-from pyro.distributions.util import is_validation_enabled
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -684,6 +683,12 @@ class CompiledStep:
         check_compile_mode(compile)
         self.method, self.engine, self.mode = method, engine, compile
         self.eager_steps = eager_steps
+        #: steps the fit had taken before this one started (a resumed fit): the first ``eager_steps`` of the *run*
+        #: are eager, so that a resumed fit takes each step on the path an uninterrupted one takes
+        self.start_step = 0
+        #: every step eager, with Pyro's argument checks (``fit(validate=True)``); otherwise a step under checks is
+        #: checked by the eager half of its recording's first-use check
+        self.validate_all = False
         self.recheck_every = recheck_every
         #: replays of each recording since it was made (re-checked on its first replay, see :meth:`due`)
         self.uses: dict[Hashable, int] = {}
@@ -726,7 +731,8 @@ class CompiledStep:
     def __call__(self, x: Data, context: Hashable = ()) -> dict[str, torch.Tensor]:
         """One step on ``x``; ``context``: what else the step's operations depend on (part of the key)."""
         self.steps += 1
-        if self.mode is False or self.fallback is not None or self.steps <= self.eager_steps or is_validation_enabled():
+        eager_now = self.start_step + self.steps <= self.eager_steps or self.validate_all
+        if self.mode is False or self.fallback is not None or eager_now:
             if self.mode is True and self.fallback is not None:
                 raise CompileError(f"method {self.method.name!r} cannot be compiled: {self.fallback}")
             return self.method.step(self.engine, x)
@@ -839,14 +845,13 @@ class CompiledStep:
         if len(self.recordings) > MAX_RECORDINGS:
             self.uses.pop(self.recordings.popitem(last=False)[0], None)
         self.uses[key] = 0
-        return self._recheck(recording, x, extra, keep_eager=False)
+        return self._recheck(recording, x, extra)
 
-    def _recheck(
-        self, recording: _Recording, x: Data, extra: tuple[torch.Tensor, ...], keep_eager: bool = True
-    ) -> dict[str, torch.Tensor]:
-        """Run the recording and the eager step from the same point and compare them. The eager step is then the
-        real one (``keep_eager``), except on a recording's first use and in a data-parallel fit, whose checks run
-        locally: there the recording takes the real step from the same point."""
+    def _recheck(self, recording: _Recording, x: Data, extra: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        """Run the recording and the eager step from the same point and compare them; the recording's step is then
+        the real one, so which steps a check falls on does not change the result (a resumed fit, whose checks fall
+        elsewhere, continues bit for bit). In a data-parallel fit, whose checks run locally, the recording takes the
+        real step again from the same point, with its gradients averaged over the ranks."""
         engine, method = self.engine, self.method
         self.since_check = 0
         self.rechecks += 1
@@ -876,10 +881,11 @@ class CompiledStep:
             return method.step(engine, x)
         finally:
             engine.grad_sync = sync
-        if sync is None and keep_eager:
-            return eager
-        start.restore(engine, method)
         self.compiled_steps += 1
+        if sync is None:
+            after_compiled.restore(engine, method)
+            return compiled
+        start.restore(engine, method)
         return recording(method, x, None, extra)
 
     def _trace(self, x: Data, fed: dict[str, Any], extra: tuple[torch.Tensor, ...]) -> _Recording:

@@ -27,17 +27,28 @@ Nothing needs the data set in memory: only the batches being read are.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler
+from torch.utils.data import (
+    DataLoader,
+    DistributedSampler,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+    SubsetRandomSampler,
+    WeightedRandomSampler,
+)
 from torch.utils.data import Dataset as TorchDataset
 
 from ppdgm import distributed
 from ppdgm.batch import Batch, Data, as_rows, first_column
 from ppdgm.batch import batch_size as rows_of
+from ppdgm.checkpoints import digest
 from ppdgm.errors import UsageError
 
 #: DataLoader options a stream keeps from a user's loader (its sampler, batch size and shuffle are ppdgm's)
@@ -63,14 +74,92 @@ def noise_key(seed: int, epoch: int, batch: int) -> int:
     return mixed % (2**63 - 1)
 
 
-def epoch_order(num_rows: int, batch_size: int, seed: int, epoch: int, shuffle: bool) -> list[torch.Tensor]:
-    """The index batches of epoch ``epoch``: a seeded permutation of the rows (or the rows in order), split."""
-    if shuffle:
-        gen = torch.Generator(device="cpu").manual_seed(seed * 100_003 + epoch)
+def epoch_order(
+    num_rows: int, batch_size: int, seed: int, epoch: int, shuffle: bool, sampling: Sampling | None = None
+) -> list[torch.Tensor]:
+    """The index batches of epoch ``epoch``: a seeded permutation of the rows (or the rows in order), or the rows a
+    DataLoader's sampler would draw (:class:`Sampling`) drawn from the same seeded generator, split."""
+    gen = torch.Generator(device="cpu").manual_seed(seed * 100_003 + epoch)
+    if sampling is not None:
+        order = sampling.draw(num_rows, gen)
+    elif shuffle:
         order = torch.randperm(num_rows, generator=gen, device="cpu")
     else:
         order = torch.arange(num_rows, device="cpu")
     return list(order.split(batch_size))
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """The rows a DataLoader's sampler draws in an epoch, drawn from ppdgm's seeded generator instead of the sampler's.
+
+    ``RandomSampler(replacement=..., num_samples=...)``, ``WeightedRandomSampler`` and ``SubsetRandomSampler`` are
+    honoured this way (their draws follow from the seed and the epoch, so a resumed or data-parallel fit reads the
+    same rows); the plain ``RandomSampler`` and ``SequentialSampler`` are ppdgm's own shuffle on and off.
+    """
+
+    kind: str
+    replacement: bool = False
+    num_samples: int | None = None
+    weights: torch.Tensor | None = None
+    indices: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, sampler: Any) -> Sampling | None:
+        """The sampling of ``sampler`` (``None``: ppdgm's plain shuffle or order); refuses samplers ppdgm cannot
+        honour, naming them."""
+        if isinstance(sampler, DistributedSampler):
+            raise UsageError(
+                "a DataLoader with a DistributedSampler: ppdgm splits each global batch over the ranks itself (every "
+                "rank reads its block of the same seeded batches, docs/scaling.md); give the loader shuffle=True or "
+                "False, or its dataset"
+            )
+        if isinstance(sampler, WeightedRandomSampler):
+            return cls("weighted", bool(sampler.replacement), int(sampler.num_samples), weights=sampler.weights)
+        if isinstance(sampler, SubsetRandomSampler):
+            return cls("subset", indices=torch.as_tensor(list(sampler.indices), dtype=torch.long))
+        if isinstance(sampler, RandomSampler):
+            if not sampler.replacement and sampler._num_samples is None:
+                return None
+            return cls("random", bool(sampler.replacement), int(sampler.num_samples))
+        if isinstance(sampler, SequentialSampler):
+            return None
+        raise UsageError(
+            f"a DataLoader with a {type(sampler).__name__} cannot be read in ppdgm's seeded order; ppdgm honours "
+            "RandomSampler (with replacement / num_samples), WeightedRandomSampler, SubsetRandomSampler and "
+            "SequentialSampler, drawing their rows from the seed and the epoch so that a resumed or data-parallel "
+            "fit reads the same batches; pass its dataset with shuffle=True/False instead"
+        )
+
+    def epoch_rows(self, num_rows: int) -> int:
+        """Rows read in one epoch."""
+        if self.kind == "subset":
+            return int(self.indices.numel()) if self.indices is not None else 0
+        return int(self.num_samples if self.num_samples is not None else num_rows)
+
+    def draw(self, num_rows: int, gen: torch.Generator) -> torch.Tensor:
+        """This epoch's row indices, as the sampler would draw them (its distribution, ppdgm's generator)."""
+        if self.kind == "subset":
+            assert self.indices is not None
+            return self.indices[torch.randperm(self.indices.numel(), generator=gen)]
+        count = self.epoch_rows(num_rows)
+        if self.kind == "weighted":
+            assert self.weights is not None
+            return torch.multinomial(self.weights.double(), count, self.replacement, generator=gen)
+        if self.replacement:
+            return torch.randint(num_rows, (count,), generator=gen, dtype=torch.long)
+        parts = [torch.randperm(num_rows, generator=gen) for _ in range(count // num_rows)]
+        return torch.cat([*parts, torch.randperm(num_rows, generator=gen)[: count % num_rows]])
+
+    def describe(self) -> dict[str, Any]:
+        """Plain data for records and data fingerprints."""
+        return {
+            "sampler": self.kind,
+            "replacement": self.replacement,
+            "num_samples": self.num_samples,
+            "weights": None if self.weights is None else digest(self.weights),
+            "indices": None if self.indices is None else digest(self.indices),
+        }
 
 
 class RowTransform:
@@ -173,9 +262,14 @@ class Source:
 
     def batches_per_epoch(self, batch_size: int) -> int | None:
         """Batches in one epoch (``None``: a stream of unknown length)."""
-        return None if self.num_rows is None else math.ceil(self.num_rows / batch_size)
+        if self.num_rows is None:
+            return None
+        rows = self.num_rows if self.sampling is None else self.sampling.epoch_rows(self.num_rows)
+        return math.ceil(rows / batch_size)
 
     name = "rows"
+    #: a DataLoader sampler's draws, honoured (``None``: ppdgm's shuffle or order)
+    sampling: Sampling | None = None
 
     #: the number of rows, or ``None`` for an IterableDataset without ``__len__``
     num_rows: int | None = None
@@ -198,6 +292,22 @@ class Source:
     def head(self, n: int) -> Data:
         """The first ``n`` rows (inspection), the same on every rank."""
         return next(iter(self.chunks(n, whole=True)), (0, None))[1]
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies these rows cheaply: their count, their columns, a hash over a fixed sample of rows (up
+        to :data:`FINGERPRINT_ROWS`, spread over the whole set) and the sampler's settings; a resumed fit compares
+        it with its checkpoint's."""
+        rows = self._sample_rows()
+        return {
+            "kind": self.name,
+            "rows": self.num_rows,
+            "columns": describe_rows(rows),
+            "sample": digest_rows(rows),
+            "sampling": None if self.sampling is None else self.sampling.describe(),
+        }
+
+    def _sample_rows(self) -> Data:
+        return self.head(FINGERPRINT_ROWS)
 
 
 class TensorSource(Source):
@@ -226,6 +336,10 @@ class TensorSource(Source):
 
     def head(self, n: int) -> Data:
         return self.rows[:n]
+
+    def _sample_rows(self) -> Data:
+        index = sample_index(self.num_rows)
+        return self.rows[index.to(first_column(self.rows)[1].device)]
 
 
 def _loader_options(loader: DataLoader) -> dict[str, Any]:
@@ -256,17 +370,12 @@ class DatasetSource(Source):
 
     @classmethod
     def from_loader(cls, loader: DataLoader) -> DatasetSource:
-        if loader.batch_sampler is not None and not isinstance(loader.sampler, RandomSampler | SequentialSampler):
-            raise UsageError(
-                f"a DataLoader with a {type(loader.sampler).__name__} cannot be read in ppdgm's seeded order; "
-                "pass its dataset with shuffle=True/False instead (the order must follow from the seed and the "
-                "epoch alone, so that a resumed or data-parallel fit reads the same batches)"
-            )
         if loader.batch_sampler is None:
             raise UsageError("a DataLoader with batch_size=None yields single items; give it a batch size")
         source = cls(loader.dataset, _loader_options(loader))
         source.preferred_batch_size = loader.batch_size
-        source.shuffle = isinstance(loader.sampler, RandomSampler)
+        source.sampling = Sampling.of(loader.sampler)
+        source.shuffle = source.sampling is not None or isinstance(loader.sampler, RandomSampler)
         if loader.drop_last:
             raise UsageError("drop_last=True is not supported: every row is read once per epoch")
         return source
@@ -287,10 +396,13 @@ class DatasetSource(Source):
     def batches(
         self, epoch: int, batch_size: int, seed: int, shuffle: bool, start: int = 0, whole: bool = False
     ) -> Iterator[tuple[int, Data]]:
-        order = epoch_order(self.num_rows, batch_size, seed, epoch, shuffle)[start:]
+        order = epoch_order(self.num_rows, batch_size, seed, epoch, shuffle, self.sampling)[start:]
         sizes = [index.shape[0] for index in order]
         blocks = [index if whole else index[rank_rows(n)] for index, n in zip(order, sizes)]
         yield from zip(sizes, self._read(blocks, noise_key(seed, epoch, start)))
+
+    def _sample_rows(self) -> Data:
+        return next(iter(self._read([sample_index(self.num_rows)], 0)))
 
 
 class IterableSource(Source):
@@ -388,6 +500,34 @@ class Interleaved(Source):
 
     def head(self, n: int) -> Data:
         return self.sources[self.order(n)[0]].head(n)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"kind": self.name, "sources": [source.fingerprint() for source in self.sources]}
+
+
+#: rows a data fingerprint hashes, spread evenly over the data set (first and last included)
+FINGERPRINT_ROWS = 64
+
+
+def sample_index(num_rows: int) -> torch.Tensor:
+    """The rows a fingerprint hashes: up to :data:`FINGERPRINT_ROWS`, evenly spread, the first and the last."""
+    count = min(num_rows, FINGERPRINT_ROWS)
+    return torch.linspace(0, num_rows - 1, count).round().long().unique()
+
+
+def describe_rows(rows: Data) -> list[list[Any]]:
+    """Each column's key, per-row shape and dtype."""
+    items = rows.items() if isinstance(rows, Batch) else [(0, rows)]
+    return [[key, list(c.shape[1:]), str(c.dtype)] for key, c in items if c is not None]
+
+
+def digest_rows(rows: Data) -> str:
+    """A SHA-256 over the rows' columns (dtype, shape and bytes)."""
+    items = rows.items() if isinstance(rows, Batch) else [(0, rows)]
+    h = hashlib.sha256()
+    for key, column in items:
+        h.update(f"{key!r}:{digest(column) if column is not None else None};".encode())
+    return h.hexdigest()
 
 
 def as_source(data: Any) -> Source:

@@ -331,6 +331,11 @@ def fit(
     transform = get_transform(transform) if transform is not None else dataset.transform
     if batch_size is None:
         batch_size = source.preferred_batch_size or 100
+    if shuffle is False and source.sampling is not None:
+        raise UsageError(
+            f"shuffle=False, but the DataLoader's sampler draws its rows at random ({source.sampling.kind}); ppdgm "
+            "honours the sampler (drawn from the seed): leave shuffle unset, or give the loader a SequentialSampler"
+        )
     shuffle = shuffle if shuffle is not None else source.shuffle if source.shuffle is not None else True
     budget = Budget.of(source, epochs, steps, batch_size)
     first = materialize(dataset.train, budget.batch_size, transform=transform, seed=seed)  # as the programs see it
@@ -345,6 +350,7 @@ def fit(
         transform=None if transform is None else repr(transform),
         source=source.name,
         columns=describe_columns(first),
+        data_identity=source.fingerprint(),
         step_kwargs={
             k: v if isinstance(v, int | float | str | bool | None) else repr(v) for k, v in step_kwargs.items()
         },
@@ -623,6 +629,8 @@ class TrainingLoop:
             file=sys.stderr,
         )
         epoch = _Epoch(self, run, bar)
+        epoch.step.start_step = step
+        epoch.step.validate_all = self.validate
         try:
             for index in range(start_epoch, self.budget.num_epochs or sys.maxsize):
                 if step >= self.budget.total_steps:
@@ -748,9 +756,10 @@ class _Epoch:
                 means = shards.mean(list(sums.values()), count)
             record.update(zip((f"train_{k}" for k in sums), means))
             if self.valid is not None and loop.validate_every and (epoch + 1) % loop.validate_every == 0:
-                objective = validation_objective(
-                    method, run.programs, self.valid, shards, transform=transform, seed=loop.seed
-                )
+                with checkpoints.preserved_rng():  # training continues on the random stream it would have without
+                    objective = validation_objective(
+                        method, run.programs, self.valid, shards, transform=transform, seed=loop.seed
+                    )
                 if objective is not None:
                     record[f"valid_{method.objective_name}"] = objective
         return record
@@ -919,6 +928,28 @@ _FIXED = (
 _OVERRIDABLE = ("lr", "optimizer_options", "lr_schedule", "precision", "step_kwargs")
 
 
+def _data_change(saved: dict | None, current: dict | None) -> str:
+    """What differs between two data fingerprints (:meth:`ppdgm.streams.Source.fingerprint`), in words; ``""`` when
+    nothing does or the checkpoint has none (written before fingerprints)."""
+    if saved is None or current is None or saved == current:
+        return ""
+    if saved.get("kind") != current.get("kind") or "sources" in saved or "sources" in current:
+        if len(saved.get("sources", ())) == len(current.get("sources", ())) and "sources" in saved:
+            parts = [_data_change(a, b) for a, b in zip(saved["sources"], current["sources"])]
+            return "; ".join(f"source {i}: {p}" for i, p in enumerate(parts) if p)
+        return f"{saved.get('kind')} -> {current.get('kind')}"
+    words = []
+    if saved.get("rows") != current.get("rows"):
+        words.append(f"rows: {saved.get('rows')} -> {current.get('rows')}")
+    if saved.get("columns") != current.get("columns"):
+        words.append(f"columns: {saved.get('columns')} -> {current.get('columns')}")
+    elif saved.get("sample") != current.get("sample"):
+        words.append("other values in the sampled rows")
+    if saved.get("sampling") != current.get("sampling"):
+        words.append(f"sampler: {saved.get('sampling')} -> {current.get('sampling')}")
+    return ", ".join(words) or "another data source"
+
+
 def _restore(run: Run, path: Path, override: bool) -> tuple[int, int, dict | None]:
     state = checkpoints.load(path, "checkpoint", "delete it, or pass resume=False (CLI: a new --out), to start fresh")
     saved, current = state["config"], run.config
@@ -931,6 +962,12 @@ def _restore(run: Run, path: Path, override: bool) -> tuple[int, int, dict | Non
     changed = [k for k in _OVERRIDABLE if saved.get(k) != current.get(k)]
     if current["steps"] < state["step"] or current["steps"] < saved.get("steps", 0):
         changed.append("steps")
+    data_change = _data_change(saved.get("data_identity"), current.get("data_identity"))
+    if data_change and not override:
+        raise CheckpointError(
+            f"resuming {path} with other training data ({data_change}); pass resume='override' (CLI: --override) "
+            "to continue on these data, or resume=False to start fresh"
+        )
     if changed and not override:
         changes = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
         raise CheckpointError(
@@ -944,6 +981,6 @@ def _restore(run: Run, path: Path, override: bool) -> tuple[int, int, dict | Non
     run.history[:] = state["history"]
     run.seconds = state["seconds"]
     partial = state.get("partial")
-    if partial is not None and partial.get("recorded"):  # the budget ended inside this epoch: continue its record
-        run.seconds -= run.history.pop()["seconds"]
+    if partial is not None and partial.get("recorded") and state["step"] < current["steps"]:
+        run.seconds -= run.history.pop()["seconds"]  # the budget ended inside this epoch: continue its record
     return state["epoch"], state["step"], partial

@@ -5,6 +5,7 @@ import pickle
 
 import pytest
 import torch
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 import ppdgm
 from ppdgm.checkpoints import CheckpointError
@@ -205,3 +206,92 @@ def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_result_bit_for_bit(
     whole = torch.load(tmp_path / "whole" / "final.pt", weights_only=True)
     again = torch.load(tmp_path / "killed" / "final.pt", weights_only=True)
     assert all(torch.equal(a, b) for a, b in zip(whole, again))
+
+
+def _rows_fit(tmp_path, data, **options):
+    model, guide = user_pair()
+    options = {"epochs": 1, "batch_size": 50, "progress": False, "seed": 0, **options}
+    return ppdgm.fit(model, guide, data, "vae", checkpoint_dir=tmp_path, **options)
+
+
+def _loader(rows, **options):
+    return DataLoader(TensorDataset(rows), batch_size=50, **{"shuffle": True, **options})
+
+
+@pytest.mark.parametrize(
+    ("changed", "named"),
+    [
+        (lambda rows: _loader(rows[:150]), r"with other training data \(rows: 200 -> 150, "),
+        (lambda rows: _loader(rows.flip(0)), r"with other training data \(other values in the sampled rows\)"),
+        (
+            lambda rows: _loader(rows, shuffle=None, sampler=RandomSampler(rows, num_samples=100)),
+            r"with other training data \(sampler: None -> \{'sampler': 'random'",
+        ),
+        (lambda rows: rows[:150], r"belongs to another run \(data: 'TensorDataset' -> 'tensor'\)"),
+    ],
+)
+def test_resume_refuses_other_data_naming_what_changed(tmp_path, changed, named):
+    """A checkpoint records a fingerprint of the training rows (count, columns, a hash of 64 rows spread over the
+    set, the sampler); a resume on other rows is refused naming the difference, and resume='override' continues."""
+    rows = ppdgm.data.load("digits-binary").train[:200]
+    _rows_fit(tmp_path, _loader(rows))
+    with pytest.raises(CheckpointError, match=named):
+        _rows_fit(tmp_path, changed(rows), epochs=3)
+    if "another run" not in named:
+        assert _rows_fit(tmp_path, changed(rows), epochs=3, resume="override").history[-1]["step"] > 4
+
+
+def test_a_resume_on_the_same_rows_continues(tmp_path):
+    rows = ppdgm.data.load("digits-binary").train[:200]
+    _rows_fit(tmp_path, rows)
+    assert len(_rows_fit(tmp_path, rows.clone(), epochs=2).history) == 2
+
+
+def _params_of(run):
+    return [p.detach().clone() for player in run.engine.players.values() for p in player.params]
+
+
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [({"steps": 3}, {"steps": 6}), ({"steps": 30}, {"steps": 60}), ({"epochs": 1}, {"steps": 40}),
+     ({"steps": 20}, {"epochs": 2})],
+)  # fmt: skip
+def test_a_budget_extended_equals_the_uninterrupted_run_with_validation(tmp_path, first, then):
+    """Validation runs on its own copy of the random state, so a budget that ended inside an epoch (and validated
+    there) continues on the stream an uninterrupted run has: parameters and history, validation included, equal."""
+
+    def fit(folder, budget):
+        torch.manual_seed(0)  # the networks' initial weights
+        return _fit(folder, batch_size=50, **{"epochs": None, **budget})
+
+    fit(tmp_path, first)
+    extended = fit(tmp_path, then)
+    whole = fit(tmp_path / "whole", then)
+    for a, b in zip(_params_of(extended), _params_of(whole), strict=True):
+        assert torch.equal(a, b)
+    drop = ("seconds",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in extended.history] == [
+        {k: v for k, v in r.items() if k not in drop} for r in whole.history
+    ]
+    assert "valid_elbo" in whole.history[-1]
+
+
+def test_a_finished_run_fitted_again_keeps_its_history(tmp_path):
+    """The same budget again trains nothing and returns the run as it ended (a budget ending inside an epoch too)."""
+    done = _fit(tmp_path, steps=3, epochs=None)
+    again = _fit(tmp_path, steps=3, epochs=None)
+    assert again.history == done.history and len(again.history) == 1
+    for a, b in zip(_params_of(done), _params_of(again), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_the_cli_run_again_with_the_same_budget_rewrites_nothing_with_less(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--steps", "3", "--hidden", "16", "--z-dim", "2", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    history = (out / "history.csv").read_text()
+    params = torch.load(out / "params.pt", weights_only=True)
+    assert main(args) == 0
+    assert (out / "history.csv").read_text() == history
+    again = torch.load(out / "params.pt", weights_only=True)
+    assert again["history"] == params["history"] and len(params["history"]) == 1

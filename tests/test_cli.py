@@ -49,7 +49,7 @@ def test_train_evaluate_sample_round_trip(tmp_path, capsys):
     assert "trained iwae for 30 steps" in capsys.readouterr().out
     step_path = json.loads((out / "config.json").read_text())["fit"]["step_path"]
     # the first step is eager; so is the re-check on the recording's first replay
-    assert step_path["path"] == "compiled" and step_path["compiled_steps"] == 28 and step_path["rechecks"] == 2
+    assert step_path["path"] == "compiled" and step_path["compiled_steps"] == 29 and step_path["rechecks"] == 2
     assert main(["evaluate", str(out), "--num-samples", "20"]) == 0
     result = json.loads((out / "eval_test.json").read_text())
     assert result["n"] == 297 and -80 < result["mean"] < 0 and result["stderr"] > 0

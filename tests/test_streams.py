@@ -5,7 +5,16 @@ from __future__ import annotations
 import pyro
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, SubsetRandomSampler, TensorDataset
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    IterableDataset,
+    RandomSampler,
+    SubsetRandomSampler,
+    TensorDataset,
+    WeightedRandomSampler,
+)
 
 import ppdgm
 from ppdgm.data import load_digits
@@ -136,10 +145,79 @@ def test_an_iterable_dataset_resumes_mid_epoch_by_reading_past_the_done_batches(
     _same(whole, _fit(InOrder(rows), steps=12, checkpoint_every=10, checkpoint_dir=tmp_path))
 
 
-def test_a_dataloader_with_its_own_sampler_is_refused_with_the_reason():
-    loader = DataLoader(TensorDataset(_rows()), batch_size=BATCH, sampler=SubsetRandomSampler(range(50)))
-    with pytest.raises(ppdgm.PpdgmError, match="SubsetRandomSampler cannot be read in ppdgm's seeded order"):
-        _fit(loader)
+class Logged(Dataset):
+    """A map-style data set that logs which rows were read."""
+
+    def __init__(self, rows: torch.Tensor) -> None:
+        self.rows, self.read = rows, []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        self.read.append(int(i))
+        return self.rows[i]
+
+
+def _trained_reads(sampler_of, epochs=2):
+    data = Logged(_rows())
+    loader = DataLoader(data, batch_size=BATCH, sampler=sampler_of(data))
+    data.read.clear()
+    run = _fit(loader, steps=None, epochs=epochs, validate_every=0)
+    steps = [r["step"] for r in run.history]
+    return data, run, steps
+
+
+def test_sampling_with_replacement_and_num_samples_is_honoured():
+    """RandomSampler(replacement=True, num_samples=50): 50 rows an epoch (3 batches), drawn with replacement from the
+    seed; a plain shuffle trains to other parameters; the same seed to the same ones."""
+    data, run, steps = _trained_reads(lambda d: RandomSampler(d, replacement=True, num_samples=50), epochs=4)
+    assert steps == [3, 6, 9, 12]
+    training = data.read[-4 * 50 :]  # the fingerprint and inspection read rows before training
+    assert len(training) == 200 and len(set(training)) < 200 - 20  # draws repeat rows (about 34 of 200 would not)
+    again, rerun, _ = _trained_reads(lambda d: RandomSampler(d, replacement=True, num_samples=50), epochs=4)
+    assert again.read[-200:] == training
+    _same(run, rerun)
+    shuffled = _fit(DataLoader(TensorDataset(_rows()), batch_size=BATCH, shuffle=True), steps=12)
+    assert not torch.equal(_params(run)[0], _params(shuffled)[0])
+
+
+def test_weighted_and_subset_samplers_read_only_their_rows():
+    weights = torch.cat([torch.ones(50), torch.zeros(ROWS - 50)])
+    data, _, steps = _trained_reads(lambda d: WeightedRandomSampler(weights, 50, replacement=False), epochs=1)
+    assert steps == [3] and sorted(data.read[-50:]) == list(range(50))  # the rows of weight one, each once
+    data, _, steps = _trained_reads(lambda d: SubsetRandomSampler(range(40, 90)), epochs=2)
+    assert steps == [3, 6]
+    for epoch in (data.read[-100:-50], data.read[-50:]):
+        assert sorted(epoch) == list(range(40, 90))  # every row of the subset once per epoch, in a seeded order
+    assert data.read[-100:-50] != data.read[-50:]
+
+
+def test_a_resumed_fit_draws_the_same_sampled_rows(tmp_path):
+    loader = DataLoader(TensorDataset(_rows()), batch_size=BATCH, sampler=RandomSampler(range(ROWS), True, 50))
+    whole = _fit(loader, steps=8)
+    _fit(loader, steps=4, checkpoint_dir=tmp_path, checkpoint_every=1)
+    _same(whole, _fit(loader, steps=8, checkpoint_dir=tmp_path, checkpoint_every=1))
+
+
+def test_samplers_ppdgm_cannot_honour_are_refused_with_the_reason():
+    rows = TensorDataset(_rows())
+
+    class EveryOther(torch.utils.data.Sampler):
+        def __iter__(self):
+            return iter(range(0, ROWS, 2))
+
+        def __len__(self):
+            return ROWS // 2
+
+    with pytest.raises(ppdgm.PpdgmError, match="EveryOther cannot be read in ppdgm's seeded order"):
+        _fit(DataLoader(rows, batch_size=BATCH, sampler=EveryOther()))
+    sampler = DistributedSampler(rows, num_replicas=2, rank=0)
+    with pytest.raises(ppdgm.PpdgmError, match="DistributedSampler: ppdgm splits each global batch over the ranks"):
+        _fit(DataLoader(rows, batch_size=BATCH, sampler=sampler))
+    weighted = WeightedRandomSampler(torch.ones(ROWS), ROWS)
+    with pytest.raises(ppdgm.PpdgmError, match=r"shuffle=False, but the DataLoader's sampler draws .*\(weighted\)"):
+        _fit(DataLoader(rows, batch_size=BATCH, sampler=weighted), shuffle=False)
 
 
 def test_items_that_are_not_tensors_are_refused_with_a_hint():
