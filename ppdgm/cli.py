@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import sys
 import time
@@ -12,8 +13,8 @@ from typing import Any
 
 import torch
 
+from ppdgm import checkpoints, distributed
 from ppdgm import data as data_mod
-from ppdgm import distributed
 from ppdgm import evaluate as evaluate_mod
 from ppdgm.batch import batch_size
 from ppdgm.errors import PpdgmError, UsageError
@@ -73,6 +74,14 @@ _COMPILE_CHOICES: dict[str, bool | str] = {"auto": "auto", "on": True, "off": Fa
 def cmd_train(args: argparse.Namespace) -> int:
     ctx = distributed.context(resolve_device(args.device))  # joins the job when started by torchrun
     main = ctx is None or ctx.is_main
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a file; give a folder for the run")
+    with checkpoints.writing(out) if main else contextlib.nullcontext(out):  # the run folder's one writer
+        return _train(args, ctx, main, out)
+
+
+def _train(args: argparse.Namespace, ctx: distributed.Context | None, main: bool, out: Path) -> int:
     dataset = data_mod.load(args.data, args.data_dir)
     model_options = _model_options(args)
     torch.manual_seed(args.seed)  # the initial networks are part of the run: --seed fixes them too
@@ -82,9 +91,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         method_options["num_particles"] = args.num_particles
     if args.guide_gradient is not None:
         method_options["guide_gradient"] = args.guide_gradient
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {str(out)!r} is a file; give a folder for the run")
     config = {
         "model": args.model,
         "model_options": model_options,
@@ -103,8 +109,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "transform": args.transform,
     }
     if main and not (out / CONFIG).exists():  # a new run folder; a resumed one keeps what it ran until this run ends
-        out.mkdir(parents=True, exist_ok=True)
-        (out / CONFIG).write_text(json.dumps(config, indent=2))
+        checkpoints.write_text(out / CONFIG, json.dumps(config, indent=2), "run config")
     budget = {"steps": args.steps} if args.steps is not None else {"epochs": args.epochs}
     run = fit(
         model,
@@ -127,7 +132,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if not main:
         return 0
-    (out / CONFIG).write_text(json.dumps({**config, "fit": run.config}, indent=2, default=str))  # what ran
+    checkpoints.write_text(out / CONFIG, json.dumps({**config, "fit": run.config}, indent=2, default=str))  # what ran
     run.save(out / PARAMS)
     run.save_history(out / "history.csv")
     last = run.history[-1]
@@ -188,7 +193,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "n": batch_size(x),
         "seed": args.seed,
     }
-    (run_dir / f"eval_{args.split}.json").write_text(json.dumps(result, indent=2))
+    checkpoints.write_text(run_dir / f"eval_{args.split}.json", json.dumps(result, indent=2), "evaluation")
     return 0
 
 
@@ -207,14 +212,21 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from ppdgm.compare import compare, parse_spec, preset_spec, spec_from_record
+    from ppdgm.compare.record import record_differences
 
     sources = [args.spec is not None, args.preset is not None, args.rerun is not None]
     if sum(sources) != 1:
         raise UsageError("give exactly one of SPEC.toml, --preset NAME or --rerun RECORD")
+    if args.budget is not None and args.preset is None:
+        raise UsageError(
+            "--budget picks a budget of a preset (--preset NAME); a spec file or a record sets its own steps or epochs"
+        )
     if args.rerun is not None:
         spec = spec_from_record(args.rerun, output=args.out)
+        for line in record_differences(args.rerun, spec):
+            print(f"rerun: {line}")
     else:
-        raw = preset_spec(args.preset, args.budget) if args.preset else args.spec
+        raw = preset_spec(args.preset, args.budget or "small") if args.preset else args.spec
         spec = parse_spec(raw, output=args.out)
     if args.data_dir is not None:
         from dataclasses import replace
@@ -333,7 +345,7 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="run a comparison (methods x seeds) from a spec, a preset or a record")
     c.add_argument("spec", nargs="?", default=None, help="a comparison spec (TOML)")
     c.add_argument("--preset", default=None, help="a shipped comparison (`ppdgm presets` lists them)")
-    c.add_argument("--budget", default="small", help="budget of a preset: small, full (digits also: demo)")
+    c.add_argument("--budget", default=None, help="budget of a preset: small (default), full (digits also: demo)")
     c.add_argument("--rerun", default=None, metavar="RECORD", help="repeat the comparison of a record.json")
     c.add_argument("--out", default=None, help="output folder (default: the spec's)")
     c.add_argument("--data-dir", default=None, help="where data sets are read from")

@@ -156,8 +156,8 @@ def _fetch(url: str, target: Path) -> None:
     except (urllib.error.URLError, OSError) as err:
         partial.unlink(missing_ok=True)
         raise DataUnavailableError(
-            f"could not download {url} ({err}). Offline? Put binarized_mnist.npz or the three "
-            f"binarized_mnist_{{train,valid,test}}.amat files into {target.parent} (or pass data_dir=...)"
+            f"could not download {url} ({err}). Offline? Put binarized_mnist.npz or the three binarized_mnist_"
+            f"{{train,valid,test}}.amat files into {target.parent} (or point data_dir= (CLI: --data-dir) at them)"
         ) from err
     os.replace(partial, target)
 

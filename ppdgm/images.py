@@ -209,7 +209,7 @@ def _download(name: str, root: Path, where: str) -> None:
     except ImportError:
         raise DataUnavailableError(
             f"{name} is not in {root} and torchvision (which downloads it) is not installed. Put these files there "
-            f"(torchvision's layout; .gz is fine for MNIST's), or pass data_dir=...:\n  {where}"
+            f"(torchvision's layout; .gz is fine for MNIST's), or point data_dir= (CLI: --data-dir) at them: {where}"
         ) from None
     cls = getattr(tv, cls_name)
     try:
@@ -220,8 +220,8 @@ def _download(name: str, root: Path, where: str) -> None:
                 cls(str(root), train=train, download=True)
     except Exception as err:  # torchvision raises URLError, RuntimeError... when offline
         raise DataUnavailableError(
-            f"could not download {name} with torchvision ({err}). Offline? Put these files into place, or pass "
-            f"data_dir=...:\n  {where}"
+            f"could not download {name} with torchvision ({err}). Offline? Put these files into place, or point "
+            f"data_dir= (CLI: --data-dir) at them: {where}"
         ) from err
 
 
@@ -251,9 +251,12 @@ def load_images(
     root = Path(data_dir) if data_dir is not None else default_data_dir()
     missing = _missing(root, files)
     if missing:
-        where = "\n  ".join(str(root / f) for f in missing)
+        where = f"{', '.join(missing)} in {root}"
         if not download:
-            raise DataUnavailableError(f"{name} is not in {root}; put these files there:\n  {where}")
+            raise DataUnavailableError(
+                f"{name} is not in {root}: put {', '.join(missing)} there, or point data_dir= (CLI: --data-dir) at "
+                "the folder holding them"
+            )
         _download(name, root, where)
     train_x, train_y, test_x, test_y = reader(root)
     images = torch.from_numpy(np.ascontiguousarray(train_x))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect as _inspect
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -252,12 +253,35 @@ def run_program(fn: Callable, arguments: tuple[tuple, dict], program: str, side:
         raise
     except Exception as err:
         extra = f", batch_size={kwargs['batch_size']}" if "batch_size" in kwargs else ""
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""  # Pyro appends a shape table
+        text = str(err).split("Trace Shapes:")[0].strip()  # Pyro appends a shape table
+        first = text.splitlines()[0] if text else ""
+        site = _failing_site(err)
+        if site is not None:
+            at = f" at site {site['name']!r}"
+            fn = site.get("fn")
+            if (site.get("infer") or {}).get("enumerate") and not getattr(fn, "has_enumerate_support", True):
+                raise ConventionError(
+                    f"the {program}'s site {site['name']!r} is marked for enumeration, but its distribution "
+                    f"{type(fn).__name__} has no finite support to enumerate; enumerate discrete sites only (remove "
+                    "the annotation, or config_enumerate's default marks only discrete sites)"
+                ) from None
+        else:
+            at = ""
         raise ProgramError(
-            f"the {program} raised {type(err).__name__} on the {side}, called with the batch {describe(x)}{extra}: "
-            f"{first}"
+            f"the {program} raised {type(err).__name__}{at} on the {side}, called with the batch {describe(x)}{extra}"
+            f": {first or '(no message)'}"
         ) from err
     return handler.msngr.trace
+
+
+def _failing_site(err: BaseException) -> dict | None:
+    """The Pyro sample site whose handling raised ``err`` (a handler's ``msg`` on the traceback), if any."""
+    site = None
+    for frame, _ in traceback.walk_tb(err.__traceback__):
+        msg = frame.f_locals.get("msg")
+        if isinstance(msg, dict) and msg.get("type") == "sample" and isinstance(msg.get("name"), str):
+            site = msg
+    return site
 
 
 def param_names(trace: Trace | None) -> tuple[str, ...]:

@@ -57,6 +57,16 @@ def make_optimizer(
     return cast(Callable[[list[torch.Tensor]], torch.optim.Optimizer], optimizer)(params)
 
 
+def _refused_option(optimizer: OptimizerSpec, lr: float, options: Mapping[str, Any]) -> str | None:
+    """The first option the optimizer refuses on its own (on a stand-in parameter), to name it."""
+    for key, value in options.items():
+        try:
+            make_optimizer([torch.zeros(1, requires_grad=True)], optimizer, lr, {key: value})
+        except (TypeError, ValueError):
+            return key
+    return None
+
+
 def host_step_counters(optimizer: torch.optim.Optimizer) -> None:
     """Keep Adam-style ``step`` counters on the CPU, where torch means them to be unless ``capturable``/``fused``.
 
@@ -131,14 +141,15 @@ class Engine:
                 raise UsageError(
                     "lr must be a positive finite number, got 0 (freeze a player with lr={'model': 0, ...})"
                 )
+            kind, options = _per_player(optimizer, name, "adam"), _per_player_options(optimizer_options, name)
             try:
-                opt = make_optimizer(
-                    params, _per_player(optimizer, name, "adam"), rate, _per_player_options(optimizer_options, name)
-                )
+                opt = make_optimizer(params, kind, rate, options)
             except UsageError:
                 raise
             except (TypeError, ValueError) as err:
-                raise UsageError(f"the optimizer of player {name!r} refuses its options: {err}") from None
+                culprit = _refused_option(kind, rate, options)
+                which = f"option {culprit}={options[culprit]!r}" if culprit is not None else f"options {options}"
+                raise UsageError(f"the optimizer of player {name!r} refuses its {which}: {err}") from None
             self.players[name] = Player(name, param_names, params, opt)
         self._base_lrs = {name: [g["lr"] for g in p.optimizer.param_groups] for name, p in self.players.items()}
         self._lr_factor = 1.0

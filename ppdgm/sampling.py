@@ -13,6 +13,7 @@ import pyro.poutine as poutine
 import torch
 
 from ppdgm.batch import Batch, Key
+from ppdgm.checkpoints import atomic_path
 from ppdgm.errors import UsageError
 from ppdgm.handlers import distribution_of
 
@@ -163,12 +164,19 @@ def save_image_grid(
     """Write a PNG grid of flat images (values in [0, 1]), each pixel ``scale`` x ``scale``; returns the path."""
     from matplotlib.image import imsave
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _png(path)
     grid = image_grid(images, shape, ncols)
     if scale > 1:
         grid = np.kron(grid, np.ones((scale, scale), dtype=grid.dtype))
-    imsave(path, grid, cmap="gray", vmin=0.0, vmax=1.0)
+    with atomic_path(path, "image") as tmp:
+        imsave(tmp, grid, cmap="gray", vmin=0.0, vmax=1.0)
+    return path
+
+
+def _png(path: str | Path) -> Path:
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise UsageError(f"images are written as PNG: give a path ending in .png, got {str(path)!r}")
     return path
 
 
@@ -193,8 +201,8 @@ def plot_samples_2d(panels: list[tuple[str, torch.Tensor]], dataset, path: str |
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    path = _png(path)
+    with atomic_path(path, "figure") as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return path

@@ -42,6 +42,7 @@ from torch.utils.data import (
     SequentialSampler,
     SubsetRandomSampler,
     WeightedRandomSampler,
+    default_collate,
 )
 from torch.utils.data import Dataset as TorchDataset
 
@@ -228,19 +229,76 @@ def get_transform(transform: str | RowTransform | None) -> RowTransform | None:
 def _read_batches(loader: DataLoader) -> Iterator[Data]:
     """A loader's batches as ppdgm rows, with a hint when its items do not collate into tensors."""
     iterator = iter(loader)
-    while True:
+    try:
+        while True:
+            try:
+                raw = next(iterator)
+            except StopIteration:
+                return
+            except TypeError as err:
+                if "collate" not in str(err):
+                    raise
+                raise UsageError(
+                    f"the data set's items do not collate into tensors ({err}); add a transform that turns them into "
+                    "tensors (e.g. torchvision's ToTensor)"
+                ) from err
+            yield collated(raw)
+    finally:  # workers stop now, not when the iterator is collected (maybe in a later loader's forked worker)
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
+def _structure(item: Any) -> Any:
+    """What must agree between items to batch them: tensors' shapes and dtypes, tuples' lengths, dicts' keys."""
+    if torch.is_tensor(item):
+        return ("tensor", tuple(item.shape), str(item.dtype))
+    if isinstance(item, tuple | list):
+        return ("tuple", len(item), tuple(_structure(v) for v in item))
+    if isinstance(item, Mapping):
+        return ("dict", tuple(sorted(map(str, item))), tuple(_structure(item[k]) for k in sorted(item, key=str)))
+    if isinstance(item, int | float | bool):
+        return ("number",)
+    return (type(item).__name__,)
+
+
+def _described(structure: Any) -> str:
+    kind = structure[0]
+    if kind == "tensor":
+        return f"a tensor of shape {list(structure[1])} ({structure[2]})"
+    if kind == "tuple":
+        return f"a {structure[1]}-tuple of ({', '.join(_described(s) for s in structure[2])})"
+    if kind == "dict":
+        return f"a dict with keys {list(structure[1])}"
+    return f"a {kind}"
+
+
+def checked_collate(batch: Sequence[Any]) -> Any:
+    """torch's ``default_collate``, after checking that every item has the first one's structure (torch's uses the
+    first item's dict keys and would drop another item's extra keys without a word)."""
+    first = _structure(batch[0]) if len(batch) else None
+    if any(_structure(item) != first for item in batch[1:]):
+        raise ValueError("the batch's items differ in structure")  # the reader names the item (_diagnose)
+    return default_collate(list(batch))
+
+
+def _diagnose(dataset: Any, indices: Sequence[int]) -> UsageError | None:
+    """The first item of a batch that cannot be read, or that differs in structure from the batch's first item."""
+    first: tuple[int, Any] | None = None
+    for i in indices:
         try:
-            raw = next(iterator)
-        except StopIteration:
-            return
-        except TypeError as err:
-            if "collate" not in str(err):
-                raise
-            raise UsageError(
-                f"the data set's items do not collate into tensors ({err}); add a transform that turns them into "
-                "tensors (e.g. torchvision's ToTensor)"
-            ) from err
-        yield collated(raw)
+            item = dataset[i]
+        except Exception as err:
+            return UsageError(f"reading item {i} of the data set raised {type(err).__name__}: {err}")
+        structure = _structure(item)
+        if first is None:
+            first = (i, structure)
+        elif structure != first[1]:
+            return UsageError(
+                f"item {i} of the data set is {_described(structure)}, but item {first[0]} of the same batch is "
+                f"{_described(first[1])}: items must have one structure to be batched"
+            )
+    return None
 
 
 def collated(raw: Any) -> Data:
@@ -385,13 +443,27 @@ class DatasetSource(Source):
             for block in blocks:  # a data set that gathers whole batches (ppdgm.images.ImageSet): no per-item reads
                 yield collated(self.dataset.read_batch(block))
             return
+        options = dict(self.options)
+        if options.get("collate_fn") in (None, default_collate):  # torch's would drop an odd item's extra dict keys
+            options["collate_fn"] = checked_collate
         loader = DataLoader(
             self.dataset,
             batch_sampler=[b.tolist() for b in blocks],
             generator=torch.Generator().manual_seed(key),  # worker seeds; never the training's random state
-            **self.options,
+            **options,
         )
-        yield from _read_batches(loader)
+        done = 0
+        try:
+            for rows in _read_batches(loader):
+                yield rows
+                done += 1
+        except UsageError:
+            raise
+        except Exception as err:  # a collate error or a worker's: find the item, reading the batch's items here
+            named = _diagnose(self.dataset, blocks[done].tolist()) if done < len(blocks) else None
+            if named is None:
+                raise
+            raise named from err
 
     def batches(
         self, epoch: int, batch_size: int, seed: int, shuffle: bool, start: int = 0, whole: bool = False

@@ -22,6 +22,7 @@ import csv
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,7 +174,7 @@ class Run:
     def save_history(self, path: str | Path) -> None:
         """Write the per-epoch history as CSV (one row per epoch)."""
         keys = list(dict.fromkeys(k for row in self.history for k in row))
-        with open(path, "w", newline="") as f:
+        with checkpoints.atomic_path(path, "history") as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=keys)
             writer.writeheader()
             writer.writerows(self.history)
@@ -377,7 +378,8 @@ def fit(
     )
     programs.step_kwargs = loop.step_arguments(0, 0)
     store = pyro.get_param_store()
-    with store.scope() as scope_state:
+    writer = checkpoints.writing(checkpoint_dir) if checkpoint_dir is not None and distributed.is_main() else None
+    with writer or contextlib.nullcontext(), store.scope() as scope_state:  # one writer per checkpoint folder
         _inspect(programs, method_obj, dataset, first, transform, seed)
         config["obs_site"] = programs.obs_site
         engine = _engine(programs, method_obj, dev, ctx, optimizer, lr, optimizer_options)
@@ -752,6 +754,16 @@ class _Epoch:
                 steps_counted = shards.mean(list(counts.values()), 1)
                 means = [m / c if c else float("nan") for m, c in zip(means, steps_counted)]
                 record["skipped_updates"] = engine.skipped_updates - skipped_before
+                empty = [k for k, c in zip(counts, steps_counted) if not c]
+                if empty:
+                    warnings.warn(
+                        f"epoch {epoch + 1}: every step's {', '.join(empty)} was non-finite and every update was "
+                        f"skipped ({record['skipped_updates']} skipped updates): the epoch's metrics are nan and the "
+                        "parameters did not move. Lower the learning rate or look for the cause (skip_nonfinite=False "
+                        "stops with a diagnosis)",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
             else:
                 means = shards.mean(list(sums.values()), count)
             record.update(zip((f"train_{k}" for k in sums), means))

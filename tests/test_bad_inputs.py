@@ -61,7 +61,7 @@ FIT_OTHER = [
         r"optimizer names unknown player\(s\) \['gide'\]",
     ),
     ("options for an unknown player", {"optimizer_options": {"modle": {"eps": 1e-8}}}, r"optimizer_options names"),
-    ("betas=0.5", {"optimizer_options": {"betas": 0.5}}, r"the optimizer of player 'model' refuses its options"),
+    ("betas=0.5", {"optimizer_options": {"betas": 0.5}}, r"optimizer of player 'model' refuses its option betas=0\.5"),
     ("an unknown optimizer", {"optimizer": "adamm"}, r"unknown optimizer 'adamm'"),
     *[(f"seed={v!r}", {"seed": v}, "seed must be a non-negative integer") for v in (-1, 1.5, "0", True)],
     *[

@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -153,12 +154,17 @@ def test_ctrl_c_in_training_is_one_line_naming_the_checkpoint_and_status_130(tmp
 
 def test_skipping_non_finite_updates_keeps_the_parameters_finite_and_counts_the_skips():
     model, guide = user_pair()
-    run = ppdgm.fit(
-        model, guide, "digits-binary", "vae", epochs=2, optimizer="sgd", lr=1e3, progress=False, skip_nonfinite=True
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = ppdgm.fit(
+            model, guide, "digits-binary", "vae", epochs=2, optimizer="sgd", lr=1e3, progress=False, skip_nonfinite=True
+        )
     assert all(bool(torch.isfinite(p).all()) for player in run.engine.players.values() for p in player.params)
     skipped = [record["skipped_updates"] for record in run.history]
     assert sum(skipped) > 0 and all(0 <= s <= 13 for s in skipped), skipped  # 13 updates an epoch (one phase)
+    # an epoch whose every update was skipped has nan metrics, and says so
+    warned = [str(w.message) for w in caught if "every update was skipped" in str(w.message)]
+    assert [f"epoch {i + 1}" for i, s in enumerate(skipped) if s == 13] == [m.split(":")[0] for m in warned]
 
 
 KILLED_RUN = """

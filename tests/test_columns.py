@@ -136,7 +136,7 @@ def test_a_model_that_cannot_generate_fails_on_the_model_side_by_name():
             z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
             pyro.sample("x", dist.ImproperUniform(constraints.real, (z.shape[-2],), (64,)), obs=x)
 
-    with pytest.raises(ProgramError, match=r"the model raised NotImplementedError on the model side"):
+    with pytest.raises(ProgramError, match=r"the model raised NotImplementedError at site 'x' on the model side"):
         ppdgm.fit(model, None, ppdgm.data.load("digits").train, "gan", steps=1, progress=False)
 
 

@@ -58,6 +58,26 @@ def run_record(spec: Spec) -> dict:
     }
 
 
+def record_differences(path: str | Path, spec: Spec) -> list[str]:
+    """What differs between the machine and versions a record ran on and this one's (for ``--rerun``): a rerun
+    repeats the record bit for bit only where nothing does."""
+    recorded = json.loads(Path(path).read_text())
+    now = run_record(spec)
+    lines = []
+    for name, version in recorded.get("versions", {}).items():
+        if now["versions"].get(name) != version:
+            lines.append(f"{name} {version} when recorded, {now['versions'].get(name)} here")
+    for key in ("name", "detail", "torch_threads"):
+        before, here = recorded.get("device", {}).get(key), now["device"].get(key)
+        if before != here:
+            lines.append(f"device {key} {before!r} when recorded, {here!r} here")
+    if recorded.get("git_commit") != now.get("git_commit"):
+        lines.append(f"git commit {recorded.get('git_commit')} when recorded, {now.get('git_commit')} here")
+    if now.get("git_dirty"):
+        lines.append("this checkout has uncommitted changes")
+    return lines or ["same versions, device and commit as recorded"]
+
+
 def spec_from_record(path: str | Path, output: str | Path | None = None) -> Spec:
     """The spec stored in a ``record.json``, for ``ppdgm compare --rerun``."""
     try:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ppdgm.checkpoints import atomic_path, write_text
 from ppdgm.compare.spec import Spec, run_dir
 
 
@@ -73,9 +74,9 @@ def write_results(spec: Spec, summary: dict, results: Sequence[dict]) -> None:
     out = Path(spec.output)
     table = format_table(summary)
     print(f"\n{table_caption(spec)}\n{table}")
-    (out / "results.md").write_text(table + "\n")
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
-    with open(out / "results.csv", "w", newline="") as f:
+    write_text(out / "results.md", table + "\n", "results table")
+    write_text(out / "results.json", json.dumps(summary, indent=2), "results")
+    with atomic_path(out / "results.csv", "results") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["method"] + [f"{m}_{s}" for m in summary["metrics"] for s in ("mean", "std")])
         for row in summary["rows"]:
@@ -113,7 +114,8 @@ def plot_learning_curves(spec: Spec, results: Sequence[dict], path: Path) -> Non
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{spec.name}: mean over {len(spec.seeds)} seed(s), band min-max")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path, "figure") as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
 
 
@@ -132,7 +134,8 @@ def plot_sample_grids(spec: Spec, path: Path) -> None:
         ax.set_title(label, fontsize=9)
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path, "figure") as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
 
 

@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ppdgm.checkpoints import atomic_path, write_text, writing
 from ppdgm.compare.metrics import evaluate_run
 from ppdgm.compare.record import run_record
 from ppdgm.compare.report import summarise, write_results
-from ppdgm.compare.spec import MethodSpec, Spec, parse_spec, run_dir
+from ppdgm.compare.spec import MethodSpec, Spec, SpecError, parse_spec, run_dir
 from ppdgm.errors import UsageError
 
 if TYPE_CHECKING:
@@ -61,10 +62,59 @@ def run_one(spec_dict: dict, method_index: int, seed: int, tensorboard: bool = F
         result = json.loads(done.read_text())
         if result.get("spec_hash") == spec.digest():
             return result
+    check_run_folder(spec, method, seed, folder)
     folder.mkdir(parents=True, exist_ok=True)
     if spec.nproc_per_run > 1:
         return _launch_distributed(spec, method_index, seed, folder, tensorboard)
     return deterministic_run(spec, method, seed, folder, tensorboard)
+
+
+#: spec fields that do not change how a run trains: a run folder trained under another value is resumed or
+#: re-evaluated, not refused (the budget only grows: see :func:`check_run_folder`)
+_NOT_TRAINING = (
+    "name", "output", "seeds", "methods", "reference", "metrics", "num_samples", "test_size", "iwae_k", "steps",
+    "epochs", "inception_weights",
+)  # fmt: skip
+
+
+def training_identity(spec: Spec, method: MethodSpec, seed: int) -> dict[str, Any]:
+    """Everything that decides how one run trains: the spec's training fields, the method and the seed."""
+    fields = {k: v for k, v in spec.to_dict().items() if k not in _NOT_TRAINING}
+    return json.loads(
+        json.dumps({**fields, "method": method.name, "options": method.options, "seed": seed}, default=str)
+    )
+
+
+def check_run_folder(spec: Spec, method: MethodSpec, seed: int, folder: Path) -> None:
+    """Refuse a run folder holding a run trained otherwise than ``spec`` trains it (another model, rate, data...):
+    resuming its checkpoint would evaluate one spec's parameters under another's name. A longer budget resumes it; a
+    shorter one is refused too."""
+    config_path = folder / "config.json"
+    if not config_path.exists():
+        return
+    try:
+        saved = json.loads(config_path.read_text())
+    except (OSError, ValueError):
+        saved = {}
+    before = saved.get("training")
+    if before is None:  # a run of an older ppdgm: its checkpoint's own checks apply
+        return
+    now = training_identity(spec, method, seed)
+    changes = [
+        f"{k}: {before.get(k)!r} -> {now.get(k)!r}"
+        for k in sorted(set(before) | set(now))
+        if before.get(k) != now.get(k)
+    ]
+    budget = saved.get("budget", {})
+    for key in ("steps", "epochs"):
+        old, new = budget.get(key), getattr(spec, key)
+        if old is not None and (new is None or new < old):
+            changes.append(f"{key}: {old!r} -> {new!r} (a shorter budget)")
+    if changes:
+        raise SpecError(
+            f"{folder} holds a run trained otherwise ({'; '.join(changes)}): resuming it under this spec would mix "
+            f"two comparisons. Give this spec another output folder, or delete {folder} to train it afresh"
+        )
 
 
 def deterministic_run(spec: Spec, method: MethodSpec, seed: int, folder: Path, tensorboard: bool) -> dict:
@@ -79,7 +129,7 @@ def deterministic_run(spec: Spec, method: MethodSpec, seed: int, folder: Path, t
 def _launch_distributed(spec: Spec, method_index: int, seed: int, folder: Path, tensorboard: bool) -> dict:
     """Train one run on ``spec.nproc_per_run`` ranks with torchrun (rank 0 evaluates), then read its result."""
     spec_file = folder / "spec.json"
-    spec_file.write_text(json.dumps(spec.to_dict(), default=str))
+    write_text(spec_file, json.dumps(spec.to_dict(), default=str), "spec")
     threads = max(1, torch.get_num_threads() // spec.nproc_per_run)
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(spec.nproc_per_run),
@@ -112,10 +162,12 @@ def _train_and_evaluate(spec: Spec, method: MethodSpec, seed: int, folder: Path,
         "options": method.options,
         "seed": seed,
         "spec_hash": spec.digest(),
+        "training": training_identity(spec, method, seed),
+        "budget": {"steps": spec.steps, "epochs": spec.epochs},
     }
     main = distributed.is_main()
     if main:
-        (folder / "config.json").write_text(json.dumps(config, indent=2, default=str))
+        write_text(folder / "config.json", json.dumps(config, indent=2, default=str), "run config")
     budget: dict[str, Any] = {"epochs": spec.epochs} if spec.epochs is not None else {"steps": spec.steps}
     callbacks = []
     if tensorboard and main:
@@ -159,7 +211,8 @@ def _train_and_evaluate(spec: Spec, method: MethodSpec, seed: int, folder: Path,
     if dataset.image_shape is not None:
         save_image_grid(sample_rows(run, 64, mean=True), dataset.image_shape, folder / "samples.png")
     elif dataset.dim == 2:
-        np.save(folder / "samples.npy", generate(model, 1000, mean=False).reshape(1000, 2).cpu().numpy())
+        with atomic_path(folder / "samples.npy", "samples") as tmp:
+            np.save(tmp, generate(model, 1000, mean=False).reshape(1000, 2).cpu().numpy())
     result = {
         "label": method.label,
         "seed": seed,
@@ -169,9 +222,7 @@ def _train_and_evaluate(spec: Spec, method: MethodSpec, seed: int, folder: Path,
         "step_path": run.config.get("step_path"),
         "spec_hash": spec.digest(),
     }
-    tmp = done.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(done)
+    write_text(done, json.dumps(result, indent=2), "run result")
     return result
 
 
@@ -190,9 +241,17 @@ def compare(
     spec = spec if isinstance(spec, Spec) else parse_spec(spec)
     if jobs < 1:
         raise UsageError(f"jobs must be at least 1, got {jobs}")
+    with writing(spec.output, "comparison folder"):
+        return _compare(spec, jobs, progress, on_run_done, tensorboard)
+
+
+def _compare(
+    spec: Spec, jobs: int, progress: bool, on_run_done: Callable[[dict], Any] | None, tensorboard: bool
+) -> dict:
     out = Path(spec.output)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "record.json").write_text(json.dumps(run_record(spec), indent=2))
+    for i, seed in ((i, seed) for i in range(len(spec.methods)) for seed in spec.seeds):  # before anything is written
+        check_run_folder(spec, spec.methods[i], seed, run_dir(spec, spec.methods[i], seed))
+    write_text(out / "record.json", json.dumps(run_record(spec), indent=2), "comparison record")
     grid = [(i, seed) for i in range(len(spec.methods)) for seed in spec.seeds]
     spec_dict = spec.to_dict()
     results: list[dict] = []
