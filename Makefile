@@ -32,12 +32,11 @@ bench: $(BIN)/ppdgm
 	$(BIN)/python bench/ddp_scaling.py --batch-size 500 --steps 60
 	$(BIN)/python bench/data_pipeline.py
 
-# on a machine with a CUDA GPU: the GPU tests (CUDA graphs against eager steps, no host syncs) and the GPU rows
+# on a machine with a CUDA GPU, in one short loan: the GPU tests and benchmarks as one script, one table
+# (written to runs/gpu-check/); DATA_DIR: a folder holding binarized_mnist.npz (random binary data without)
+DATA_DIR ?=
 gpu-check: $(BIN)/ppdgm
-	$(BIN)/python -m pytest -q tests/test_compiled.py tests/test_hot_loop.py -k "cuda or gpu"
-	$(BIN)/python bench/step_time.py --device cuda --rounds 3 --batch-size 20 --suite vae
-	$(BIN)/python bench/step_time.py --device cuda --rounds 3 --batch-size 100
-	$(BIN)/python bench/evaluate_is.py --device cuda --images 2000 --rounds 2
+	$(BIN)/python bench/gpu_check.py $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

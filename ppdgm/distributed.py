@@ -113,13 +113,16 @@ def exit_job(code: int) -> None:
     Every rank first waits for the others (rank 0 may still be evaluating and writing the run's files), then leaves
     the process group and exits at once: the interpreter's teardown with torch.distributed loaded aborted now and
     then in native code (SIGABRT, "terminate called without an active exception"), after the work was done, and
-    ``torchrun`` then killed the ranks still writing. Outside a job this is ``sys.exit(code)``.
+    ``torchrun`` then killed the ranks still writing. Outside a job (no ``WORLD_SIZE`` > 1) this is
+    ``sys.exit(code)``; a rank whose process group is already left (a comparison's rank > 0 once trained) exits at
+    once, and rank 0 ends its work alone.
     """
-    if not (torch_dist.is_available() and torch_dist.is_initialized()):
+    if _env_world_size() <= 1:
         sys.exit(code)
-    if code == 0:
-        torch_dist.barrier()
-    torch_dist.destroy_process_group()
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        if code == 0:
+            torch_dist.barrier()
+        torch_dist.destroy_process_group()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

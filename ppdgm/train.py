@@ -42,7 +42,7 @@ from ppdgm.divergence import all_finite, diagnose, params_finite
 from ppdgm.errors import MissingResourceError, UsageError
 from ppdgm.handlers import unconstrained_params
 from ppdgm.inspection import describe
-from ppdgm.method import Engine, Method, get_method, positive_int
+from ppdgm.method import Engine, Method, get_method, implementation, positive_int
 from ppdgm.precision import autocast, check_precision
 from ppdgm.programs import Auxiliary, ConventionError, ProgramPair
 from ppdgm.streams import (
@@ -630,6 +630,8 @@ class TrainingLoop:
             dynamic_ncols=True,
             file=sys.stderr,
         )
+        # which of torch's optimizer implementations steps each player (a checkpoint's own, when resumed)
+        run.config["optimizers"] = {name: implementation(p.optimizer) for name, p in run.engine.players.items()}
         epoch = _Epoch(self, run, bar)
         epoch.step.start_step = step
         epoch.step.validate_all = self.validate

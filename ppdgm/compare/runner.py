@@ -220,6 +220,7 @@ def _train_and_evaluate(spec: Spec, method: MethodSpec, seed: int, folder: Path,
         "stderr": stderr,
         "history": run.history,
         "step_path": run.config.get("step_path"),
+        "optimizers": run.config.get("optimizers"),
         "spec_hash": spec.digest(),
     }
     write_text(done, json.dumps(result, indent=2), "run result")
