@@ -27,7 +27,7 @@ import os
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -263,13 +263,44 @@ def available_datasets() -> list[str]:
     return sorted(_LOADERS)
 
 
-def load(name: str, data_dir: str | Path | None = None, **options) -> Dataset:
-    """Load a data set by name (see :func:`available_datasets`)."""
+def load(name: str, data_dir: str | Path | None = None, fraction: float | None = None, **options) -> Dataset:
+    """Load a data set by name (see :func:`available_datasets`); ``fraction``: train on that share of the training
+    rows only (:func:`training_fraction`)."""
     try:
         loader = _LOADERS[name]
     except KeyError:
         raise UsageError(f"unknown data set {name!r}; known: {', '.join(available_datasets())}") from None
-    return loader(data_dir=data_dir, **options)
+    dataset = loader(data_dir=data_dir, **options)
+    return dataset if fraction is None else training_fraction(dataset, fraction)
+
+
+def training_fraction(data: Dataset, fraction: float, seed: int = 0) -> Dataset:
+    """``data`` with ``fraction`` of its training rows: a seeded subset, balanced over classes when the data set has
+    labels (each class keeps the same share), the same whatever the method or the training seed; the validation and
+    test splits are unchanged. The paper's 1% and 10% rows (Hu et al. 2018, Sec. 5)."""
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
+        raise UsageError(f"fraction must be a share of the training rows in (0, 1], got {fraction!r}")
+    if fraction == 1:
+        return data
+    train = data.train
+    if not (torch.is_tensor(train) or isinstance(train, Batch) or hasattr(train, "subset")):
+        raise UsageError(f"fraction needs the training rows in memory; {data.name!r} streams them")
+    rows = len(train)
+    labels = (data.labels or {}).get("train")
+    if labels is not None:
+        from ppdgm.images import labelled_mask
+
+        keep = labelled_mask(labels, float(fraction), seed).nonzero().squeeze(1)
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        keep = torch.randperm(rows, generator=generator)[: max(1, round(fraction * rows))].sort().values
+    subset = train.subset(keep) if hasattr(train, "subset") else train[keep.to(first_column(train)[1].device)]
+    new_labels = (
+        None if data.labels is None else {**data.labels, **({"train": labels[keep]} if labels is not None else {})}
+    )
+    return replace(
+        data, name=f"{data.name} ({fraction * 100:g}% of the training rows)", train=subset, labels=new_labels
+    )
 
 
 def as_dataset(data: Any, data_dir: str | Path | None = None) -> Dataset:

@@ -13,6 +13,7 @@ from ppdgm.models import (
     DBN,
     RBM,
     BernoulliMLPModel,
+    ConditionalVAE,
     ConvGenerator,
     ConvVAE,
     CycleTranslators,
@@ -79,6 +80,11 @@ def _conv_vae(
 ) -> tuple[Callable, Callable]:
     vae = ConvVAE(tuple(image_shape) if image_shape else image_shape_of(x_dim), z_dim, channels, likelihood, classes)
     return vae.model, vae.guide
+
+
+def _conditional_vae(x_dim: int, classes: int, z_dim: int, hidden: Sequence[int]) -> tuple[Callable, Callable]:
+    cvae = ConditionalVAE(x_dim, classes, z_dim, hidden)
+    return cvae.model, cvae.guide
 
 
 def _semi_supervised(
@@ -172,6 +178,12 @@ MODELS: dict[str, Preset] = {
         "classes > 0: class-conditional (data columns x,y)",
         _conv_vae,
         {"z_dim": 32, "channels": (32, 64), "likelihood": "bernoulli", "classes": 0, "image_shape": None},
+    ),
+    "cvae-mlp": Preset(
+        "class-conditional VAE (Sohn et al. 2015) for binary images: x | z, y and z | x, y through tanh MLPs, the "
+        "one-hot label an input column (data columns x,y); aavae is the adversary-activated CVAE",
+        _conditional_vae,
+        {"classes": 10, "z_dim": 50, "hidden": (200, 200)},
     ),
     "semi-supervised-vae": Preset(
         "Kingma et al. (2014) M2 for binary images: labels partially observed (data columns x,y,labelled), the "

@@ -254,7 +254,7 @@ def test_typos_inside_spec_sections_are_named_with_a_suggestion(tmp_path):
     assert "budget.batchsize: unknown field; did you mean 'batch_size'?" in message
     assert "evaluation.num_sample: unknown field; did you mean 'num_samples'?" in message
     assert "methods[0].optoins: unknown field; did you mean 'options'?" in message
-    assert "data.path: unknown field (known: name, dir, columns, labelled, transform)" in message
+    assert "data.path: unknown field (known: name, dir, columns, labelled, transform, fraction)" in message
 
 
 def test_a_shipped_preset_is_printed_copied_edited_and_read_back(tmp_path, capsys):
@@ -297,3 +297,40 @@ def test_a_full_budget_prints_its_measured_training_time_before_running(monkeypa
     assert ran == ["digits-full"]
     assert out.index("training time on this machine") < out.index("results, figures and record in")
     assert "| iwae k=5 |" in out and "| compiled |" in out and "h of training" in out
+
+
+PAPER = "paper: Hu et al., On Unifying Deep Generative Models, ICLR 2018 version, Sec. 5"
+
+
+@pytest.mark.parametrize(
+    ("preset", "budget", "column"),
+    [
+        ("paper-aavae", "full", {"vae": "-92.53", "aa-vae": "-92.42"}),
+        ("paper-aavae", "full-10", {"vae": "-104.49", "aa-vae": "-103.05"}),
+        ("paper-aavae", "full-1", {"vae": "-122.89", "aa-vae": "-122.15"}),
+        ("paper-aacvae", "full", {"cvae": "-93.16", "aa-cvae": "-92.75"}),
+        ("paper-aacvae", "full-10", {"cvae": "-102.63", "aa-cvae": "-101.63"}),
+        ("paper-aacvae", "full-1", {"cvae": "-125.44", "aa-cvae": "-122.88"}),
+        ("paper-aasvae", "full-10", {"svae": "0.9768", "aa-svae": "0.9797"}),
+        ("paper-iwgan", "full", {"gan": "8.34", "iwgan k=5": "8.45"}),
+        ("paper-iwgan", "svhn", {"gan": "5.18", "iwgan k=5": "5.34"}),
+        ("paper-iwcgan", "full", {"cgan": "0.985", "iw-cgan k=5": "0.987"}),
+        ("paper-iwcgan", "svhn", {"cgan": "0.797", "iw-cgan k=5": "0.798"}),
+        ("paper-aasvae", "full", {"svae": "0.9412", "aa-svae": "0.9425"}),
+    ],
+)
+def test_the_paper_presets_print_the_papers_numbers_beside_ours(preset, budget, column):
+    """The paper's table (ICLR 2018 version, Sec. 5) is the reference column of each paper preset's paper budget."""
+    from ppdgm.compare import preset_spec
+    from ppdgm.compare.report import format_table
+
+    spec = parse_spec(preset_spec(preset, budget), output="unused")
+    assert spec.reference["source"].startswith(PAPER)
+    entry = {"mean": -1.0, "std": 0.1, "values": [-1.1, -0.9]}
+    summary = {"metrics": list(spec.metrics), "rows": [{"method": m.label, **dict.fromkeys(spec.metrics, entry)}
+                                                       for m in spec.methods], "reference": spec.reference}  # fmt: skip
+    lines = format_table(summary).splitlines()
+    assert lines[0].endswith(f"| {spec.reference['metric']}: {spec.reference['source']} |")
+    for label, value in column.items():
+        assert any(line.startswith(f"| {label} |") and line.endswith(f"| {value} |") for line in lines), (label, lines)
+    assert parse_spec(preset_spec(preset, "small"), output="unused").reference == {}  # other data: no reference

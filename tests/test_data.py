@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import ppdgm
 from ppdgm import data
 
 
@@ -79,3 +80,42 @@ def test_tensor_data_and_bad_data_types():
         data.as_dataset(torch.tensor(1.0))
     with pytest.raises(TypeError, match="data must be a data set name"):
         data.as_dataset([1, 2, 3])
+
+
+@pytest.mark.parametrize("columns", ["x", "x,y"])
+def test_a_training_fraction_is_a_seeded_class_balanced_subset_of_the_training_rows(columns):
+    """The paper's 1% / 10% rows: every load gives the same rows (whatever the method or seed), each class keeps the
+    same number of rows, the rows are training rows, and validation and test are the whole splits."""
+    full = ppdgm.data.load("digits", columns=columns)
+    part = ppdgm.data.load("digits", columns=columns, fraction=0.1)
+    again = ppdgm.data.load("digits", columns=columns, fraction=0.1)
+
+    def first(rows):
+        return rows if columns == "x" else rows.get(0)
+
+    x_full, x_part = first(full.train), first(part.train)
+    assert len(x_part) == 130 and torch.equal(x_part, first(again.train))
+    assert torch.equal(torch.bincount(part.labels["train"]), torch.full((10,), 13))
+    rows = {tuple(r.tolist()): i for i, r in enumerate(x_full)}
+    index = torch.tensor([rows[tuple(r.tolist())] for r in x_part])
+    assert torch.equal(full.labels["train"][index], part.labels["train"])  # the labels travel with their rows
+    assert torch.equal(first(part.test), first(full.test))
+    assert part.name == f"{full.name} (10% of the training rows)"
+
+
+def test_a_comparison_spec_takes_a_training_fraction_and_refuses_a_bad_one(tmp_path):
+    from ppdgm.compare import SpecError, parse_spec
+
+    raw = {
+        "name": "f",
+        "data": {"name": "digits", "fraction": 0.01},
+        "model": {"preset": "vae-mlp"},
+        "budget": {"steps": 2},
+        "methods": [{"name": "vae"}],
+    }
+    assert parse_spec(raw, output=tmp_path).data_options == {"fraction": 0.01}
+    for bad in (0, 1.5, "ten", True):
+        with pytest.raises(SpecError, match=r"data.fraction: a fraction of the training rows in \(0, 1\]"):
+            parse_spec({**raw, "data": {"name": "digits", "fraction": bad}}, output=tmp_path)
+    with pytest.raises(ppdgm.PpdgmError, match="fraction must be a share of the training rows"):
+        ppdgm.data.load("digits", fraction=2.0)

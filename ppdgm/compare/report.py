@@ -49,7 +49,7 @@ def format_table(summary: dict) -> str:
         cells = [_cell(row[m]) for m in metrics]
         if reference:
             value = reference.get("values", {}).get(row["method"])
-            cells.append("—" if value is None else f"{value:.2f}")
+            cells.append("—" if value is None else f"{value:.2f}" if abs(value) >= 10 else f"{value:.4g}")
         lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -147,7 +147,7 @@ def _data(checks: _Checks, raw: Any) -> dict[str, Any]:
     from ppdgm.images import COLUMNS
     from ppdgm.streams import TRANSFORMS
 
-    data = checks.table("data", raw, ("name", "dir", "columns", "labelled", "transform"))
+    data = checks.table("data", raw, ("name", "dir", "columns", "labelled", "transform", "fraction"))
     name = data.get("name")
     if name not in available_datasets():
         checks.add(f"data.name: unknown data set {name!r}; known: {', '.join(available_datasets())}")
@@ -172,6 +172,12 @@ def _data(checks: _Checks, raw: Any) -> dict[str, Any]:
             checks.add(f"data.labelled: a fraction in (0, 1] or a count per class, got {labelled!r}")
         else:
             options["labelled"] = labelled
+    fraction = data.get("fraction")
+    if fraction is not None:
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
+            checks.add(f"data.fraction: a fraction of the training rows in (0, 1], got {fraction!r}")
+        elif fraction != 1:
+            options["fraction"] = float(fraction)
     transform = data.get("transform")
     if transform is not None and transform not in TRANSFORMS:
         checks.add(f"data.transform: unknown {transform!r}; known: {', '.join(TRANSFORMS)}")
