@@ -14,7 +14,7 @@ Each function returns an :class:`Estimate` with per-datapoint values, their mean
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import pyro
@@ -346,6 +346,63 @@ def train_classifier(
         loss.backward()
         opt.step()
     return net.eval()
+
+
+def train_judge(
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    image_shape: Sequence[int],
+    epochs: int = 4,
+    batch_size: int = 128,
+    seed: int = 0,
+    channels: tuple[int, int] = (32, 64),
+) -> torch.nn.Sequential:
+    """A small convolutional classifier of images, ``flat rows -> class logits``, to judge samples by (inception
+    score, FID features, the accuracy of class-conditional samples): two 3x3 convolutions with ReLU, each followed
+    by 2x2 max-pooling, then a 128-unit hidden layer (the FID features) and the class logits. Adam (lr 1e-3),
+    minibatches of ``batch_size`` in a seeded order. On MNIST, 4 epochs reach about 99% on the test digits
+    (``ppdgm.compare`` prints the accuracy of the judge it uses beside every table)."""
+    shape = tuple(int(s) for s in image_shape)
+    shape = (1, *shape) if len(shape) == 2 else shape  # grey images: one channel
+    gen = torch.Generator().manual_seed(seed)
+    torch_state = torch.get_rng_state()
+    torch.manual_seed(seed)  # the layers' initial weights; the caller's stream is given back below
+    side = [shape[1] // 4, shape[2] // 4]
+    net = torch.nn.Sequential(
+        torch.nn.Unflatten(1, shape),
+        torch.nn.Conv2d(shape[0], channels[0], 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(channels[0], channels[1], 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(channels[1] * side[0] * side[1], 128),
+        torch.nn.ReLU(),
+        torch.nn.Linear(128, int(labels.max()) + 1),
+    )
+    torch.set_rng_state(torch_state)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    rows = x.reshape(x.shape[0], -1).float()
+    targets = labels.long()
+    net.train()
+    for _ in range(epochs):
+        for index in torch.randperm(len(rows), generator=gen).split(batch_size):
+            loss = torch.nn.functional.cross_entropy(net(rows[index]), targets[index])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return net.eval()
+
+
+@torch.no_grad()
+def accuracy(classifier: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, chunk: int = 2000) -> float:
+    """The share of rows ``x`` that ``classifier`` assigns to their class."""
+    rows = x.reshape(x.shape[0], -1).float()
+    right = sum(
+        int((classifier(part).argmax(-1) == y).sum()) for part, y in zip(rows.split(chunk), labels.split(chunk))
+    )
+    return right / len(rows)
 
 
 @torch.no_grad()

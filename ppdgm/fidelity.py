@@ -59,17 +59,28 @@ class InceptionImages(nn.Module):
         return self.network((images.clamp(0, 1) * 255).round().to(torch.uint8))
 
 
-def inception_network(weights: str | Path, image_shape: Sequence[int], feature: str = "2048") -> nn.Module:
-    """torch-fidelity's Inception-v3 with the weights at ``weights`` (no download), taking ppdgm rows.
+def check_inception(weights: str | Path) -> Path:
+    """The Inception weights' path, or :class:`MissingResourceError` naming what is missing (the file, or
+    torch-fidelity): a comparison asks before any run trains."""
+    import importlib.util
 
-    ``feature``: ``"2048"`` (pool features, for FID) or ``"logits_unbiased"`` (for the inception score).
-    """
     path = Path(weights)
     if not path.is_file():
         raise MissingResourceError(
             f"Inception weights {path} not found; download pt_inception-2015-12-05-6726825d.pth from the "
             "torch-fidelity releases once and pass its path"
         )
+    if importlib.util.find_spec("torch_fidelity") is None:
+        raise MissingResourceError("the standard Inception network needs torch-fidelity: pip install 'ppdgm[fid]'")
+    return path
+
+
+def inception_network(weights: str | Path, image_shape: Sequence[int], feature: str = "2048") -> nn.Module:
+    """torch-fidelity's Inception-v3 with the weights at ``weights`` (no download), taking ppdgm rows.
+
+    ``feature``: ``"2048"`` (pool features, for FID) or ``"logits_unbiased"`` (for the inception score).
+    """
+    path = check_inception(weights)
     try:
         from torchmetrics.image.fid import NoTrainInceptionV3
     except ImportError as err:  # pragma: no cover - torchmetrics is a dependency

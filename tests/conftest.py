@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pyro
@@ -5,6 +6,12 @@ import pytest
 import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_data_folder(tmp_path_factory):
+    """ppdgm's default data folder (downloads, cached judges) is the session's own: tests leave the user's alone."""
+    os.environ["PPDGM_DATA"] = str(tmp_path_factory.mktemp("ppdgm-data"))
 
 
 @pytest.fixture(autouse=True)

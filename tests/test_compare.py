@@ -334,3 +334,62 @@ def test_the_paper_presets_print_the_papers_numbers_beside_ours(preset, budget, 
     for label, value in column.items():
         assert any(line.startswith(f"| {label} |") and line.endswith(f"| {value} |") for line in lines), (label, lines)
     assert parse_spec(preset_spec(preset, "small"), output="unused").reference == {}  # other data: no reference
+
+
+def test_the_judge_is_a_convnet_trained_once_per_data_folder_and_its_worth_is_printed(tmp_path, monkeypatch):
+    """The classifier that scores samples is trained once and cached in the data folder (keyed by the training rows);
+    a later comparison loads it; every table it judges says its test accuracy and the real rows' inception score on
+    the same scale."""
+    from ppdgm import evaluate
+    from ppdgm.compare import metrics
+
+    monkeypatch.setenv("PPDGM_DATA", str(tmp_path / "data"))
+    metrics._data_classifier.cache_clear()
+    raw = tiny_spec(tmp_path / "one", ("inception_score", "class_coverage"))
+    raw["methods"], raw["seeds"], raw["budget"]["steps"] = raw["methods"][:1], [0], 2
+    compare(raw, progress=False)
+    cached = list((tmp_path / "data" / "ppdgm-judges").glob("digits-binary-convnet-*.pt"))
+    assert len(cached) == 1
+    table = (tmp_path / "one" / "results.md").read_text()
+    line = table.strip().splitlines()[-1]
+    assert line.startswith("samples judged by a convnet (40 epochs) classifier of digits-binary: ")
+    accuracy = float(line.split(": ")[1].split("%")[0]) / 100
+    assert accuracy > 0.9  # the embedded digits' judge; MNIST's is checked in the slow test
+    assert "real test rows score inception score" in line and "(297 rows in 10 splits; the samples: 2000 in" in line
+
+    real = evaluate.train_judge
+
+    def architecture_only(x, labels, shape, epochs=4, **options):
+        assert epochs == 0, "the cached judge was trained again"
+        return real(x, labels, shape, epochs=0, **options)
+
+    metrics._data_classifier.cache_clear()
+    monkeypatch.setattr(evaluate, "train_judge", architecture_only)
+    compare({**raw, "output": str(tmp_path / "two")}, progress=False)
+    assert (tmp_path / "two" / "results.md").read_text().strip().splitlines()[-1] == line
+    metrics._data_classifier.cache_clear()
+
+
+def test_missing_inception_weights_are_refused_before_any_run_trains(tmp_path):
+    from ppdgm.errors import MissingResourceError
+
+    raw = tiny_spec(tmp_path / "cmp", ("inception_score",))
+    raw["evaluation"]["inception_weights"] = str(tmp_path / "missing.pth")
+    with pytest.raises(MissingResourceError, match=r"Inception weights .*missing\.pth not found"):
+        compare(raw, progress=False)
+    assert not (tmp_path / "cmp" / "runs").exists()
+
+
+@pytest.mark.slow
+def test_the_mnist_judge_classifies_99_percent_of_the_test_digits(tmp_path):
+    from ppdgm import evaluate
+    from ppdgm.compare import metrics
+    from ppdgm.data import load
+    from tests.conftest import SHARED_DATA
+
+    if not (SHARED_DATA / "MNIST" / "raw").is_dir():
+        pytest.skip(f"labelled MNIST not found at {SHARED_DATA / 'MNIST' / 'raw'}")
+    mnist = load("mnist", SHARED_DATA)
+    net, info = metrics.judge(mnist, "mnist", str(tmp_path))  # a fresh judge, cached in tmp_path
+    assert info["test_accuracy"] >= 0.99, info
+    assert evaluate.accuracy(net, mnist.tensor("test"), mnist.labels["test"]) == info["test_accuracy"]

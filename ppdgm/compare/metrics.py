@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -85,15 +87,67 @@ def evaluate_run(
     return {metric: out[metric] for metric in spec.metrics if metric in out}, stderr
 
 
+#: bump when the judge's architecture or training changes: cached judges of another version are retrained
+JUDGE_VERSION = 1
+JUDGE_EPOCHS = {"mnist": 6, "fashion-mnist": 6, "digits": 40, "digits-binary": 40}
+
+
 @functools.cache
-def _data_classifier(data: str, data_dir: str | None) -> tuple[Any, torch.nn.Sequential]:
-    """The data set and the classifier of its training rows (trained once per process: runs of a comparison
+def _data_classifier(data: str, data_dir: str | None) -> tuple[Any, torch.nn.Sequential, dict[str, Any]]:
+    """The data set, the judge of its samples and what the judge is worth (once per process: runs of a comparison
     share it)."""
-    from ppdgm import evaluate
     from ppdgm.data import load
 
     labelled = load(data, data_dir)
-    return labelled, evaluate.train_classifier(labelled.tensor("train"), labelled.labels["train"])
+    return (labelled, *judge(labelled, data, data_dir))
+
+
+def judge(labelled: Any, data: str, data_dir: str | None) -> tuple[torch.nn.Sequential, dict[str, Any]]:
+    """The convolutional judge of an image data set (:func:`ppdgm.evaluate.train_judge`) and what it is worth: its
+    accuracy on the test split, and the inception score of real test rows on the same scale (the same rows and
+    splits as the samples'). Trained once per data directory and cached there (``ppdgm-judges/``, keyed by a hash
+    of the training rows); the cache is skipped, with the judge trained in memory, where the folder is read-only."""
+    from ppdgm import checkpoints, evaluate, fidelity
+    from ppdgm.data import default_data_dir
+
+    train, labels = labelled.tensor("train"), labelled.labels["train"]
+    shape = labelled.image_shape or (int(train.shape[1] ** 0.5),) * 2
+    epochs = JUDGE_EPOCHS.get(data, 6)
+    key = checkpoints.digest([train, labels, JUDGE_VERSION, epochs])[:16]
+    path = Path(data_dir or default_data_dir()) / "ppdgm-judges" / f"{data}-convnet-{key}.pt"
+    net = evaluate.train_judge(train[:1], labels, shape, epochs=0)  # the architecture
+    if path.exists():
+        saved = checkpoints.load(path, "judge", "delete it to train the judge again")
+        net.load_state_dict(saved["state"])
+        return net.eval(), saved["info"]
+    net = evaluate.train_judge(train, labels, shape, epochs=epochs)
+    test = labelled.tensor("test")[:CLASSIFIER_SAMPLES]
+    real_is, real_spread = fidelity.inception_score(test, fidelity.ClassifierLogits(net))
+    info = {
+        "kind": f"convnet ({epochs} epochs)",
+        "test_accuracy": evaluate.accuracy(net, labelled.tensor("test"), labelled.labels["test"]),
+        "real_inception_score": real_is,
+        "real_inception_spread": real_spread,
+        "rows": len(test),
+    }
+    with contextlib.suppress(checkpoints.OutputError):  # a read-only data folder: the judge stays in memory
+        checkpoints.save({"state": net.state_dict(), "info": info}, path, "judge")
+    return net, info
+
+
+def judge_line(spec: Spec) -> str | None:
+    """What judged the samples of ``spec``'s table, in one line (``None`` when nothing did)."""
+    if not set(spec.metrics) & set(CLASSIFIER_METRICS):
+        return None
+    if spec.inception_weights:
+        return f"samples judged by Inception-v3 ({spec.inception_weights})"
+    info = _data_classifier(spec.data, spec.data_dir)[2]
+    return (
+        f"samples judged by a {info['kind']} classifier of {spec.data}: {info['test_accuracy']:.2%} of the test "
+        f"rows right; real test rows score inception score {info['real_inception_score']:.2f} ± "
+        f"{info['real_inception_spread']:.2f} on it ({info['rows']} rows in 10 splits; the samples: "
+        f"{CLASSIFIER_SAMPLES} in 10 splits); inception scores are ± the spread over their 10 splits"
+    )
 
 
 def _classifier_metrics(spec: Spec, model: Callable, test: Data) -> dict[str, float]:
@@ -103,7 +157,7 @@ def _classifier_metrics(spec: Spec, model: Callable, test: Data) -> dict[str, fl
     from ppdgm import evaluate, fidelity
     from ppdgm.sampling import sample_rows
 
-    labelled, classifier = _data_classifier(spec.data, spec.data_dir)
+    labelled, classifier, _ = _data_classifier(spec.data, spec.data_dir)
     train = labelled.tensor("train")
     out: dict[str, float] = {}
     conditional = not torch.is_tensor(test)  # the test rows carry the spec's columns: labels are inputs

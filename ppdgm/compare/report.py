@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ppdgm.checkpoints import atomic_path, write_text
+from ppdgm.compare.metrics import judge_line
 from ppdgm.compare.spec import Spec, run_dir
 
 
@@ -73,6 +74,10 @@ def table_caption(spec: Spec) -> str:
 def write_results(spec: Spec, summary: dict, results: Sequence[dict]) -> None:
     out = Path(spec.output)
     table = format_table(summary)
+    judged = judge_line(spec)
+    if judged is not None:
+        summary["judge"] = judged
+        table = f"{table}\n\n{judged}"
     print(f"\n{table_caption(spec)}\n{table}")
     write_text(out / "results.md", table + "\n", "results table")
     write_text(out / "results.json", json.dumps(summary, indent=2), "results")

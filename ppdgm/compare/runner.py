@@ -250,6 +250,10 @@ def _compare(
     spec: Spec, jobs: int, progress: bool, on_run_done: Callable[[dict], Any] | None, tensorboard: bool
 ) -> dict:
     out = Path(spec.output)
+    if spec.inception_weights and set(spec.metrics) & {"inception_score", "fid"}:
+        from ppdgm.fidelity import check_inception
+
+        check_inception(spec.inception_weights)  # missing weights are said before any run trains, not after the first
     for i, seed in ((i, seed) for i in range(len(spec.methods)) for seed in spec.seeds):  # before anything is written
         check_run_folder(spec, spec.methods[i], seed, run_dir(spec, spec.methods[i], seed))
     write_text(out / "record.json", json.dumps(run_record(spec), indent=2), "comparison record")
