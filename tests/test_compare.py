@@ -393,3 +393,16 @@ def test_the_mnist_judge_classifies_99_percent_of_the_test_digits(tmp_path):
     net, info = metrics.judge(mnist, "mnist", str(tmp_path))  # a fresh judge, cached in tmp_path
     assert info["test_accuracy"] >= 0.99, info
     assert evaluate.accuracy(net, mnist.tensor("test"), mnist.labels["test"]) == info["test_accuracy"]
+
+
+def test_a_result_judged_by_another_judge_is_evaluated_again(tmp_path):
+    """Samples scored by an earlier judge are not mixed into a table scored by the current one."""
+    from ppdgm.compare.metrics import JUDGE_VERSION
+    from ppdgm.compare.runner import reusable
+
+    judged = parse_spec(tiny_spec(tmp_path, ("inception_score",)), output=tmp_path)
+    plain = parse_spec(tiny_spec(tmp_path, DETERMINISTIC), output=tmp_path)
+    assert reusable({"spec_hash": judged.digest(), "judge": JUDGE_VERSION}, judged)
+    assert not reusable({"spec_hash": judged.digest()}, judged)  # a result from before the convnet judge
+    assert reusable({"spec_hash": plain.digest()}, plain)
+    assert not reusable({"spec_hash": "another", "judge": JUDGE_VERSION}, judged)

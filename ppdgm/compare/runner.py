@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ppdgm.checkpoints import atomic_path, write_text, writing
-from ppdgm.compare.metrics import evaluate_run
+from ppdgm.compare.metrics import CLASSIFIER_METRICS, JUDGE_VERSION, evaluate_run
 from ppdgm.compare.record import run_record
 from ppdgm.compare.report import summarise, write_results
 from ppdgm.compare.spec import MethodSpec, Spec, SpecError, parse_spec, run_dir
@@ -60,7 +60,7 @@ def run_one(spec_dict: dict, method_index: int, seed: int, tensorboard: bool = F
     done = folder / RESULT
     if done.exists():
         result = json.loads(done.read_text())
-        if result.get("spec_hash") == spec.digest():
+        if reusable(result, spec):
             return result
     check_run_folder(spec, method, seed, folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -83,6 +83,13 @@ def training_identity(spec: Spec, method: MethodSpec, seed: int) -> dict[str, An
     return json.loads(
         json.dumps({**fields, "method": method.name, "options": method.options, "seed": seed}, default=str)
     )
+
+
+def reusable(result: Mapping[str, Any], spec: Spec) -> bool:
+    """Whether a run's stored result is this spec's: the same spec, and, where samples are judged, the same judge (a
+    result judged by another is evaluated again, from the run's finished checkpoint)."""
+    judged = bool(set(spec.metrics) & set(CLASSIFIER_METRICS)) and not spec.inception_weights
+    return result.get("spec_hash") == spec.digest() and (not judged or result.get("judge") == JUDGE_VERSION)
 
 
 def check_run_folder(spec: Spec, method: MethodSpec, seed: int, folder: Path) -> None:
@@ -221,6 +228,7 @@ def _train_and_evaluate(spec: Spec, method: MethodSpec, seed: int, folder: Path,
         "history": run.history,
         "step_path": run.config.get("step_path"),
         "optimizers": run.config.get("optimizers"),
+        "judge": JUDGE_VERSION,
         "spec_hash": spec.digest(),
     }
     write_text(done, json.dumps(result, indent=2), "run result")
