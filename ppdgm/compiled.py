@@ -668,6 +668,8 @@ class CompiledStep:
             ``True`` (raise :class:`CompileError` when a step cannot be compiled) or ``False`` (eager).
         eager_steps: steps run eagerly before the first recording (lazily created state: optimizer
             moments, baselines, a generator's first metrics).
+        start_step: steps the run had taken before this fit (a resumed fit).
+        validate_all: every step eager, with Pyro's argument checks.
         recheck_every: steps between re-checks of the recordings against the eager step (see :meth:`due`).
     """
 
@@ -679,16 +681,18 @@ class CompiledStep:
         eager_steps: int = 1,
         cuda_graphs: bool = True,
         recheck_every: int = RECHECK_EVERY,
+        start_step: int = 0,
+        validate_all: bool = False,
     ) -> None:
         check_compile_mode(compile)
         self.method, self.engine, self.mode = method, engine, compile
         self.eager_steps = eager_steps
         #: steps the fit had taken before this one started (a resumed fit): the first ``eager_steps`` of the *run*
         #: are eager, so that a resumed fit takes each step on the path an uninterrupted one takes
-        self.start_step = 0
+        self.start_step = start_step
         #: every step eager, with Pyro's argument checks (``fit(validate=True)``); otherwise a step under checks is
         #: checked by the eager half of its recording's first-use check
-        self.validate_all = False
+        self.validate_all = validate_all
         self.recheck_every = recheck_every
         #: replays of each recording since it was made (re-checked on its first replay, see :meth:`due`)
         self.uses: dict[Hashable, int] = {}

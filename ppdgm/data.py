@@ -274,11 +274,16 @@ def load(name: str, data_dir: str | Path | None = None, fraction: float | None =
     return dataset if fraction is None else training_fraction(dataset, fraction)
 
 
+def is_fraction(value: Any) -> bool:
+    """Whether ``value`` is a share in (0, 1] (a number, not a bool)."""
+    return not isinstance(value, bool) and isinstance(value, int | float) and 0 < value <= 1
+
+
 def training_fraction(data: Dataset, fraction: float, seed: int = 0) -> Dataset:
     """``data`` with ``fraction`` of its training rows: a seeded subset, balanced over classes when the data set has
     labels (each class keeps the same share), the same whatever the method or the training seed; the validation and
     test splits are unchanged. The paper's 1% and 10% rows (Hu et al. 2018, Sec. 5)."""
-    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
+    if not is_fraction(fraction):
         raise UsageError(f"fraction must be a share of the training rows in (0, 1], got {fraction!r}")
     if fraction == 1:
         return data

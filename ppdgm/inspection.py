@@ -520,16 +520,12 @@ def _observed_columns(x: Data, sites: dict[str, dict], observed: tuple[str, ...]
             continue
         # the column itself, a view of all of it, or a copy of its values (x.contiguous(), x.float()) in row-major
         # order: generated values then go back into the column by a reshape; a slice or a transform is no column
-        same = [k for k, c in items if _same_values(value, c)]
-        key = next((k for k in same if value.data_ptr() == x_column(x, k).data_ptr()), same[0] if same else None)
+        same = [(k, c) for k, c in items if _same_values(value, c)]
+        key = next((k for k, c in same if value.data_ptr() == c.data_ptr()), same[0][0] if same else None)
         if key is not None and key not in columns:
             columns[key] = name
     order = [key for key, _ in items]  # the batch's column order: the first observed column is the primary site's
     return {key: columns[key] for key in sorted(columns, key=order.index)}
-
-
-def x_column(x: Data, key: Key) -> torch.Tensor:
-    return x.get(key) if isinstance(x, Batch) else x
 
 
 def _same_values(value: torch.Tensor, column: torch.Tensor) -> bool:

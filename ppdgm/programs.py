@@ -656,14 +656,13 @@ class ProgramPair:
     def _generated_batch(self, dream: Trace, overrides: dict[str, torch.Tensor]) -> Data:
         """The rows :attr:`generated_rows` builds from the dream's observed sites (``fit(generated_rows=...)``)."""
         values = {
-            name: overrides[name] if name in overrides else site["value"].detach()
-            for name, site in dream.nodes.items()
-            if name in _generated_sites(dream, self._require_structure())
+            name: overrides[name] if name in overrides else dream.nodes[name]["value"].detach()
+            for name in _generated_sites(dream, self._require_structure())
         }
         rows = dream_rows(dream)
         columns, named = arguments(rows, rows_of(rows), False)
         built = self.generated_rows(values, *columns, **named)
-        hook = getattr(self.generated_rows, "__name__", repr(self.generated_rows))
+        hook = self._hook_name
         if torch.is_tensor(rows):
             if not torch.is_tensor(built) or built.shape[:1] != rows.shape[:1]:
                 raise UsageError(
@@ -696,7 +695,7 @@ class ProgramPair:
             "model side (rows from generated_rows)",
             rows,
         )
-        hook = getattr(self.generated_rows, "__name__", repr(self.generated_rows))
+        hook = self._hook_name
         for name in generated:
             site = observed.nodes.get(name)
             if site is None or site["type"] != "sample" or not site["is_observed"]:
@@ -704,7 +703,7 @@ class ProgramPair:
                     f"with the rows generated_rows={hook!r} builds, the model does not observe the generated site "
                     f"{name!r}; it must return rows from which the model reads every generated observation"
                 )
-            dreamt, seen = _masked_log_prob(dream.nodes[name]), _masked_log_prob(site)
+            dreamt, seen = _site_score(name, dream.nodes[name]), _site_score(name, site)
             if dreamt.shape != seen.shape or not torch.allclose(dreamt, seen, rtol=1e-4, atol=1e-4):
                 raise ConventionError(
                     f"generated_rows={hook!r} does not give the generated observations back: on its rows the model "
@@ -712,6 +711,10 @@ class ProgramPair:
                     "receives each site's values in the order the programs saw the rows (after arguments= reordered "
                     "them, say) and must return the rows in the data's order and layout"
                 )
+
+    @property
+    def _hook_name(self) -> str:
+        return getattr(self.generated_rows, "__name__", repr(self.generated_rows))
 
     def as_column(self, value: torch.Tensor, like: torch.Tensor | None) -> torch.Tensor:
         """A generated site value in the shape of the data column it stands for (particle dims dropped)."""
@@ -942,15 +945,6 @@ def _generated_sites(dream: Trace, structure: Structure) -> list[str]:
         for name, site in dream.nodes.items()
         if site["type"] == "sample" and (site["infer"].get("was_observed") or name in structure.observed_sites)
     ]
-
-
-def _masked_log_prob(site: Any) -> torch.Tensor:
-    """A sample site's elementwise log-density with its mask applied (what it adds to the joint)."""
-    lp = site["fn"].log_prob(site["value"])
-    mask = site.get("mask")
-    if mask is not None and mask is not True:
-        lp = lp.masked_fill(~torch.as_tensor(mask, dtype=torch.bool).expand_as(lp), 0.0)
-    return lp
 
 
 def _described(value: Any) -> str:

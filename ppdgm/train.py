@@ -632,9 +632,7 @@ class TrainingLoop:
         )
         # which of torch's optimizer implementations steps each player (a checkpoint's own, when resumed)
         run.config["optimizers"] = {name: implementation(p.optimizer) for name, p in run.engine.players.items()}
-        epoch = _Epoch(self, run, bar)
-        epoch.step.start_step = step
-        epoch.step.validate_all = self.validate
+        epoch = _Epoch(self, run, bar, step)
         try:
             for index in range(start_epoch, self.budget.num_epochs or sys.maxsize):
                 if step >= self.budget.total_steps:
@@ -671,14 +669,16 @@ class TrainingLoop:
 class _Epoch:
     """One epoch of steps over the training rows, then the epoch's record (metrics read once, validation)."""
 
-    def __init__(self, loop: TrainingLoop, run: Run, bar: Any) -> None:
+    def __init__(self, loop: TrainingLoop, run: Run, bar: Any, start_step: int) -> None:
         self.loop, self.run, self.bar = loop, run, bar
         train, valid = run.dataset.train, run.dataset.valid
         self.source = TensorSource(train.to(run.device)) if not is_stream(train) else as_source(train)
         self.valid = valid.to(run.device) if valid is not None and not is_stream(valid) else valid
         self.shards = _Shards(run.programs, run.engine)
         self.first_step = True
-        self.step = run.stepper = CompiledStep(run.method, run.engine, loop.compile)
+        self.step = run.stepper = CompiledStep(
+            run.method, run.engine, loop.compile, start_step=start_step, validate_all=loop.validate
+        )
         # a data-parallel step's recording depends on the global batch size (the rank's block of rows)
         self.context = (lambda n: n) if self.shards.world_size > 1 else (lambda n: ())
         self.unfinished: dict | None = None  # the progress of an epoch the budget ended inside

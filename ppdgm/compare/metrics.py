@@ -115,9 +115,9 @@ def judge(labelled: Any, data: str, data_dir: str | None) -> tuple[torch.nn.Sequ
     epochs = JUDGE_EPOCHS.get(data, 6)
     key = checkpoints.digest([train, labels, JUDGE_VERSION, epochs])[:16]
     path = Path(data_dir or default_data_dir()) / "ppdgm-judges" / f"{data}-convnet-{key}.pt"
-    net = evaluate.train_judge(train[:1], labels, shape, epochs=0)  # the architecture
     if path.exists():
         saved = checkpoints.load(path, "judge", "delete it to train the judge again")
+        net = evaluate.train_judge(train[:1], labels, shape, epochs=0)  # the architecture
         net.load_state_dict(saved["state"])
         return net.eval(), saved["info"]
     net = evaluate.train_judge(train, labels, shape, epochs=epochs)

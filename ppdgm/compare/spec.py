@@ -143,7 +143,7 @@ def _seeds(checks: _Checks, seeds: Any) -> list[int]:
 
 
 def _data(checks: _Checks, raw: Any) -> dict[str, Any]:
-    from ppdgm.data import available_datasets
+    from ppdgm.data import available_datasets, is_fraction
     from ppdgm.images import COLUMNS
     from ppdgm.streams import TRANSFORMS
 
@@ -174,7 +174,7 @@ def _data(checks: _Checks, raw: Any) -> dict[str, Any]:
             options["labelled"] = labelled
     fraction = data.get("fraction")
     if fraction is not None:
-        if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
+        if not is_fraction(fraction):
             checks.add(f"data.fraction: a fraction of the training rows in (0, 1], got {fraction!r}")
         elif fraction != 1:
             options["fraction"] = float(fraction)
