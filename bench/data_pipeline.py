@@ -3,7 +3,7 @@
     python bench/data_pipeline.py [--rows 20000] [--steps 200] [--rounds 3]
 
 The same VAE (784-200-200-50, batch 100, dynamic binarization) trains on random 8-bit 28x28 images given as
-(a) a float tensor in memory, (b) a :class:`ppdgm.images.ImageSet` (one gather per batch), (c) a
+(a) a float tensor in memory, (b) a :class:`ppdgm.data.images.ImageSet` (one gather per batch), (c) a
 ``TensorDataset`` read item by item through a DataLoader, (d) the same with 2 workers. Seconds are the
 epochs' (reading, transforming and stepping), not fit's one-time set-up. Rounds are interleaved; the table
 prints the median seconds per step and the ratio to (a).
@@ -19,8 +19,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import ppdgm
-from ppdgm.images import ImageSet
-from ppdgm.presets import build
+from ppdgm.data.images import ImageSet
+from ppdgm.zoo import build
 
 
 def step_seconds(data, steps: int, batch_size: int) -> float:

@@ -24,7 +24,7 @@ import torch.distributed as torch_dist
 import torch.multiprocessing as mp
 
 import ppdgm
-from ppdgm.presets import build
+from ppdgm.zoo import build
 
 
 def _data(data_dir: str, rows: int) -> ppdgm.data.Dataset:

@@ -22,7 +22,7 @@ import torch
 from torch.nn import functional as F
 
 import ppdgm
-from ppdgm.presets import build
+from ppdgm.zoo import build
 
 LOG_2PI = math.log(2 * math.pi)
 

@@ -1,6 +1,6 @@
 """What re-checking a compiled step's recording costs, amortised over the steps between re-checks.
 
-A re-check (ppdgm.compiled.CompiledStep.due) runs the recording and the eager step from the same point, with
+A re-check (ppdgm.compile.step.CompiledStep.due) runs the recording and the eager step from the same point, with
 snapshots of parameters, optimizer states and generator state, and keeps the eager step as the real one. This
 script times a replayed step and a re-check of the same recording, interleaved, and prints the re-check's extra
 time in replayed steps and as a share of training time at the re-check schedule (every ``RECHECK_EVERY`` steps,
@@ -21,10 +21,10 @@ import torch
 from step_time import load_batches  # bench/ is the script's folder
 
 import ppdgm
-from ppdgm.compiled import RECHECK_EVERY, CompiledStep
-from ppdgm.method import Engine
-from ppdgm.presets import build
-from ppdgm.programs import ProgramPair
+from ppdgm.compile.step import RECHECK_EVERY, CompiledStep
+from ppdgm.methods.engine import Engine
+from ppdgm.programs.pair import ProgramPair
+from ppdgm.zoo import build
 
 
 def _stepper(method: str, x: torch.Tensor, **options) -> CompiledStep:

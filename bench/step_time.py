@@ -23,10 +23,10 @@ import torch
 from torch.nn import functional as F
 
 import ppdgm
-from ppdgm.compiled import CompiledStep
-from ppdgm.method import Engine
-from ppdgm.presets import build
-from ppdgm.programs import ProgramPair
+from ppdgm.compile.step import CompiledStep
+from ppdgm.methods.engine import Engine
+from ppdgm.programs.pair import ProgramPair
+from ppdgm.zoo import build
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -165,7 +165,7 @@ class HandWrittenGAN:
 class Ppdgm:
     """ppdgm's hot loop: exactly what ``ppdgm.fit`` runs per step (validation off after step one).
 
-    ``compile="auto"`` (fit's default) replays the step's recording (ppdgm.compiled); ``False`` runs the eager step.
+    ``compile="auto"`` (fit's default) replays the step's recording (ppdgm.compile.step); ``False`` runs the eager step.
     """
 
     def __init__(self, model, guide, method: str, x: torch.Tensor, compile: bool | str = "auto", **options) -> None:

@@ -2,7 +2,7 @@ r"""Discriminators written as Pyro programs: q_ψ(y | inputs), y = 1 for real, 0
 
 A discriminator program is called as ``discriminator(inputs, y=None)`` and scores the indicator
 with ``pyro.sample("y", dist.Bernoulli(logits=net(inputs)), obs=y)`` in a plate over the rows of
-``inputs``. Under :class:`ppdgm.adversarial.Reverse` the same program is the reversed
+``inputs``. Under :class:`ppdgm.methods.adversarial.Reverse` the same program is the reversed
 discriminator q^r(y | inputs) = q(1 - y | inputs) the generator learns from.
 """
 

@@ -19,9 +19,10 @@ from __future__ import annotations
 import torch
 from pyro.poutine.trace_struct import Trace
 
-from ppdgm.adversarial import AdversarialMethod
-from ppdgm.method import Engine, register
-from ppdgm.programs import ProgramPair
+from ppdgm.methods.adversarial import AdversarialMethod
+from ppdgm.methods.base import register
+from ppdgm.methods.engine import Engine
+from ppdgm.programs.pair import ProgramPair
 
 
 @register

@@ -42,10 +42,11 @@ from __future__ import annotations
 
 import torch
 
-from ppdgm.adversarial import AdversarialMethod, generated_x
-from ppdgm.batch import Data
-from ppdgm.method import Engine, register
-from ppdgm.programs import ProgramPair
+from ppdgm.methods.adversarial import AdversarialMethod, generated_x
+from ppdgm.methods.base import register
+from ppdgm.methods.engine import Engine
+from ppdgm.programs.batch import Data
+from ppdgm.programs.pair import ProgramPair
 
 
 @register

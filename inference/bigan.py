@@ -24,9 +24,11 @@ from __future__ import annotations
 import torch
 from pyro.poutine.trace_struct import Trace
 
-from ppdgm.adversarial import AdversarialMethod, generated_x
-from ppdgm.method import Engine, register
-from ppdgm.programs import ProgramPair, flatten_rows
+from ppdgm.methods.adversarial import AdversarialMethod, generated_x
+from ppdgm.methods.base import register
+from ppdgm.methods.engine import Engine
+from ppdgm.programs.pair import ProgramPair
+from ppdgm.programs.rows import flatten_rows
 
 
 @register

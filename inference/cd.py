@@ -21,8 +21,10 @@ from collections.abc import Mapping
 
 import torch
 
-from ppdgm.method import Engine, Method, positive_int, register
-from ppdgm.programs import ConventionError, ProgramPair
+from ppdgm.errors import positive_int
+from ppdgm.methods.base import Method, register
+from ppdgm.methods.engine import Engine
+from ppdgm.programs.pair import ConventionError, ProgramPair
 
 
 @register

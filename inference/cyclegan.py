@@ -19,9 +19,10 @@ from typing import Any
 
 import torch
 
-from ppdgm.adversarial import Adversary, as_discriminator, default_discriminator
-from ppdgm.method import Engine, Method, register
-from ppdgm.programs import ConventionError, ProgramPair
+from ppdgm.methods.adversarial import Adversary, as_discriminator, default_discriminator
+from ppdgm.methods.base import Method, register
+from ppdgm.methods.engine import Engine
+from ppdgm.programs.pair import ConventionError, ProgramPair
 
 
 @register

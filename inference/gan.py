@@ -8,7 +8,7 @@ side) and :math:`p_\theta(x \mid y=1) = p_{data}(x)` (the batch), two phases per
 * **discriminator** (ψ): maximise :math:`\mathbb{E}_{p_\theta(x \mid y) p(y)}[\log q_\psi(y \mid x)]`
   — a sleep phase whose latent is y;
 * **generator** (θ): maximise :math:`\mathbb{E}_{p_\theta(x \mid y) p(y)}[\log q^r_\psi(y \mid x)]`,
-  the same program under :class:`~ppdgm.adversarial.Reverse`. Only the y = 0 half depends on θ:
+  the same program under :class:`~ppdgm.methods.adversarial.Reverse`. Only the y = 0 half depends on θ:
   it is :math:`\mathbb{E}_{p_g}[\log D(x)]`, the non-saturating loss (``generator_loss="nonsaturating"``).
   ``"minimax"`` instead minimises :math:`\mathbb{E}_{p_g}[\log q_\psi(y=0 \mid x)] = \mathbb{E}[\log(1 - D(x))]`.
 
@@ -23,18 +23,19 @@ from __future__ import annotations
 
 import torch
 
-from ppdgm.adversarial import AdversarialMethod, generated_x
-from ppdgm.batch import Data
 from ppdgm.errors import UsageError
-from ppdgm.method import Engine, register
-from ppdgm.programs import ProgramPair
+from ppdgm.methods.adversarial import AdversarialMethod, generated_x
+from ppdgm.methods.base import register
+from ppdgm.methods.engine import Engine
+from ppdgm.programs.batch import Data
+from ppdgm.programs.pair import ProgramPair
 
 
 @register
 class GAN(AdversarialMethod):
     """GAN: discriminator on log q(y|x), generator on the reversed discriminator log q^r(y|x).
 
-    ``method="gan"``. Options of :class:`~ppdgm.adversarial.AdversarialMethod` plus
+    ``method="gan"``. Options of :class:`~ppdgm.methods.adversarial.AdversarialMethod` plus
 
     Args:
         generator_loss: ``"nonsaturating"`` (the reversed discriminator, default) or ``"minimax"``.

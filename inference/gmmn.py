@@ -19,10 +19,11 @@ from collections.abc import Sequence
 
 import torch
 
-from ppdgm.adversarial import check_generator, gaussian_mmd2, generated_x, generator_output_option
 from ppdgm.errors import UsageError
-from ppdgm.method import Engine, Method, register
-from ppdgm.programs import ProgramPair
+from ppdgm.methods.adversarial import check_generator, gaussian_mmd2, generated_x, generator_output_option
+from ppdgm.methods.base import Method, register
+from ppdgm.methods.engine import Engine
+from ppdgm.programs.pair import ProgramPair
 
 
 @register

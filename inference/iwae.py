@@ -42,11 +42,13 @@ from __future__ import annotations
 
 import torch
 
-from ppdgm import distributed
-from ppdgm.combine import log_mean_exp, self_normalised_weights
-from ppdgm.errors import UsageError
-from ppdgm.method import Engine, Method, positive_int, register
-from ppdgm.programs import DataSide, ProgramPair
+from ppdgm.errors import UsageError, positive_int
+from ppdgm.methods.base import Method, register
+from ppdgm.methods.engine import Engine
+from ppdgm.programs.combine import log_mean_exp, self_normalised_weights
+from ppdgm.programs.pair import ProgramPair
+from ppdgm.programs.sides import DataSide
+from ppdgm.runtime import distributed
 
 _GUIDE_GRADIENTS = ("reparam", "dreg")
 

@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import torch
 
-from ppdgm.adversarial import generated_x
-from ppdgm.batch import Data
-from ppdgm.combine import self_normalised_weights
+from ppdgm.errors import positive_int
 from ppdgm.inference.gan import GAN
-from ppdgm.method import positive_int, register
-from ppdgm.programs import ProgramPair
+from ppdgm.methods.adversarial import generated_x
+from ppdgm.methods.base import register
+from ppdgm.programs.batch import Data
+from ppdgm.programs.combine import self_normalised_weights
+from ppdgm.programs.pair import ProgramPair
 
 
 @register

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from ppdgm.method import Engine, Method, register
-from ppdgm.programs import ConventionError, ProgramPair
+from ppdgm.methods.base import Method, register
+from ppdgm.methods.engine import Engine
+from ppdgm.programs.pair import ConventionError, ProgramPair
 
 
 @register

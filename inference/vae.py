@@ -25,10 +25,13 @@ from __future__ import annotations
 
 import torch
 
-from ppdgm.combine import mean
+from ppdgm.errors import positive_int
 from ppdgm.inference.baselines import NVILBaseline
-from ppdgm.method import Engine, Method, positive_int, register
-from ppdgm.programs import ConventionError, DataSide, ProgramPair
+from ppdgm.methods.base import Method, register
+from ppdgm.methods.engine import Engine
+from ppdgm.programs.combine import mean
+from ppdgm.programs.pair import ConventionError, ProgramPair
+from ppdgm.programs.sides import DataSide
 
 
 @register

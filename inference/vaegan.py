@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import torch
 
-from ppdgm.adversarial import AdversarialMethod, generated_x
-from ppdgm.method import Engine, register
-from ppdgm.programs import ProgramPair
+from ppdgm.methods.adversarial import AdversarialMethod, generated_x
+from ppdgm.methods.base import register
+from ppdgm.methods.engine import Engine
+from ppdgm.programs.pair import ProgramPair
 
 
 @register

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import torch
 
-from ppdgm.batch import Data
-from ppdgm.combine import mean
-from ppdgm.method import Engine, Method, positive_int, register
-from ppdgm.programs import ProgramPair
+from ppdgm.errors import positive_int
+from ppdgm.methods.base import Method, register
+from ppdgm.methods.engine import Engine
+from ppdgm.programs.batch import Data
+from ppdgm.programs.combine import mean
+from ppdgm.programs.pair import ProgramPair
 
 
 @register

@@ -1,5 +1,5 @@
 r"""Convolutional image models: a DCGAN generator/discriminator pair and a convolutional VAE, for ``(C, H, W)``
-images given as flat rows (as :mod:`ppdgm.images` and the digits give them), each usable as a class-conditional
+images given as flat rows (as :mod:`ppdgm.data.images` and the digits give them), each usable as a class-conditional
 model.
 
 Every program takes the batch's columns positionally, ``model(x, y=None)``: an unconditional model is

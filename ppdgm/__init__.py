@@ -4,16 +4,24 @@
 pair; the algorithm is the ``method`` argument. See README.md and docs/.
 """
 
-from ppdgm import adversarial, data, evaluate, fidelity, images, sampling, streams
-from ppdgm.batch import Batch
-from ppdgm.checkpoints import CheckpointError
-from ppdgm.divergence import TrainingDiverged
+from ppdgm import data, evaluate
+from ppdgm.data import images, streams
+from ppdgm.data.streams import Interleaved
 from ppdgm.errors import PpdgmError, UsageError
-from ppdgm.method import Engine, Method, available_methods, get_method, register
-from ppdgm.programs import Auxiliary, ConventionError, DataSide, ProgramError, ProgramPair
-from ppdgm.sampling import sample
-from ppdgm.streams import Interleaved
-from ppdgm.train import Run, TrainingInterrupted, fit, load_params
+from ppdgm.evaluate import fidelity, sampling
+from ppdgm.evaluate.sampling import sample
+from ppdgm.methods import adversarial
+from ppdgm.methods.base import Method, available_methods, get_method, register
+from ppdgm.methods.engine import Engine
+from ppdgm.programs.batch import Batch
+from ppdgm.programs.pair import ConventionError, ProgramPair
+from ppdgm.programs.sides import Auxiliary, DataSide
+from ppdgm.programs.sites import ProgramError
+from ppdgm.runtime.storage import CheckpointError
+from ppdgm.training.fit import fit
+from ppdgm.training.loop import TrainingInterrupted
+from ppdgm.training.nonfinite import TrainingDiverged
+from ppdgm.training.run import Run, load_params
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,4 @@
-from ppdgm.cli import main
-from ppdgm.distributed import exit_job
+from ppdgm.cli.main import main
+from ppdgm.runtime.distributed import exit_job
 
 exit_job(main())

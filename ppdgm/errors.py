@@ -4,10 +4,13 @@
 (:class:`UsageError`), a program that does not fit (``ConventionError``, ``ProgramError``), a damaged or
 foreign file (``CheckpointError``), a bad comparison spec (``SpecError``), missing data
 (``DataUnavailableError``), a diverged run (``TrainingDiverged``). The command line prints these in one
-line and exits with status 2; any other exception is a bug and keeps its traceback.
+line and exits with status 2; any other exception is a bug and keeps its traceback. :func:`positive_int` is the
+one check of counts.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class PpdgmError(Exception):
@@ -23,3 +26,15 @@ class UsageError(PpdgmError, ValueError, TypeError):
 
     It is a ``ValueError`` and a ``TypeError`` too, so code that caught those before keeps working.
     """
+
+
+def positive_int(label: str, value: Any) -> int:
+    """``value`` as an int, refusing anything but a positive whole number (``True`` and strings included), naming
+    ``label``: the one check of counts (particles, epochs, steps, batch sizes...)."""
+    try:
+        whole = int(value)
+    except (TypeError, ValueError, OverflowError):
+        whole = None
+    if isinstance(value, bool | str) or whole is None or whole != value or whole < 1:
+        raise UsageError(f"{label} must be a positive integer, got {value!r}")
+    return whole

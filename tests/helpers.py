@@ -5,7 +5,7 @@ from torch.nn import functional as F
 
 from ppdgm.guides import AffineGaussianGuide, ExactLinearGaussianGuide
 from ppdgm.models import LinearGaussianModel
-from ppdgm.programs import ProgramPair
+from ppdgm.programs.pair import ProgramPair
 
 
 def linear_gaussian(x_dim=4, z_dim=2, n=64, seed=0):

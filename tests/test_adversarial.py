@@ -10,14 +10,14 @@ import torch
 from torch import nn
 
 import ppdgm
-from ppdgm.adversarial import Adversary, Reverse, gaussian_mmd2, reverse
-from ppdgm.data import mixture_centres
-from ppdgm.evaluate import mixture_quality
+from ppdgm.data.named import mixture_centres
+from ppdgm.evaluate.likelihood import mixture_quality
+from ppdgm.evaluate.sampling import generate
 from ppdgm.guides import Discriminator
+from ppdgm.methods.adversarial import Adversary, Reverse, gaussian_mmd2, reverse
 from ppdgm.models import MLPGenerator
-from ppdgm.presets import build
-from ppdgm.programs import ConventionError
-from ppdgm.sampling import generate
+from ppdgm.programs.pair import ConventionError
+from ppdgm.zoo import build
 
 ADVERSARIAL = ["gan", "wgan-gp", "gmmn", "aae", "bigan", "infogan", "vaegan"]
 

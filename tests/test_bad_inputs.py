@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import ppdgm
-from ppdgm.cli import main
+from ppdgm.cli.main import main
 from ppdgm.compare import parse_spec
 
 from .test_training import user_pair
@@ -338,9 +338,9 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
     def broken(args):
         raise KeyError("a bug")
 
-    monkeypatch.setattr("ppdgm.cli.cmd_methods", broken)
+    monkeypatch.setattr("ppdgm.cli.main.cmd_methods", broken)
     with pytest.raises(KeyError):
-        from ppdgm import cli
+        from ppdgm.cli import main as cli
 
         args = cli.parser().parse_args(["methods"])
         args.func = broken
@@ -349,7 +349,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
 
 
 def test_ctrl_c_is_one_line_and_status_130(monkeypatch, capsys):
-    from ppdgm import cli
+    from ppdgm.cli import main as cli
 
     def interrupted(args):
         raise KeyboardInterrupt

@@ -9,8 +9,8 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 import ppdgm
-from ppdgm.checkpoints import CheckpointError
-from ppdgm.cli import main
+from ppdgm.cli.main import main
+from ppdgm.runtime.storage import CheckpointError
 
 from .test_training import user_pair
 
@@ -103,7 +103,7 @@ def test_checkpoint_files_load_as_plain_data(tmp_path):
 
 
 def test_divergence_stops_with_a_diagnosis_and_the_last_finite_checkpoint_stays(tmp_path):
-    from ppdgm import checkpoints
+    from ppdgm.runtime import storage as checkpoints
 
     _fit(tmp_path, epochs=1, optimizer="sgd")
     with pytest.raises(ppdgm.TrainingDiverged) as err:
@@ -139,7 +139,7 @@ def test_the_cli_states_what_ran_and_needs_override_for_a_changed_rate(tmp_path,
 
 
 def test_ctrl_c_in_training_is_one_line_naming_the_checkpoint_and_status_130(tmp_path, capsys, monkeypatch):
-    from ppdgm import cli
+    from ppdgm.cli import main as cli
 
     def interrupt(run, record):
         raise KeyboardInterrupt
@@ -171,15 +171,15 @@ KILLED_RUN = """
 import os, signal, sys
 import torch
 import ppdgm
-import ppdgm.compiled
-from ppdgm.presets import build
+import ppdgm.compile.step
+from ppdgm.zoo import build
 
 out, kill_at = sys.argv[1], int(sys.argv[2])
 torch.set_num_threads(1)
 data = ppdgm.data.load("digits-binary")
 torch.manual_seed(0)
 model, guide = build("vae-mlp", data.dim, hidden=(16,), z_dim=4)
-step, count = ppdgm.compiled.CompiledStep.__call__, [0]
+step, count = ppdgm.compile.step.CompiledStep.__call__, [0]
 
 def step_then_maybe_die(self, x, context=()):  # every step, compiled or eager, goes through here
     count[0] += 1
@@ -187,7 +187,7 @@ def step_then_maybe_die(self, x, context=()):  # every step, compiled or eager, 
         os.kill(os.getpid(), signal.SIGKILL)  # mid-epoch: no chance to clean up
     return step(self, x, context)
 
-ppdgm.compiled.CompiledStep.__call__ = step_then_maybe_die
+ppdgm.compile.step.CompiledStep.__call__ = step_then_maybe_die
 run = ppdgm.fit(model, guide, data, "vae", epochs=3, seed=3, progress=False, checkpoint_dir=out)
 torch.save([p.detach() for pl in run.engine.players.values() for p in pl.params], os.path.join(out, "final.pt"))
 """

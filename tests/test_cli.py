@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import ppdgm
-from ppdgm.cli import _load_run, main
+from ppdgm.cli.main import _load_run, main
 from ppdgm.guides import ImplicitMLPEncoder
 
 

@@ -10,7 +10,8 @@ from torch.nn import functional as F
 
 import ppdgm
 from ppdgm.models import ConditionalGenerator, ConditionalVAE, SemiSupervisedVAE
-from ppdgm.programs import ConventionError, ProgramError
+from ppdgm.programs.pair import ConventionError
+from ppdgm.programs.sites import ProgramError
 
 
 def one_hot(labels):

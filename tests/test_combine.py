@@ -2,8 +2,8 @@ import math
 
 import torch
 
-from ppdgm.combine import log_mean_exp, mean, self_normalised_weights
 from ppdgm.inference.iwae import vimco_signal
+from ppdgm.programs.combine import log_mean_exp, mean, self_normalised_weights
 
 
 def test_combiners_work_within_each_datapoint():

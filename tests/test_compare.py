@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import ppdgm.compare
-from ppdgm.cli import main
+from ppdgm.cli.main import main
 from ppdgm.compare import SpecError, compare, comparison_names, parse_spec, run_dir, spec_from_record
 
 
@@ -182,8 +182,8 @@ def test_every_preset_runs_in_its_small_budget(tmp_path, preset, request):
 def test_mixture_quality_counts_modes_and_high_quality_samples_exactly():
     import torch
 
-    from ppdgm.data import mixture_centres
-    from ppdgm.evaluate import mixture_quality
+    from ppdgm.data.named import mixture_centres
+    from ppdgm.evaluate.likelihood import mixture_quality
 
     centres, std = mixture_centres("ring8")
     samples = torch.stack(
@@ -384,7 +384,7 @@ def test_missing_inception_weights_are_refused_before_any_run_trains(tmp_path):
 def test_the_mnist_judge_classifies_99_percent_of_the_test_digits(tmp_path):
     from ppdgm import evaluate
     from ppdgm.compare import metrics
-    from ppdgm.data import load
+    from ppdgm.data.named import load
     from tests.conftest import SHARED_DATA
 
     if not (SHARED_DATA / "MNIST" / "raw").is_dir():

@@ -1,4 +1,4 @@
-"""Compiled steps (ppdgm.compiled): a step replayed from its recording gives the eager step's parameters, bit for bit
+"""Compiled steps (ppdgm.compile): a step replayed from its recording gives the eager step's parameters, bit for bit
 on the CPU; programs a recording cannot replay fall back to the eager step with one warning that names the cause."""
 
 import warnings
@@ -11,7 +11,9 @@ from torch import nn
 from torch.nn import functional as F
 
 import ppdgm
-from ppdgm.compiled import RTOL, CompiledStep, CompileError, CompileWarning
+from ppdgm.compile.failures import CompileError, CompileWarning
+from ppdgm.compile.state import RTOL
+from ppdgm.compile.step import CompiledStep
 from ppdgm.guides import GaussianMLPEncoder, SBNRecognition
 from ppdgm.models import BernoulliMLPModel, SemiSupervisedVAE, SigmoidBeliefNet
 
@@ -270,7 +272,7 @@ def test_a_recorded_function_keys_on_shapes_and_plain_arguments():
         calls.append(k)
         return (x.unsqueeze(0) + torch.randn(k, *x.shape)).sum(0)
 
-    recorded = ppdgm.compiled.RecordedFunction(noisy_sum, "a test function")
+    recorded = ppdgm.compile.function.RecordedFunction(noisy_sum, "a test function")
     x = torch.zeros(4, 3)
     pyro.set_rng_seed(0)
     values = [recorded(x, 5), recorded(x, 5), recorded(x, 2), recorded(x[:2], 5)]

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import ppdgm
-from ppdgm.data import load
+from ppdgm.data.named import load
 from ppdgm.models import ConvDiscriminator, ConvGenerator, ConvVAE, DiscretizedLogistic
 from ppdgm.models.convolutional import image_shape_of
-from ppdgm.presets import build
+from ppdgm.zoo import build
 
 BINS = torch.arange(256, dtype=torch.float64) / 255
 

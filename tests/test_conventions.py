@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import ppdgm
-from ppdgm.programs import ConventionError, ProgramPair
+from ppdgm.programs.pair import ConventionError, ProgramPair
 
 from .test_training import user_pair
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import ppdgm
-from ppdgm.evaluate import train_classifier
+from ppdgm.evaluate.judges import train_classifier
 from ppdgm.models import CycleTranslators
-from ppdgm.programs import ConventionError
+from ppdgm.programs.pair import ConventionError
 
 
 def test_unpaired_rows_join_independently_shuffled_domains():

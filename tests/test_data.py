@@ -1,6 +1,7 @@
 import hashlib
 import math
 import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
@@ -47,7 +48,7 @@ def test_binarized_mnist_offline_gives_a_clear_error_and_leaves_no_partial_file(
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(data.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     with pytest.raises(data.DataUnavailableError, match=r"Offline\? Put binarized_mnist.npz"):
         data.load("binarized-mnist", data_dir=tmp_path)
     assert not list(tmp_path.iterdir())

@@ -52,4 +52,4 @@ def test_wake_sleep_fine_tunes_the_directed_layers_and_samples_are_drawn():
     after = ppdgm.evaluate.log_likelihood(dbn.model, dbn.guide, data.test, num_samples=300).mean
     assert after > before, (before, after)
     assert torch.equal(dbn.top.weight, top_before)  # the top RBM is not a player of the directed model
-    assert ppdgm.sampling.generate(dbn.model, 8, mean=False).shape == (8, 64)
+    assert ppdgm.evaluate.sampling.generate(dbn.model, 8, mean=False).shape == (8, 64)

@@ -19,9 +19,10 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import ppdgm
-from ppdgm.data import Dataset, load_digits
-from ppdgm.distributed import ShardedSampling, block
-from ppdgm.presets import build
+from ppdgm.data.dataset import Dataset
+from ppdgm.data.named import load_digits
+from ppdgm.runtime.distributed import ShardedSampling, block
+from ppdgm.zoo import build
 
 ROWS, BATCH, STEPS = 130, 25, 8  # batches of 25 split 13/12 over two ranks, the epoch's last batch of 5 split 3/2
 
@@ -233,7 +234,7 @@ import os, sys, signal
 import torch
 import ppdgm
 from ppdgm.data import load_digits
-from ppdgm.presets import build
+from ppdgm.zoo import build
 
 out, mode = sys.argv[1], sys.argv[2]
 torch.set_num_threads(1)

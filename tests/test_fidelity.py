@@ -8,9 +8,9 @@ import scipy.linalg
 import torch
 
 import ppdgm
-from ppdgm import fidelity
-from ppdgm.data import load
-from ppdgm.evaluate import label_accuracy
+from ppdgm.data.named import load
+from ppdgm.evaluate import fidelity
+from ppdgm.evaluate.judges import label_accuracy
 
 
 def test_the_inception_score_is_exp_of_the_mean_kl_to_the_marginal():

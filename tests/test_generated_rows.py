@@ -11,7 +11,7 @@ import torch
 
 import ppdgm
 from ppdgm.errors import UsageError
-from ppdgm.inspection import ConventionError
+from ppdgm.programs.sites import ConventionError
 
 DIM = 3
 

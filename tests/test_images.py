@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import ppdgm
-from ppdgm.data import load
-from ppdgm.images import IMAGE_SETS, DataUnavailableError, ImageSet
-from ppdgm.presets import build
+from ppdgm.data.images import IMAGE_SETS, DataUnavailableError, ImageSet
+from ppdgm.data.named import load
+from ppdgm.zoo import build
 
 ROWS = {"mnist": 10_030, "fashion-mnist": 10_030, "svhn": 5_030, "cifar10": 5_030}  # 30 training rows past valid
 TEST_ROWS = 40

@@ -3,7 +3,7 @@
 import pytest
 
 import ppdgm
-from ppdgm.presets import build
+from ppdgm.zoo import build
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 import ppdgm
 from ppdgm.inference import MLE
 from ppdgm.models import PixelCNN
-from ppdgm.programs import ConventionError, ProgramPair
+from ppdgm.programs.pair import ConventionError, ProgramPair
 
 
 def test_masks_make_each_logit_depend_only_on_earlier_pixels():
@@ -46,7 +46,7 @@ def test_tiny_pixelcnn_is_normalised_and_sampling_matches_it(float64):
     configs = torch.tensor(list(itertools.product([0.0, 1.0], repeat=4)), dtype=torch.float64)
     probs = ppdgm.evaluate.exact_log_likelihood(model, configs).values.exp()
     assert probs.sum().item() == pytest.approx(1.0, abs=1e-12)
-    samples = ppdgm.sampling.generate(model, 20000, mean=False)
+    samples = ppdgm.evaluate.sampling.generate(model, 20000, mean=False)
     index = (samples * torch.tensor([8.0, 4.0, 2.0, 1.0], dtype=torch.float64)).sum(-1).long()
     freq = torch.bincount(index, minlength=16).double() / 20000
     tolerance = 5 * (probs * (1 - probs) / 20000).sqrt() + 1e-3

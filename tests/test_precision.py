@@ -9,7 +9,7 @@ from pyro.poutine.util import site_is_subsample
 import ppdgm
 from ppdgm.guides import GaussianMLPEncoder
 from ppdgm.models import BernoulliMLPModel
-from ppdgm.precision import autocast
+from ppdgm.runtime.precision import autocast
 
 
 def test_bf16_runs_the_networks_in_bfloat16_and_the_distributions_in_float32():

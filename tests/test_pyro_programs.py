@@ -8,9 +8,9 @@ from pyro.infer import RenyiELBO, Trace_ELBO, TraceEnum_ELBO, config_enumerate
 from torch import nn
 
 import ppdgm
-from ppdgm.handlers import unconstrained_params
 from ppdgm.inference import IWAE, VAE
-from ppdgm.programs import ProgramPair
+from ppdgm.programs.handlers import unconstrained_params
+from ppdgm.programs.pair import ProgramPair
 
 
 # ---------------------------------------------------------------- Pyro's example VAE, in its own shape

@@ -8,7 +8,7 @@ import torch
 import ppdgm
 from ppdgm.guides import GaussianMLPEncoder
 from ppdgm.models import RBM
-from ppdgm.programs import ConventionError
+from ppdgm.programs.pair import ConventionError
 
 
 def _random_rbm(n_visible, n_hidden, seed, scale=1.0):

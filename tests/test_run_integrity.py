@@ -18,11 +18,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import ppdgm
-from ppdgm.checkpoints import LOCK_NAME, TMP_MARK, FolderBusy, OutputError
-from ppdgm.cli import main
+from ppdgm.cli.main import main
 from ppdgm.compare import SpecError, compare
 from ppdgm.errors import UsageError
-from ppdgm.inspection import ConventionError
+from ppdgm.programs.sites import ConventionError
+from ppdgm.runtime.storage import LOCK_NAME, TMP_MARK, FolderBusy, OutputError
 
 from .test_compare import DETERMINISTIC, tiny_spec
 from .test_training import user_pair
@@ -30,7 +30,7 @@ from .test_training import user_pair
 ROOT = Path(__file__).resolve().parents[1]
 HOLD = """
 import sys, time
-from ppdgm.checkpoints import writing
+from ppdgm.runtime.storage import writing
 with writing(sys.argv[1]):
     print("holding", flush=True)
     time.sleep(float(sys.argv[2]))

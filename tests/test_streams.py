@@ -17,10 +17,12 @@ from torch.utils.data import (
 )
 
 import ppdgm
-from ppdgm.data import load_digits
+from ppdgm.data.named import load_digits
+from ppdgm.data.order import noise_key
+from ppdgm.data.streams import materialize
+from ppdgm.data.transforms import Dequantization, DynamicBinarization
 from ppdgm.models import ConditionalVAE
-from ppdgm.presets import build
-from ppdgm.streams import Dequantization, DynamicBinarization, materialize, noise_key
+from ppdgm.zoo import build
 
 ROWS, BATCH = 130, 20  # 7 batches an epoch, the last of 10 rows
 
@@ -284,7 +286,7 @@ def test_evaluation_reads_a_torch_dataset_like_its_rows():
 def test_the_cli_trains_with_a_transform_and_evaluates_a_fixed_draw(tmp_path, capsys):
     import json
 
-    from ppdgm.cli import main
+    from ppdgm.cli.main import main
 
     out = tmp_path / "run"
     args = ["train", "--data", "digits", "--transform", "binarize", "--steps", "5", "--checkpoint-every", "2"]

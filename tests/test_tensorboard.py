@@ -10,7 +10,7 @@ pytest.importorskip("tensorboard")
 def _run(tmp_path, logger_dir=None):
     import torch
 
-    from ppdgm.tensorboard import TensorBoardLogger
+    from ppdgm.evaluate.tensorboard import TensorBoardLogger
 
     torch.manual_seed(0)
     model, guide = BernoulliMLPModel(64, 3, (16,)), GaussianMLPEncoder(64, 3, (16,))

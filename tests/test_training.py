@@ -241,7 +241,7 @@ def test_pyro_modules_with_clashing_names_are_refused_with_a_hint():
 
 
 def test_burda_schedule_sets_each_players_learning_rate_per_epoch():
-    from ppdgm.train import burda2016_schedule
+    from ppdgm.training.schedules import burda2016_schedule
 
     assert [burda2016_schedule(e) for e in (0, 1, 3, 4, 12, 13, 1092, 1093, 3279, 10_000)] == pytest.approx(
         [1, 10 ** (-1 / 7), 10 ** (-1 / 7), 10 ** (-2 / 7), 10 ** (-2 / 7), 10 ** (-3 / 7), 10 ** (-6 / 7)]

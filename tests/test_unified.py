@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 import ppdgm
-from ppdgm.combine import mean
 from ppdgm.guides import Discriminator, GaussianMLPEncoder
 from ppdgm.inference import AAVAE, GAN, IWGAN
+from ppdgm.programs.combine import mean
 
 from .test_adversarial import user_generator_pair
 
@@ -71,7 +71,7 @@ def test_iwgan_with_one_particle_has_the_gan_generator_gradient(float64):
         if isinstance(method, IWGAN):
             loss = method.generator_loss_of(method.generate(programs, 16))
         else:
-            fake = ppdgm.adversarial.generated_x(programs, programs.model_side(16))
+            fake = ppdgm.methods.adversarial.generated_x(programs, programs.model_side(16))
             loss = method.generator_loss_of(fake)
         (grad,) = torch.autograd.grad(loss, pyro.param("loc").unconstrained())
         grads.append(grad)
@@ -117,7 +117,7 @@ def test_aavae_with_a_perfect_discriminator_is_the_vae_objective_exactly():
     programs.inspect(x)
     method.setup(programs)
     with torch.no_grad():
-        fake = ppdgm.adversarial.generated_x(programs, programs.model_side(50))
+        fake = ppdgm.methods.adversarial.generated_x(programs, programs.model_side(50))
     pyro.set_rng_seed(11)
     aavae, _, w_real, w_fake = method.weighted_elbo(programs, x, fake)
     pyro.set_rng_seed(11)

@@ -10,11 +10,11 @@ from torch import nn
 
 import ppdgm
 from ppdgm import evaluate
+from ppdgm.evaluate.sampling import generate
 from ppdgm.guides import SBNRecognition
 from ppdgm.inference import RWS
 from ppdgm.models import SigmoidBeliefNet
-from ppdgm.programs import ConventionError, ProgramPair
-from ppdgm.sampling import generate
+from ppdgm.programs.pair import ConventionError, ProgramPair
 
 X_DIM, H_DIM = 10, 6
 

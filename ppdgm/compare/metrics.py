@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ppdgm.batch import Data
 from ppdgm.errors import UsageError
+from ppdgm.programs.batch import Data
 
 if TYPE_CHECKING:
     from ppdgm.compare.spec import Spec
@@ -49,8 +49,8 @@ def evaluate_run(
     """The spec's metrics for one trained run on the test split, and the standard errors (over the
     test datapoints) of those that are averages over it."""
     from ppdgm import evaluate
-    from ppdgm.data import mixture_centres
-    from ppdgm.sampling import generate
+    from ppdgm.data.named import mixture_centres
+    from ppdgm.evaluate.sampling import generate
 
     out: dict[str, float] = {}
     stderr: dict[str, float] = {}
@@ -59,7 +59,7 @@ def evaluate_run(
         samples = generate(model, MIXTURE_SAMPLES, mean=False).reshape(MIXTURE_SAMPLES, -1)
         out.update(evaluate.mixture_quality(samples, centres, std))
         if "kl_true_model" in spec.metrics:
-            from ppdgm.data import mixture_log_density
+            from ppdgm.data.named import mixture_log_density
 
             if not isinstance(test, torch.Tensor):
                 raise UsageError("kl_true_model needs a single tensor of test rows (a 2-D mixture)")
@@ -96,7 +96,7 @@ JUDGE_EPOCHS = {"mnist": 6, "fashion-mnist": 6, "digits": 40, "digits-binary": 4
 def _data_classifier(data: str, data_dir: str | None) -> tuple[Any, torch.nn.Sequential, dict[str, Any]]:
     """The data set, the judge of its samples and what the judge is worth (once per process: runs of a comparison
     share it)."""
-    from ppdgm.data import load
+    from ppdgm.data.named import load
 
     labelled = load(data, data_dir)
     return (labelled, *judge(labelled, data, data_dir))
@@ -107,8 +107,10 @@ def judge(labelled: Any, data: str, data_dir: str | None) -> tuple[torch.nn.Sequ
     accuracy on the test split, and the inception score of real test rows on the same scale (the same rows and
     splits as the samples'). Trained once per data directory and cached there (``ppdgm-judges/``, keyed by a hash
     of the training rows); the cache is skipped, with the judge trained in memory, where the folder is read-only."""
-    from ppdgm import checkpoints, evaluate, fidelity
-    from ppdgm.data import default_data_dir
+    from ppdgm import evaluate
+    from ppdgm.data.dataset import default_data_dir
+    from ppdgm.evaluate import fidelity
+    from ppdgm.runtime import storage as checkpoints
 
     train, labels = labelled.tensor("train"), labelled.labels["train"]
     shape = labelled.image_shape or (int(train.shape[1] ** 0.5),) * 2
@@ -154,8 +156,9 @@ def _classifier_metrics(spec: Spec, model: Callable, test: Data) -> dict[str, fl
     """Inception score (torchmetrics, 10 splits), classes covered, FID and the accuracy of class-conditional
     samples, judged by a classifier trained on the data set's training rows (or Inception-v3 for IS and FID when
     the spec gives ``inception_weights``)."""
-    from ppdgm import evaluate, fidelity
-    from ppdgm.sampling import sample_rows
+    from ppdgm import evaluate
+    from ppdgm.evaluate import fidelity
+    from ppdgm.evaluate.sampling import sample_rows
 
     labelled, classifier, _ = _data_classifier(spec.data, spec.data_dir)
     train = labelled.tensor("train")

@@ -18,15 +18,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ppdgm.checkpoints import atomic_path, write_text, writing
 from ppdgm.compare.metrics import CLASSIFIER_METRICS, JUDGE_VERSION, evaluate_run
 from ppdgm.compare.record import run_record
 from ppdgm.compare.report import summarise, write_results
 from ppdgm.compare.spec import MethodSpec, Spec, SpecError, parse_spec, run_dir
 from ppdgm.errors import UsageError
+from ppdgm.runtime.storage import atomic_path, write_text, writing
 
 if TYPE_CHECKING:
-    from ppdgm.data import Dataset
+    from ppdgm.data.dataset import Dataset
 
 RESULT = "result.json"
 
@@ -37,15 +37,15 @@ def build_pair(spec: Spec, x_dim: int) -> tuple[Callable, Callable]:
         module_name, function_name = spec.model.split(":", 1)
         factory = getattr(importlib.import_module(module_name), function_name)
         return factory(x_dim, **spec.model_options)
-    from ppdgm.presets import build
+    from ppdgm.zoo import build
 
     return build(spec.model, x_dim, **spec.model_options)
 
 
 def load_dataset(spec: Spec) -> Dataset:
     """The spec's data set with its columns, and its transform for the training batches and evaluation splits."""
-    from ppdgm.data import load
-    from ppdgm.streams import get_transform
+    from ppdgm.data.named import load
+    from ppdgm.data.transforms import get_transform
 
     dataset = load(spec.data, spec.data_dir, **spec.data_options)
     dataset.transform = get_transform(spec.transform)
@@ -156,8 +156,8 @@ def _launch_distributed(spec: Spec, method_index: int, seed: int, folder: Path, 
 
 def _train_and_evaluate(spec: Spec, method: MethodSpec, seed: int, folder: Path, tensorboard: bool) -> dict:
     import ppdgm
-    from ppdgm import distributed
-    from ppdgm.sampling import generate, sample_rows, save_image_grid
+    from ppdgm.evaluate.sampling import generate, sample_rows, save_image_grid
+    from ppdgm.runtime import distributed
 
     done = folder / RESULT
     dataset = load_dataset(spec)
@@ -178,7 +178,7 @@ def _train_and_evaluate(spec: Spec, method: MethodSpec, seed: int, folder: Path,
     budget: dict[str, Any] = {"epochs": spec.epochs} if spec.epochs is not None else {"steps": spec.steps}
     callbacks = []
     if tensorboard and main:
-        from ppdgm.tensorboard import TensorBoardLogger
+        from ppdgm.evaluate.tensorboard import TensorBoardLogger
 
         callbacks.append(TensorBoardLogger(folder / "tensorboard", model=model, image_shape=dataset.image_shape))
     run = ppdgm.fit(
@@ -210,7 +210,7 @@ def _train_and_evaluate(spec: Spec, method: MethodSpec, seed: int, folder: Path,
     test = dataset.rows("test", spec.test_size, seed)
     metrics, stderr = evaluate_run(spec, model, guide, test, run.history)
     if "objective" in spec.metrics:  # the method's own objective on the test split (e.g. -cycle error)
-        from ppdgm.train import validation_objective
+        from ppdgm.training.loop import validation_objective
 
         with run.params():
             metrics["objective"] = validation_objective(run.method, run.programs, test.to(run.device))
@@ -259,7 +259,7 @@ def _compare(
 ) -> dict:
     out = Path(spec.output)
     if spec.inception_weights and set(spec.metrics) & {"inception_score", "fid"}:
-        from ppdgm.fidelity import check_inception
+        from ppdgm.evaluate.fidelity import check_inception
 
         check_inception(spec.inception_weights)  # missing weights are said before any run trains, not after the first
     for i, seed in ((i, seed) for i in range(len(spec.methods)) for seed in spec.seeds):  # before anything is written
@@ -312,8 +312,8 @@ def estimate(spec: Spec, steps: int = 20) -> list[dict]:
         """Seconds a step after the warm-up, and the path the steps took (compiled or eager)."""
         import pyro
 
-        from ppdgm.streams import materialize
-        from ppdgm.train import _device_context
+        from ppdgm.data.streams import materialize
+        from ppdgm.runtime.devices import device_context
 
         torch.manual_seed(0)
         model, guide = build_pair(spec, dataset.dim)
@@ -324,7 +324,7 @@ def estimate(spec: Spec, steps: int = 20) -> list[dict]:
         )  # fmt: skip
         x = materialize(dataset.train, spec.batch_size, transform=dataset.transform).to(run.device)
         sync = torch.cuda.synchronize if run.device.type == "cuda" else (lambda: None)
-        with run.params(), pyro.validation_enabled(False), _device_context(run.device):
+        with run.params(), pyro.validation_enabled(False), device_context(run.device):
             run.stepper(x)  # a batch of the same shape as the warm-up's: its recording is ready
             sync()
             tic = time.perf_counter()

@@ -113,7 +113,7 @@ class _Checks:
         return None
 
     def positive_int(self, where: str, value: Any) -> None:
-        from ppdgm.method import positive_int
+        from ppdgm.errors import positive_int
 
         if isinstance(value, float):  # TOML's 5.0 is a float: a count must be written as an integer
             self.add(f"{where}: must be a positive integer, got {value!r}")
@@ -143,9 +143,9 @@ def _seeds(checks: _Checks, seeds: Any) -> list[int]:
 
 
 def _data(checks: _Checks, raw: Any) -> dict[str, Any]:
-    from ppdgm.data import available_datasets, is_fraction
-    from ppdgm.images import COLUMNS
-    from ppdgm.streams import TRANSFORMS
+    from ppdgm.data.images import COLUMNS
+    from ppdgm.data.named import available_datasets, is_fraction
+    from ppdgm.data.transforms import TRANSFORMS
 
     data = checks.table("data", raw, ("name", "dir", "columns", "labelled", "transform", "fraction"))
     name = data.get("name")
@@ -185,7 +185,7 @@ def _data(checks: _Checks, raw: Any) -> dict[str, Any]:
 
 
 def _model(checks: _Checks, raw: Any) -> dict[str, Any]:
-    from ppdgm.presets import MODELS
+    from ppdgm.zoo import MODELS
 
     model = checks.table("model", raw, ("preset", "factory", "options"))
     name = model.get("preset") or model.get("factory")
@@ -201,7 +201,7 @@ def _model(checks: _Checks, raw: Any) -> dict[str, Any]:
 
 
 def _budget(checks: _Checks, raw: Any) -> dict[str, Any]:
-    from ppdgm.train import schedule_names
+    from ppdgm.training.schedules import schedule_names
 
     fields = ("epochs", "steps", "batch_size", "lr", "lr_schedule", "optimizer_options")
     budget = checks.table("budget", raw, fields)
@@ -261,7 +261,7 @@ def _evaluation(checks: _Checks, raw: Any, data_name: Any) -> dict[str, Any]:
 
 
 def _methods(checks: _Checks, raw: Any) -> tuple[MethodSpec, ...]:
-    from ppdgm.method import get_method
+    from ppdgm.methods.base import get_method
 
     if not isinstance(raw, list) or not raw:
         checks.add("methods: must be a non-empty list of [[methods]] tables")

@@ -10,10 +10,10 @@ import json
 import sys
 from pathlib import Path
 
-from ppdgm import distributed
 from ppdgm.compare.runner import deterministic_run
 from ppdgm.compare.spec import Spec, run_dir
-from ppdgm.train import resolve_device
+from ppdgm.runtime import distributed
+from ppdgm.runtime.devices import resolve_device
 
 
 def main(argv: list[str]) -> int:

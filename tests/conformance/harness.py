@@ -14,10 +14,10 @@ import pyro
 import torch
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceEnum_ELBO
 
-from ppdgm.batch import as_rows
-from ppdgm.batch import batch_size as rows_of
 from ppdgm.inference import IWAE, VAE
-from ppdgm.programs import ProgramPair
+from ppdgm.programs.batch import as_rows
+from ppdgm.programs.batch import batch_size as rows_of
+from ppdgm.programs.pair import ProgramPair
 
 ATOL = 1e-8
 

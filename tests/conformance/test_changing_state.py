@@ -9,7 +9,8 @@ from pyro import poutine
 from torch import nn
 
 import ppdgm
-from ppdgm.compiled import CompiledStep, CompileError, CompileWarning
+from ppdgm.compile.failures import CompileError, CompileWarning
+from ppdgm.compile.step import CompiledStep
 
 
 class Annealed(nn.Module):

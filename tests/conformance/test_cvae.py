@@ -15,7 +15,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 import ppdgm
-from ppdgm.inspection import ConventionError
+from ppdgm.programs.sites import ConventionError
 
 from .harness import assert_same_objective
 
@@ -142,6 +142,6 @@ def test_cvae_trains_is_evaluated_and_sampled_by_site():
     assert set(draws) == {"y"} and draws["y"].shape == (6, 48)  # the 48 masked pixels of each row
     assert set(draws["y"].unique().tolist()) <= {0.0, 1.0}
     with pytest.raises(ConventionError, match=r"no data column holds the draws of the observed site\(s\) \['y'\]"):
-        ppdgm.sampling.sample_rows(run, 6)
+        ppdgm.evaluate.sampling.sample_rows(run, 6)
     with pytest.raises(ConventionError, match=r"observed site\(s\) \['y'\] observe no data column as it is"):
         ppdgm.fit(cvae.model, cvae.guide, train, "ws", steps=1, progress=False)

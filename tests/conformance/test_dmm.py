@@ -15,8 +15,8 @@ from pyro.infer import RenyiELBO, Trace_ELBO
 from torch import nn
 
 import ppdgm
-from ppdgm.compiled import CompileWarning
-from ppdgm.inspection import ConventionError
+from ppdgm.compile.failures import CompileWarning
+from ppdgm.programs.sites import ConventionError
 
 from .harness import assert_same_objective
 

@@ -40,7 +40,7 @@ def test_iwae_with_a_global_site_refuses_a_data_parallel_fit(monkeypatch):
     from pyro.infer.autoguide import AutoNormal
 
     from ppdgm.inference import IWAE
-    from ppdgm.programs import ProgramPair
+    from ppdgm.programs.pair import ProgramPair
 
     def model(x):
         mu = pyro.sample("mu", dist.Normal(x.new_zeros(()), 1.0))
@@ -49,6 +49,6 @@ def test_iwae_with_a_global_site_refuses_a_data_parallel_fit(monkeypatch):
 
     programs = ProgramPair(model, AutoNormal(model))
     programs.inspect(torch.randn(6))
-    monkeypatch.setattr(ppdgm.distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(ppdgm.runtime.distributed, "world_size", lambda: 2)
     with pytest.raises(ppdgm.PpdgmError, match=r"global site\(s\) \['mu', 'mu_unconstrained'\]"):
         IWAE(num_particles=3).setup(programs)

@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 import ppdgm
-from ppdgm.inspection import ConventionError
+from ppdgm.programs.sites import ConventionError
 
 from .harness import assert_same_objective
 

@@ -13,17 +13,20 @@ from typing import Any
 
 import torch
 
-from ppdgm import checkpoints, distributed
 from ppdgm import data as data_mod
 from ppdgm import evaluate as evaluate_mod
-from ppdgm.batch import batch_size
+from ppdgm.data.transforms import get_transform
 from ppdgm.errors import PpdgmError, UsageError
-from ppdgm.method import available_methods
-from ppdgm.presets import ENCODERS, MODELS, build
-from ppdgm.programs import ProgramPair
-from ppdgm.sampling import generate, plot_samples_2d, save_image_grid
-from ppdgm.streams import get_transform
-from ppdgm.train import fit, load_params, resolve_device
+from ppdgm.evaluate.sampling import generate, plot_samples_2d, save_image_grid
+from ppdgm.methods.base import available_methods
+from ppdgm.programs.batch import batch_size
+from ppdgm.programs.pair import ProgramPair
+from ppdgm.runtime import distributed
+from ppdgm.runtime import storage as checkpoints
+from ppdgm.runtime.devices import resolve_device
+from ppdgm.training.fit import fit
+from ppdgm.training.run import load_params
+from ppdgm.zoo import ENCODERS, MODELS, build
 
 CONFIG = "config.json"
 PARAMS = "params.pt"
@@ -259,7 +262,7 @@ def _print_estimate(spec: Any) -> None:
 
 def cmd_presets(args: argparse.Namespace) -> int:
     from ppdgm.compare import comparison_names, preset_path
-    from ppdgm.compare.presets import describe
+    from ppdgm.compare.catalogue import describe
 
     if args.name is not None:  # the file, to copy and edit
         path = preset_path(args.name)
@@ -275,7 +278,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ppdgm.demo import main as demo_main
+    from ppdgm.cli.demo import main as demo_main
 
     return demo_main(out=Path(args.out), budget=args.budget)
 

@@ -11,7 +11,7 @@ datapoint per row, plus the image shape for plotting and, for synthetic data, th
   ``binarized_mnist_{train,valid,test}.amat`` text files; when neither is there the .amat files are
   fetched into ``data_dir`` (a clear error says what to do when offline).
 * ``mnist``, ``fashion-mnist``, ``svhn``, ``cifar10`` — image sets in torchvision's file layout, read
-  from ``data_dir`` (:mod:`ppdgm.images`), pixel intensities in [0, 1]; ``transform="binarize"`` or
+  from ``data_dir`` (:mod:`ppdgm.data.images`), pixel intensities in [0, 1]; ``transform="binarize"`` or
   ``"dequantize"`` in ``fit`` for likelihood models.
 * ``ring8`` / ``grid25`` — mixtures of 8 Gaussians on a circle and 25 on a 5x5 grid.
 
@@ -27,77 +27,20 @@ import os
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ppdgm.batch import Batch, as_batch, describe_columns, first_column
+from ppdgm.data.dataset import SPLITS, Dataset, default_data_dir
+from ppdgm.data.images import DataUnavailableError
+from ppdgm.data.streams import is_stream
 from ppdgm.errors import UsageError
-from ppdgm.images import DataUnavailableError
-from ppdgm.streams import RowTransform, as_source, is_stream, materialize
+from ppdgm.programs.batch import Batch, as_batch, first_column
 
 MNIST_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/binarized_mnist_{split}.amat"
-_SPLITS = ("train", "valid", "test")
-
-
-@dataclass
-class Dataset:
-    """Train/valid/test rows of one data set.
-
-    Each split is rows in memory (a tensor, or a :class:`~ppdgm.batch.Batch` of several columns), a torch
-    ``Dataset``/``IterableDataset``/``DataLoader`` read in minibatches (:mod:`ppdgm.streams`), or ``None``
-    when the data set has no such split. ``transform`` (e.g. :class:`~ppdgm.streams.DynamicBinarization`)
-    is applied to every batch as it is read.
-    """
-
-    name: str
-    train: Any
-    valid: Any = None
-    test: Any = None
-    image_shape: tuple[int, ...] | None = None
-    binary: bool = False
-    log_density: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
-    labels: dict[str, torch.Tensor] | None = field(default=None, repr=False)
-    transform: RowTransform | None = None
-    classes: int | None = None
-
-    @property
-    def dim(self) -> int:
-        """Numbers per row of the (first) data column."""
-        head = as_source(self.train).head(1)
-        return int(first_column(head)[1][0].numel())
-
-    def describe_columns(self) -> str | None:
-        """The columns' shapes per row, for run records (``None`` for a single tensor)."""
-        return describe_columns(as_source(self.train).head(1))
-
-    def tensor(self, name: str) -> torch.Tensor:
-        """A split of a single-tensor data set in memory (a clear error for data of several columns)."""
-        rows = self.rows(name)
-        if not torch.is_tensor(rows):
-            raise UsageError(f"data set {self.name!r} has several columns; this needs a single tensor of rows")
-        return rows
-
-    def split(self, name: str) -> Any:
-        """A split as given: rows in memory, a torch data set, or ``None``."""
-        if name not in _SPLITS:
-            raise UsageError(f"unknown split {name!r}; expected one of {_SPLITS}")
-        return getattr(self, name)
-
-    def rows(self, name: str, limit: int | None = None, seed: int = 0) -> torch.Tensor | Batch:
-        """A split's rows in memory, in order (at most ``limit``), with the data set's transform drawn once per
-        ``seed``: what evaluation reads."""
-        split = self.split(name)
-        if split is None:
-            raise UsageError(f"data set {self.name!r} has no {name} split")
-        return materialize(split, limit, transform=self.transform, seed=seed)
-
-
-def default_data_dir() -> Path:
-    return Path(os.environ.get("PPDGM_DATA", Path.home() / ".cache" / "ppdgm"))
 
 
 def _split_rows(x: np.ndarray, n_valid: int, n_test: int, seed: int) -> tuple[np.ndarray, ...]:
@@ -119,7 +62,7 @@ def load_digits(binary: bool = False, split_seed: int = 0) -> Dataset:
     if binary:
         x = (x > 0.5).astype(np.float32)
     train, valid, test = _tensors(*_split_rows(x, 200, 297, split_seed))
-    labels = dict(zip(_SPLITS, (torch.as_tensor(y) for y in _split_rows(digits.target, 200, 297, split_seed))))
+    labels = dict(zip(SPLITS, (torch.as_tensor(y) for y in _split_rows(digits.target, 200, 297, split_seed))))
     return Dataset("digits-binary" if binary else "digits", train, valid, test, (8, 8), binary, labels=labels)
 
 
@@ -131,17 +74,17 @@ def load_binarized_mnist(data_dir: str | Path | None = None, download: bool = Tr
     """Binarized MNIST (50k/10k/10k) from ``data_dir``; see the module docstring for the formats."""
     root = Path(data_dir) if data_dir is not None else default_data_dir()
     npz = root / "binarized_mnist.npz"
-    amats = {s: root / f"binarized_mnist_{s}.amat" for s in _SPLITS}
+    amats = {s: root / f"binarized_mnist_{s}.amat" for s in SPLITS}
     if npz.exists():
         with np.load(npz) as packed:
-            arrays = [np.unpackbits(packed[s], axis=1)[:, :784] for s in _SPLITS]
+            arrays = [np.unpackbits(packed[s], axis=1)[:, :784] for s in SPLITS]
     else:
         missing = [s for s, p in amats.items() if not p.exists()]
         if missing and not download:
             raise DataUnavailableError(f"binarized MNIST is not in {root} (looked for {npz.name} and the .amat files)")
         for split in missing:
             _fetch(MNIST_URL.format(split=split), amats[split])
-        arrays = [_read_amat(amats[s]) for s in _SPLITS]
+        arrays = [_read_amat(amats[s]) for s in SPLITS]
     train, valid, test = _tensors(*arrays)
     return Dataset("binarized-mnist", train, valid, test, (28, 28), True)
 
@@ -208,7 +151,7 @@ def with_columns(data: Dataset, columns: str, labelled: float | int | None = Non
     """A labelled in-memory data set with its labels as columns: ``"x,y"`` (one-hot, float) or ``"x,y,labelled"``
     (semi-supervised: ``labelled`` is a fraction of the training rows or a count per class; evaluation splits keep
     every label). ``"x"`` returns ``data`` unchanged."""
-    from ppdgm.images import COLUMNS, labelled_mask
+    from ppdgm.data.images import COLUMNS, labelled_mask
 
     if columns not in COLUMNS:
         raise UsageError(f"columns must be one of {COLUMNS}, got {columns!r}")
@@ -218,7 +161,7 @@ def with_columns(data: Dataset, columns: str, labelled: float | int | None = Non
         raise UsageError(f"data set {data.name!r} has no labels to make columns {columns!r} of")
     classes = int(max(int(y.max()) for y in data.labels.values())) + 1
     splits = {}
-    for split in _SPLITS:
+    for split in SPLITS:
         x, y = data.tensor(split), data.labels[split]
         onehot = torch.nn.functional.one_hot(y, classes).float()
         if columns == "x,y":
@@ -238,7 +181,7 @@ def _digits(binary: bool, columns: str = "x", labelled: float | int | None = Non
 
 def _images(name: str) -> Callable[..., Dataset]:
     def load_named(data_dir: str | Path | None = None, **options: Any) -> Dataset:
-        from ppdgm.images import load_images
+        from ppdgm.data.images import load_images
 
         return load_images(name, data_dir, **options)
 
@@ -293,7 +236,7 @@ def training_fraction(data: Dataset, fraction: float, seed: int = 0) -> Dataset:
     rows = len(train)
     labels = (data.labels or {}).get("train")
     if labels is not None:
-        from ppdgm.images import labelled_mask
+        from ppdgm.data.images import labelled_mask
 
         keep = labelled_mask(labels, float(fraction), seed).nonzero().squeeze(1)
     else:
@@ -345,7 +288,7 @@ def unpaired(a: Dataset, b: Dataset, name: str | None = None, seed: int = 0) -> 
     """
     gen = torch.Generator().manual_seed(seed)
     splits, labels = {}, {}
-    for split in _SPLITS:
+    for split in SPLITS:
         xa, xb = a.tensor(split), b.tensor(split)
         n = min(xa.shape[0], xb.shape[0])
         ia, ib = torch.randperm(xa.shape[0], generator=gen)[:n], torch.randperm(xb.shape[0], generator=gen)[:n]
@@ -359,16 +302,5 @@ def unpaired(a: Dataset, b: Dataset, name: str | None = None, seed: int = 0) -> 
 
 def transformed(data: Dataset, fn: Callable[[torch.Tensor], torch.Tensor], name: str) -> Dataset:
     """The same data set with ``fn`` applied to every row (e.g. rotated or inverted images), labels kept."""
-    train, valid, test = (fn(data.tensor(s)) for s in _SPLITS)
+    train, valid, test = (fn(data.tensor(s)) for s in SPLITS)
     return Dataset(name, train, valid, test, data.image_shape, data.binary, labels=data.labels)
-
-
-def labelled_subset(labels: torch.Tensor, per_class: int, seed: int = 0) -> torch.Tensor:
-    """A boolean mask keeping ``per_class`` rows of each class (drawn with ``seed``): the labelled rows of a
-    semi-supervised experiment."""
-    gen = torch.Generator().manual_seed(seed)
-    mask = torch.zeros(len(labels), dtype=torch.bool)
-    for c in labels.unique().tolist():
-        rows = torch.nonzero(labels == c).flatten()
-        mask[rows[torch.randperm(len(rows), generator=gen)[:per_class]]] = True
-    return mask

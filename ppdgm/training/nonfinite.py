@@ -16,13 +16,13 @@ import pyro
 import pyro.poutine as poutine
 import torch
 
-from ppdgm import distributed
-from ppdgm.batch import Data
 from ppdgm.errors import PpdgmError
-from ppdgm.handlers import distribution_of
-from ppdgm.inspection import sample_sites
-from ppdgm.method import Engine
-from ppdgm.programs import ProgramPair
+from ppdgm.methods.engine import Engine
+from ppdgm.programs.batch import Data
+from ppdgm.programs.handlers import distribution_of
+from ppdgm.programs.pair import ProgramPair
+from ppdgm.programs.sites import sample_sites
+from ppdgm.runtime import distributed
 
 
 class TrainingDiverged(PpdgmError, RuntimeError):

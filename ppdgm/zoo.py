@@ -6,9 +6,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ppdgm.errors import UsageError
+from ppdgm.errors import UsageError, positive_int
 from ppdgm.guides import AffineGaussianGuide, GaussianMLPEncoder, ImplicitMLPEncoder, SBNRecognition
-from ppdgm.method import positive_int
 from ppdgm.models import (
     DBN,
     RBM,

@@ -5,7 +5,7 @@ process would take) is split into contiguous row blocks, one per rank, and every
 gradients are averaged across ranks before its optimizer steps. Three choices make the result the
 same as one process at the global batch size, to float tolerance:
 
-* **Gradients are all-reduced per player inside** :meth:`ppdgm.method.Engine.update`, one flat
+* **Gradients are all-reduced per player inside** :meth:`ppdgm.methods.engine.Engine.update`, one flat
   bucket per player and phase. PyTorch's ``DistributedDataParallel`` synchronises only gradients
   produced by a forward pass through its wrapper; Pyro programs call the user's modules directly
   (``pyro.module``), so wrapping them would synchronise nothing. Reducing per player also means a
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as torch_dist
 
-from ppdgm.handlers import ShardedSampling
+from ppdgm.programs.handlers import ShardedSampling
 
 __all__ = [
     "Context",

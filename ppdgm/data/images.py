@@ -16,7 +16,7 @@ builds NumPy arrays and nothing else), so torchvision is needed only to *downloa
 and torchvision is installed, ``download=True`` asks torchvision for it; otherwise the error says which
 files to put where. Images stay in memory as 8-bit values (MNIST 47 MB, CIFAR-10 184 MB, SVHN 226 MB) and
 are turned into float rows in [0, 1] per minibatch by :class:`ImageSet`, a map-style torch ``Dataset``,
-read through :mod:`ppdgm.streams` a minibatch at a time (one gather per batch; a DataLoader with workers
+read through :mod:`ppdgm.data.streams` a minibatch at a time (one gather per batch; a DataLoader with workers
 reads item by item).
 
 Splits: the last 10,000 training images are the validation split for MNIST and Fashion-MNIST, the last
@@ -78,7 +78,7 @@ class ImageSet(TorchDataset):
         return out[0] if len(out) == 1 else out
 
     def read_batch(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The columns of rows ``index`` in one gather (what :mod:`ppdgm.streams` reads instead of item by item)."""
+        """The columns of rows ``index`` in one gather (what :mod:`~ppdgm.data.streams` reads, not items)."""
         x = self.images[index].reshape(len(index), -1).float() / 255
         if self.columns == "x":
             return (x,)
@@ -243,7 +243,7 @@ def load_images(
         labelled: with ``"x,y,labelled"``, the labelled training rows: a fraction in (0, 1] of them, or a
             count per class (drawn with ``split_seed``, the same number of each class).
     """
-    from ppdgm.data import Dataset, default_data_dir
+    from ppdgm.data.dataset import Dataset, default_data_dir
 
     if name not in IMAGE_SETS:
         raise UsageError(f"unknown image set {name!r}; known: {', '.join(IMAGE_SETS)}")
@@ -292,7 +292,7 @@ def load_images(
 
 def labelled_mask(labels: torch.Tensor, labelled: float | int | None, seed: int) -> torch.Tensor:
     """The labelled rows: all (``None`` or 1.0), a fraction of them, or a number per class, balanced over classes."""
-    from ppdgm.data import labelled_subset
+    from ppdgm.data.dataset import labelled_subset
 
     classes = int(labels.max()) + 1
     if labelled is None or (isinstance(labelled, float) and labelled == 1.0):

@@ -23,7 +23,7 @@ A *discriminator program* is any Pyro program ``discriminator(inputs, y=None)`` 
 :class:`~ppdgm.guides.discriminators.Discriminator` turns any ``nn.Module`` into one. What it
 discriminates depends on the method: x (GAN), z (AAE) or (x, z) pairs (ALI/BiGAN); pairs and
 several latent sites are passed as one tensor, flattened per row and concatenated (see
-:func:`ppdgm.programs.flatten_rows`).
+:func:`ppdgm.programs.rows.flatten_rows`).
 """
 
 from __future__ import annotations
@@ -35,12 +35,13 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine.trace_struct import Trace
 
-from ppdgm.batch import Data
-from ppdgm.errors import UsageError
-from ppdgm.handlers import Reverse, StoreParams, distribution_of
-from ppdgm.inspection import ConventionError, accepts
-from ppdgm.method import Method, positive_int
-from ppdgm.programs import ProgramPair, dream_rows, flatten_rows
+from ppdgm.errors import UsageError, positive_int
+from ppdgm.methods.base import Method
+from ppdgm.programs.batch import Data
+from ppdgm.programs.handlers import Reverse, StoreParams, distribution_of
+from ppdgm.programs.pair import ProgramPair
+from ppdgm.programs.rows import dream_rows, flatten_rows
+from ppdgm.programs.sites import ConventionError, accepts
 
 
 def reverse(fn: Callable, site: str = "y") -> Callable:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import torch
 
 from ppdgm.errors import UsageError
-from ppdgm.handlers import Float32Sites
+from ppdgm.programs.handlers import Float32Sites
 
 PRECISIONS = ("fp32", "bf16")
 

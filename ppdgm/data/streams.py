@@ -2,7 +2,7 @@
 
 Every source yields, for each step, the number of rows in the *global* minibatch and this process's
 block of it (the whole batch in one process; block ``r`` of the rows on rank ``r`` of a data-parallel
-fit), already converted to what the programs receive: a tensor, or a :class:`~ppdgm.batch.Batch` of
+fit), already converted to what the programs receive: a tensor, or a :class:`~ppdgm.programs.batch.Batch` of
 columns when the items are tuples or dicts (torchvision's ``(image, label)`` pairs included).
 
 The guarantees of in-memory training carry over:
@@ -13,7 +13,7 @@ The guarantees of in-memory training carry over:
   pinned memory, ``collate_fn``, prefetching and timeouts are kept; its sampler is replaced (a
   ``RandomSampler`` by the seeded permutation, a ``SequentialSampler`` by the rows in order).
 * **Batched reads.** A data set with a ``read_batch(indices)`` method returning the batch's columns (such as
-  :class:`ppdgm.images.ImageSet`) is read one gather per batch when no workers are asked for.
+  :class:`ppdgm.data.images.ImageSet`) is read one gather per batch when no workers are asked for.
 * **Resume mid-epoch.** A source can start an epoch at any batch: a map-style source skips the
   first batches' indices without reading them; an ``IterableDataset`` reads and drops them.
 * **Data-parallel.** Each rank reads only its block's indices from a map-style source; from an
@@ -28,290 +28,25 @@ Nothing needs the data set in memory: only the batches being read are.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch.utils.data import (
     DataLoader,
-    DistributedSampler,
     IterableDataset,
     RandomSampler,
-    SequentialSampler,
-    SubsetRandomSampler,
-    WeightedRandomSampler,
     default_collate,
 )
 from torch.utils.data import Dataset as TorchDataset
 
-from ppdgm import distributed
-from ppdgm.batch import Batch, Data, as_rows, first_column
-from ppdgm.batch import batch_size as rows_of
-from ppdgm.checkpoints import digest
+from ppdgm.data.collate import checked_collate, collated, diagnose_items, read_batches
+from ppdgm.data.order import LOADER_OPTIONS, Sampling, epoch_order, noise_key, rank_rows
+from ppdgm.data.transforms import RowTransform
 from ppdgm.errors import UsageError
-
-#: DataLoader options a stream keeps from a user's loader (its sampler, batch size and shuffle are ppdgm's)
-LOADER_OPTIONS = (
-    "num_workers", "collate_fn", "pin_memory", "timeout", "worker_init_fn", "multiprocessing_context",
-    "prefetch_factor", "persistent_workers", "pin_memory_device", "in_order",
-)  # fmt: skip
-
-
-def rank_rows(n: int) -> slice:
-    """The rows of a global batch of ``n`` this process takes (all of them in one process, or with fewer rows
-    than ranks: see :class:`ppdgm.train._Shards`)."""
-    world = distributed.world_size()
-    if world == 1 or n < world:
-        return slice(None)
-    offset, size = distributed.block(n, distributed.rank(), world)
-    return slice(offset, offset + size)
-
-
-def noise_key(seed: int, epoch: int, batch: int) -> int:
-    """A generator seed for the random transform of one batch (``epoch = -1``: evaluation splits)."""
-    mixed = (seed + 1) * 0x9E3779B97F4A7C15 ^ (epoch + 2) * 0xC2B2AE3D27D4EB4F ^ (batch + 1) * 0x165667B19E3779F9
-    return mixed % (2**63 - 1)
-
-
-def epoch_order(
-    num_rows: int, batch_size: int, seed: int, epoch: int, shuffle: bool, sampling: Sampling | None = None
-) -> list[torch.Tensor]:
-    """The index batches of epoch ``epoch``: a seeded permutation of the rows (or the rows in order), or the rows a
-    DataLoader's sampler would draw (:class:`Sampling`) drawn from the same seeded generator, split."""
-    gen = torch.Generator(device="cpu").manual_seed(seed * 100_003 + epoch)
-    if sampling is not None:
-        order = sampling.draw(num_rows, gen)
-    elif shuffle:
-        order = torch.randperm(num_rows, generator=gen, device="cpu")
-    else:
-        order = torch.arange(num_rows, device="cpu")
-    return list(order.split(batch_size))
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """The rows a DataLoader's sampler draws in an epoch, drawn from ppdgm's seeded generator instead of the sampler's.
-
-    ``RandomSampler(replacement=..., num_samples=...)``, ``WeightedRandomSampler`` and ``SubsetRandomSampler`` are
-    honoured this way (their draws follow from the seed and the epoch, so a resumed or data-parallel fit reads the
-    same rows); the plain ``RandomSampler`` and ``SequentialSampler`` are ppdgm's own shuffle on and off.
-    """
-
-    kind: str
-    replacement: bool = False
-    num_samples: int | None = None
-    weights: torch.Tensor | None = None
-    indices: torch.Tensor | None = None
-
-    @classmethod
-    def of(cls, sampler: Any) -> Sampling | None:
-        """The sampling of ``sampler`` (``None``: ppdgm's plain shuffle or order); refuses samplers ppdgm cannot
-        honour, naming them."""
-        if isinstance(sampler, DistributedSampler):
-            raise UsageError(
-                "a DataLoader with a DistributedSampler: ppdgm splits each global batch over the ranks itself (every "
-                "rank reads its block of the same seeded batches, docs/scaling.md); give the loader shuffle=True or "
-                "False, or its dataset"
-            )
-        if isinstance(sampler, WeightedRandomSampler):
-            return cls("weighted", bool(sampler.replacement), int(sampler.num_samples), weights=sampler.weights)
-        if isinstance(sampler, SubsetRandomSampler):
-            return cls("subset", indices=torch.as_tensor(list(sampler.indices), dtype=torch.long))
-        if isinstance(sampler, RandomSampler):
-            if not sampler.replacement and sampler._num_samples is None:
-                return None
-            return cls("random", bool(sampler.replacement), int(sampler.num_samples))
-        if isinstance(sampler, SequentialSampler):
-            return None
-        raise UsageError(
-            f"a DataLoader with a {type(sampler).__name__} cannot be read in ppdgm's seeded order; ppdgm honours "
-            "RandomSampler (with replacement / num_samples), WeightedRandomSampler, SubsetRandomSampler and "
-            "SequentialSampler, drawing their rows from the seed and the epoch so that a resumed or data-parallel "
-            "fit reads the same batches; pass its dataset with shuffle=True/False instead"
-        )
-
-    def epoch_rows(self, num_rows: int) -> int:
-        """Rows read in one epoch."""
-        if self.kind == "subset":
-            return int(self.indices.numel()) if self.indices is not None else 0
-        return int(self.num_samples if self.num_samples is not None else num_rows)
-
-    def draw(self, num_rows: int, gen: torch.Generator) -> torch.Tensor:
-        """This epoch's row indices, as the sampler would draw them (its distribution, ppdgm's generator)."""
-        if self.kind == "subset":
-            assert self.indices is not None
-            return self.indices[torch.randperm(self.indices.numel(), generator=gen)]
-        count = self.epoch_rows(num_rows)
-        if self.kind == "weighted":
-            assert self.weights is not None
-            return torch.multinomial(self.weights.double(), count, self.replacement, generator=gen)
-        if self.replacement:
-            return torch.randint(num_rows, (count,), generator=gen, dtype=torch.long)
-        parts = [torch.randperm(num_rows, generator=gen) for _ in range(count // num_rows)]
-        return torch.cat([*parts, torch.randperm(num_rows, generator=gen)[: count % num_rows]])
-
-    def describe(self) -> dict[str, Any]:
-        """Plain data for records and data fingerprints."""
-        return {
-            "sampler": self.kind,
-            "replacement": self.replacement,
-            "num_samples": self.num_samples,
-            "weights": None if self.weights is None else digest(self.weights),
-            "indices": None if self.indices is None else digest(self.indices),
-        }
-
-
-class RowTransform:
-    """A random transform of the first data column, applied to each batch as it is read.
-
-    Subclasses implement :meth:`apply` on rows and uniform noise of the same shape; the noise of a batch
-    is drawn for the whole global batch from ``noise_key(seed, epoch, batch)`` and sliced to this rank's rows.
-    """
-
-    name = "transform"
-
-    def apply(self, rows: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def __call__(self, data: Data, key: int, rows: slice, n: int) -> Data:
-        first_key, first = first_column(data)
-        gen = torch.Generator(device="cpu").manual_seed(key)
-        if not first.is_floating_point():
-            raise UsageError(f"{self.name} needs floating-point pixel values in [0, 1], got {first.dtype}")
-        uniform = torch.rand((n, *first.shape[1:]), generator=gen, dtype=torch.float32)[rows]
-        out = self.apply(first, uniform.to(first.device, first.dtype))
-        return out if torch.is_tensor(data) else data.replace({first_key: out})
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-class DynamicBinarization(RowTransform):
-    """x ~ Bernoulli(pixel intensity), drawn afresh every epoch: the dynamic binarization of Burda et al. (2016).
-
-    Evaluation splits get one fixed draw per seed.
-    """
-
-    name = "binarize"
-
-    def apply(self, rows: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
-        return (uniform < rows).to(rows.dtype)
-
-
-class Dequantization(RowTransform):
-    """Uniform dequantization of 8-bit pixels given in [0, 1]: (round(255 x) + u) / 256, u ~ U(0, 1).
-
-    A continuous density on the result relates to the discrete one of the 8-bit values by
-    log P(x_8bit) >= E_u log p((x_8bit + u) / 256) - D log 256 (Theis et al., 2016).
-    """
-
-    name = "dequantize"
-
-    def apply(self, rows: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
-        return ((rows * 255).round() + uniform) / 256
-
-
-TRANSFORMS: dict[str, Callable[[], RowTransform]] = {"binarize": DynamicBinarization, "dequantize": Dequantization}
-
-
-def get_transform(transform: str | RowTransform | None) -> RowTransform | None:
-    """A transform from its name (``"binarize"``, ``"dequantize"``), an instance, or ``None``."""
-    if transform is None or isinstance(transform, RowTransform):
-        return transform
-    try:
-        return TRANSFORMS[transform]()
-    except (KeyError, TypeError):
-        raise UsageError(f"unknown transform {transform!r}; known: {', '.join(TRANSFORMS)} or a RowTransform") from None
-
-
-def _read_batches(loader: DataLoader) -> Iterator[Data]:
-    """A loader's batches as ppdgm rows, with a hint when its items do not collate into tensors."""
-    iterator = iter(loader)
-    try:
-        while True:
-            try:
-                raw = next(iterator)
-            except StopIteration:
-                return
-            except TypeError as err:
-                if "collate" not in str(err):
-                    raise
-                raise UsageError(
-                    f"the data set's items do not collate into tensors ({err}); add a transform that turns them into "
-                    "tensors (e.g. torchvision's ToTensor)"
-                ) from err
-            yield collated(raw)
-    finally:  # workers stop now, not when the iterator is collected (maybe in a later loader's forked worker)
-        shutdown = getattr(iterator, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
-
-
-def _structure(item: Any) -> Any:
-    """What must agree between items to batch them: tensors' shapes and dtypes, tuples' lengths, dicts' keys."""
-    if torch.is_tensor(item):
-        return ("tensor", tuple(item.shape), str(item.dtype))
-    if isinstance(item, tuple | list):
-        return ("tuple", len(item), tuple(_structure(v) for v in item))
-    if isinstance(item, Mapping):
-        return ("dict", tuple(sorted(map(str, item))), tuple(_structure(item[k]) for k in sorted(item, key=str)))
-    if isinstance(item, int | float | bool):
-        return ("number",)
-    return (type(item).__name__,)
-
-
-def _described(structure: Any) -> str:
-    kind = structure[0]
-    if kind == "tensor":
-        return f"a tensor of shape {list(structure[1])} ({structure[2]})"
-    if kind == "tuple":
-        return f"a {structure[1]}-tuple of ({', '.join(_described(s) for s in structure[2])})"
-    if kind == "dict":
-        return f"a dict with keys {list(structure[1])}"
-    return f"a {kind}"
-
-
-def checked_collate(batch: Sequence[Any]) -> Any:
-    """torch's ``default_collate``, after checking that every item has the first one's structure (torch's uses the
-    first item's dict keys and would drop another item's extra keys without a word)."""
-    first = _structure(batch[0]) if len(batch) else None
-    if any(_structure(item) != first for item in batch[1:]):
-        raise ValueError("the batch's items differ in structure")  # the reader names the item (_diagnose)
-    return default_collate(list(batch))
-
-
-def _diagnose(dataset: Any, indices: Sequence[int]) -> UsageError | None:
-    """The first item of a batch that cannot be read, or that differs in structure from the batch's first item."""
-    first: tuple[int, Any] | None = None
-    for i in indices:
-        try:
-            item = dataset[i]
-        except Exception as err:
-            return UsageError(f"reading item {i} of the data set raised {type(err).__name__}: {err}")
-        structure = _structure(item)
-        if first is None:
-            first = (i, structure)
-        elif structure != first[1]:
-            return UsageError(
-                f"item {i} of the data set is {_described(structure)}, but item {first[0]} of the same batch is "
-                f"{_described(first[1])}: items must have one structure to be batched"
-            )
-    return None
-
-
-def collated(raw: Any) -> Data:
-    """A collated DataLoader batch as ppdgm rows: a tensor, or a :class:`Batch` for tuples, lists and dicts."""
-    if isinstance(raw, Batch) or torch.is_tensor(raw):
-        return raw
-    if isinstance(raw, tuple | list) and len(raw) == 1 and torch.is_tensor(raw[0]):
-        return raw[0]  # a TensorDataset of one tensor: plain rows, as a tensor given directly
-    if isinstance(raw, tuple | list | Mapping):
-        return as_rows(tuple(raw) if isinstance(raw, list) else raw)
-    raise UsageError(
-        f"a data set's batches must collate to a tensor, a tuple/list or a dict of tensors, got {type(raw).__name__}; "
-        "add a transform that turns its items into tensors (e.g. torchvision's ToTensor)"
-    )
+from ppdgm.programs.batch import Batch, Data, as_rows, first_column
+from ppdgm.programs.batch import batch_size as rows_of
+from ppdgm.runtime.storage import digest
 
 
 class Source:
@@ -439,7 +174,7 @@ class DatasetSource(Source):
 
     def _read(self, blocks: Sequence[torch.Tensor], key: int) -> Iterator[Data]:
         if hasattr(self.dataset, "read_batch") and not self.options.get("num_workers"):
-            for block in blocks:  # a data set that gathers whole batches (ppdgm.images.ImageSet): no per-item reads
+            for block in blocks:  # a data set that gathers whole batches (images.ImageSet): no per-item reads
                 yield collated(self.dataset.read_batch(block))
             return
         options = dict(self.options)
@@ -453,13 +188,13 @@ class DatasetSource(Source):
         )
         done = 0
         try:
-            for rows in _read_batches(loader):
+            for rows in read_batches(loader):
                 yield rows
                 done += 1
         except UsageError:
             raise
         except Exception as err:  # a collate error or a worker's: find the item, reading the batch's items here
-            named = _diagnose(self.dataset, blocks[done].tolist()) if done < len(blocks) else None
+            named = diagnose_items(self.dataset, blocks[done].tolist()) if done < len(blocks) else None
             if named is None:
                 raise
             raise named from err
@@ -504,7 +239,7 @@ class IterableSource(Source):
             self.dataset, batch_size=batch_size, generator=torch.Generator().manual_seed(noise_key(seed, epoch, 0)),
             **self.options,
         )  # fmt: skip
-        for i, rows in enumerate(_read_batches(loader)):
+        for i, rows in enumerate(read_batches(loader)):
             if i < start:
                 continue
             n = rows_of(rows)

@@ -1,0 +1,1 @@
+"""The ``ppdgm`` command line: train, evaluate, sample, compare, presets, demo."""
