@@ -16,6 +16,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from ppdgm.models.gan import output_layer
 from ppdgm.models.nets import broadcast_cat, mlp
 
 
@@ -61,10 +62,9 @@ class ConditionalGenerator(nn.Module):
         self, x_dim: int, classes: int, z_dim: int = 16, hidden: Sequence[int] = (128, 128), output: str = "sigmoid"
     ) -> None:
         super().__init__()
-        from ppdgm.models.gan import _output
 
         self.z_dim = z_dim
-        self.net = nn.Sequential(mlp([z_dim + classes, *hidden, x_dim], "leaky_relu"), _output(output))
+        self.net = nn.Sequential(mlp([z_dim + classes, *hidden, x_dim], "leaky_relu"), output_layer(output))
         self.register_buffer("prior_loc", torch.zeros(z_dim))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

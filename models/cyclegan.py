@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ppdgm.errors import UsageError
-from ppdgm.models.gan import _output
+from ppdgm.models.gan import output_layer
 from ppdgm.models.nets import mlp
 
 
@@ -26,7 +26,7 @@ class Translator(nn.Module):
 
     def __init__(self, source_dim: int, target_dim: int, hidden: Sequence[int], output: str, name: str) -> None:
         super().__init__()
-        self.net = nn.Sequential(mlp([source_dim, *hidden, target_dim], "relu"), _output(output))
+        self.net = nn.Sequential(mlp([source_dim, *hidden, target_dim], "relu"), output_layer(output))
         self.name = name
 
     def forward(self, source: torch.Tensor) -> torch.Tensor:
@@ -47,7 +47,7 @@ class ConvTranslator(Translator):
             blocks.append(nn.Conv2d(c_in, c_out, 3, padding=1))
             if i < layers - 1:
                 blocks.append(nn.ReLU())
-        self.net = nn.Sequential(*blocks, nn.Flatten(), _output(output))
+        self.net = nn.Sequential(*blocks, nn.Flatten(), output_layer(output))
         self.name = name
 
 

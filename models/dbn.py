@@ -26,6 +26,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+import ppdgm
 from ppdgm.errors import UsageError
 from ppdgm.models.rbm import RBM, RBMMarginal
 
@@ -79,7 +80,6 @@ class DBN(nn.Module):
 
         Returns the runs, bottom-up. Afterwards the directed layers are re-initialised from the RBMs.
         """
-        import ppdgm
 
         x = ppdgm.data.as_dataset(data).train
         runs = []

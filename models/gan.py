@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ppdgm.errors import UsageError
+from ppdgm.guides.discriminators import ConvDiscriminator
 from ppdgm.models.convolutional import dcgan_generator_net
 from ppdgm.models.nets import mlp
 
@@ -41,7 +42,7 @@ class _Generator(nn.Module):
             return pyro.sample("x", fn, obs=x)
 
 
-def _output(name: str) -> nn.Module:
+def output_layer(name: str) -> nn.Module:
     try:
         return OUTPUTS[name]()
     except KeyError:
@@ -70,7 +71,7 @@ class MLPGenerator(_Generator):
         name: str = "generator",
     ) -> None:
         super().__init__(
-            nn.Sequential(mlp([z_dim, *hidden, x_dim], activation), _output(output)), z_dim, noise_scale, name
+            nn.Sequential(mlp([z_dim, *hidden, x_dim], activation), output_layer(output)), z_dim, noise_scale, name
         )
 
 
@@ -97,6 +98,5 @@ class DCGANGenerator(_Generator):
 
     def make_discriminator(self) -> nn.Module:
         """The matching DCGAN-style discriminator program (methods that discriminate x use it by default)."""
-        from ppdgm.guides.discriminators import ConvDiscriminator
 
         return ConvDiscriminator(self.side)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import ppdgm
-from ppdgm.cli.main import _load_run, main
+from ppdgm.cli.main import load_run, main
 from ppdgm.guides import ImplicitMLPEncoder
 
 
@@ -136,5 +136,5 @@ def test_train_bigan_with_the_implicit_encoder(tmp_path, capsys):
     assert main([*args, "--steps", "5", "--hidden", "16,16", "--out", str(out), "--quiet"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["model_options"]["encoder"] == "implicit"
-    _, _, _, guide = _load_run(out)  # a saved run rebuilds the same pair
+    _, _, _, guide = load_run(out)  # a saved run rebuilds the same pair
     assert isinstance(guide, ImplicitMLPEncoder)

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-import ppdgm.compare
 from ppdgm.cli.main import main
 from ppdgm.compare import SpecError, compare, comparison_names, parse_spec, run_dir, spec_from_record
 
@@ -291,7 +290,7 @@ def test_a_time_estimate_measures_each_method_and_scales_to_the_budget(capsys):
 
 def test_a_full_budget_prints_its_measured_training_time_before_running(monkeypatch, capsys):
     ran = []
-    monkeypatch.setattr(ppdgm.compare, "compare", lambda spec, **kwargs: ran.append(spec.name))
+    monkeypatch.setattr("ppdgm.cli.main.compare", lambda spec, **kwargs: ran.append(spec.name))
     assert main(["compare", "--preset", "digits", "--budget", "full", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert ran == ["digits-full"]
@@ -344,7 +343,7 @@ def test_the_judge_is_a_convnet_trained_once_per_data_folder_and_its_worth_is_pr
     from ppdgm.compare import metrics
 
     monkeypatch.setenv("PPDGM_DATA", str(tmp_path / "data"))
-    metrics._data_classifier.cache_clear()
+    metrics.data_classifier.cache_clear()
     raw = tiny_spec(tmp_path / "one", ("inception_score", "class_coverage"))
     raw["methods"], raw["seeds"], raw["budget"]["steps"] = raw["methods"][:1], [0], 2
     compare(raw, progress=False)
@@ -363,11 +362,11 @@ def test_the_judge_is_a_convnet_trained_once_per_data_folder_and_its_worth_is_pr
         assert epochs == 0, "the cached judge was trained again"
         return real(x, labels, shape, epochs=0, **options)
 
-    metrics._data_classifier.cache_clear()
+    metrics.data_classifier.cache_clear()
     monkeypatch.setattr(evaluate, "train_judge", architecture_only)
     compare({**raw, "output": str(tmp_path / "two")}, progress=False)
     assert (tmp_path / "two" / "results.md").read_text().strip().splitlines()[-1] == line
-    metrics._data_classifier.cache_clear()
+    metrics.data_classifier.cache_clear()
 
 
 def test_missing_inception_weights_are_refused_before_any_run_trains(tmp_path):

@@ -114,9 +114,9 @@ def test_bad_budget_and_method_options_are_named():
 
 
 def test_dreg_refuses_non_reparameterised_latents():
-    from .test_training import _discrete_pair
+    from .test_training import discrete_pair
 
-    model, guide = _discrete_pair()
+    model, guide = discrete_pair()
     with pytest.raises(ValueError, match=r"sites \['z'\] are not"):
         ppdgm.fit(model, guide, "digits-binary", "iwae", guide_gradient="dreg", steps=1, progress=False)
 

@@ -84,7 +84,7 @@ def test_training_raises_held_out_log_likelihood_clearly(method):
     assert trained.mean > -30
 
 
-def _discrete_pair(x_dim=64, z_dim=8):
+def discrete_pair(x_dim=64, z_dim=8):
     decoder = nn.Linear(z_dim, x_dim)
     encoder = nn.Linear(x_dim, z_dim)
     prior_logits = nn.Parameter(torch.zeros(z_dim))
@@ -107,7 +107,7 @@ def _discrete_pair(x_dim=64, z_dim=8):
 @pytest.mark.parametrize(("method", "options"), [("vae", {}), ("iwae", {"num_particles": 5})], ids=["nvil", "vimco"])
 def test_discrete_latents_train_with_score_function_gradients(method, options):
     data = ppdgm.data.load("digits-binary")
-    model, guide = _discrete_pair()
+    model, guide = discrete_pair()
     before = evaluate.log_likelihood(model, guide, data.test, num_samples=100).mean
     ppdgm.fit(model, guide, data, method, epochs=15, lr=1e-2, progress=False, **options)
     after = evaluate.log_likelihood(model, guide, data.test, num_samples=100).mean

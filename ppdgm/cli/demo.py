@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ppdgm.compare import compare, parse_spec, preset_spec
+
 
 def main(out: Path = Path("runs/demo"), budget: str = "demo") -> int:
-    from ppdgm.compare import compare, parse_spec, preset_spec
 
     spec = parse_spec(preset_spec("digits", budget), output=out)
     compare(spec)

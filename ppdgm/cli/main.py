@@ -15,6 +15,11 @@ import torch
 
 from ppdgm import data as data_mod
 from ppdgm import evaluate as evaluate_mod
+from ppdgm.cli.demo import main as demo_main
+from ppdgm.compare import compare, comparison_names, parse_spec, preset_path, preset_spec, spec_from_record
+from ppdgm.compare.catalogue import describe
+from ppdgm.compare.record import record_differences
+from ppdgm.compare.runner import estimate
 from ppdgm.data.transforms import get_transform
 from ppdgm.errors import PpdgmError, UsageError
 from ppdgm.evaluate.sampling import generate, plot_samples_2d, save_image_grid
@@ -24,6 +29,7 @@ from ppdgm.programs.pair import ProgramPair
 from ppdgm.runtime import distributed
 from ppdgm.runtime import storage as checkpoints
 from ppdgm.runtime.devices import resolve_device
+from ppdgm.training.config import TrainingConfig
 from ppdgm.training.fit import fit
 from ppdgm.training.run import load_params
 from ppdgm.zoo import ENCODERS, MODELS, build
@@ -71,7 +77,7 @@ def _model_options(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in options.items() if v is not None}
 
 
-_COMPILE_CHOICES: dict[str, bool | str] = {"auto": "auto", "on": True, "off": False}
+COMPILE_CHOICES: dict[str, bool | str] = {"auto": "auto", "on": True, "off": False}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -89,11 +95,8 @@ def _train(args: argparse.Namespace, ctx: distributed.Context | None, main: bool
     model_options = _model_options(args)
     torch.manual_seed(args.seed)  # the initial networks are part of the run: --seed fixes them too
     model, guide = build(args.model, dataset.dim, **model_options)
-    method_options = _options(args.option)
-    if args.num_particles is not None:
-        method_options["num_particles"] = args.num_particles
-    if args.guide_gradient is not None:
-        method_options["guide_gradient"] = args.guide_gradient
+    training = training_config(args)
+    method_options = dict(training.method_options)
     config = {
         "model": args.model,
         "model_options": model_options,
@@ -113,26 +116,7 @@ def _train(args: argparse.Namespace, ctx: distributed.Context | None, main: bool
     }
     if main and not (out / CONFIG).exists():  # a new run folder; a resumed one keeps what it ran until this run ends
         checkpoints.write_text(out / CONFIG, json.dumps(config, indent=2), "run config")
-    budget = {"steps": args.steps} if args.steps is not None else {"epochs": args.epochs}
-    run = fit(
-        model,
-        guide,
-        dataset,
-        args.method,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        device=args.device,
-        seed=args.seed,
-        checkpoint_dir=out,
-        checkpoint_every=args.checkpoint_every,
-        transform=args.transform,
-        progress=not args.quiet,
-        precision=args.precision,
-        resume="override" if args.override else True,
-        compile=_COMPILE_CHOICES[args.compile],
-        **budget,
-        **method_options,
-    )
+    run = fit(model, guide, dataset, args.method, config=training)
     if not main:
         return 0
     checkpoints.write_text(out / CONFIG, json.dumps({**config, "fit": run.config}, indent=2, default=str))  # what ran
@@ -156,7 +140,32 @@ def _train(args: argparse.Namespace, ctx: distributed.Context | None, main: bool
     return 0
 
 
-def _load_run(run_dir: Path):
+def training_config(args: argparse.Namespace) -> TrainingConfig:
+    """The fit that ``ppdgm train`` runs, from its arguments (the run folder holds the checkpoints)."""
+    method_options = _options(args.option)
+    if args.num_particles is not None:
+        method_options["num_particles"] = args.num_particles
+    if args.guide_gradient is not None:
+        method_options["guide_gradient"] = args.guide_gradient
+    return TrainingConfig(
+        epochs=args.epochs if args.steps is None else None,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        device=args.device,
+        seed=args.seed,
+        checkpoint_dir=args.out,
+        checkpoint_every=args.checkpoint_every,
+        transform=args.transform,
+        progress=not args.quiet,
+        precision=args.precision,
+        resume="override" if args.override else True,
+        compile=COMPILE_CHOICES[args.compile],
+        method_options=method_options,
+    )
+
+
+def load_run(run_dir: Path):
     config_path = run_dir / CONFIG
     if not config_path.exists():
         raise UsageError(f"{run_dir} is not a ppdgm run folder (no {CONFIG}); train one with `ppdgm train --out DIR`")
@@ -176,7 +185,7 @@ def _load_run(run_dir: Path):
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     run_dir = Path(args.run)
-    config, dataset, model, guide = _load_run(run_dir)
+    config, dataset, model, guide = load_run(run_dir)
     torch.manual_seed(args.seed)
     x = dataset.rows(args.split, seed=args.seed)
     tic = time.perf_counter()
@@ -202,7 +211,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     run_dir = Path(args.run)
-    _, dataset, model, _ = _load_run(run_dir)
+    _, dataset, model, _ = load_run(run_dir)
     if dataset.image_shape is None:
         raise UsageError(f"data set {dataset.name!r} is not images; nothing to draw as a grid")
     torch.manual_seed(args.seed)
@@ -214,8 +223,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from ppdgm.compare import compare, parse_spec, preset_spec, spec_from_record
-    from ppdgm.compare.record import record_differences
 
     sources = [args.spec is not None, args.preset is not None, args.rerun is not None]
     if sum(sources) != 1:
@@ -246,7 +253,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def _print_estimate(spec: Any) -> None:
     """The spec's training time on this machine, measured from a few steps of each method."""
-    from ppdgm.compare.runner import estimate
 
     rows = estimate(spec)
     print(f"{spec.name}: training time on this machine ({torch.get_num_threads()} threads), 20 steps measured")
@@ -261,8 +267,6 @@ def _print_estimate(spec: Any) -> None:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from ppdgm.compare import comparison_names, preset_path
-    from ppdgm.compare.catalogue import describe
 
     if args.name is not None:  # the file, to copy and edit
         path = preset_path(args.name)
@@ -278,17 +282,12 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ppdgm.cli.demo import main as demo_main
 
     return demo_main(out=Path(args.out), budget=args.budget)
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ppdgm", description="Train deep generative models written as Pyro programs.")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    sub.add_parser("methods", help="list the registered methods").set_defaults(func=cmd_methods)
-
+def _add_train(sub: Any) -> None:
+    """The ``train`` command's arguments."""
     t = sub.add_parser("train", help="train a preset model/guide pair")
     t.add_argument("--model", default="vae-mlp", choices=sorted(MODELS))
     t.add_argument("--data", default="digits-binary", choices=data_mod.available_datasets())
@@ -329,6 +328,15 @@ def parser() -> argparse.ArgumentParser:
         help="resume the run in --out with this command's learning rate, budget and precision (else refused)",
     )
     t.set_defaults(func=cmd_train)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ppdgm", description="Train deep generative models written as Pyro programs.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("methods", help="list the registered methods").set_defaults(func=cmd_methods)
+
+    _add_train(sub)
 
     e = sub.add_parser("evaluate", help="importance-sampled log-likelihood of a trained run")
     e.add_argument("run")

@@ -11,8 +11,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ppdgm import evaluate
+from ppdgm.data.dataset import default_data_dir
+from ppdgm.data.named import load, mixture_centres, mixture_log_density
 from ppdgm.errors import UsageError
+from ppdgm.evaluate import fidelity
+from ppdgm.evaluate.sampling import generate, sample_rows
 from ppdgm.programs.batch import Data
+from ppdgm.runtime import storage as checkpoints
 
 if TYPE_CHECKING:
     from ppdgm.compare.spec import Spec
@@ -48,9 +54,6 @@ def evaluate_run(
 ) -> tuple[dict[str, float], dict[str, float]]:
     """The spec's metrics for one trained run on the test split, and the standard errors (over the
     test datapoints) of those that are averages over it."""
-    from ppdgm import evaluate
-    from ppdgm.data.named import mixture_centres
-    from ppdgm.evaluate.sampling import generate
 
     out: dict[str, float] = {}
     stderr: dict[str, float] = {}
@@ -59,8 +62,6 @@ def evaluate_run(
         samples = generate(model, MIXTURE_SAMPLES, mean=False).reshape(MIXTURE_SAMPLES, -1)
         out.update(evaluate.mixture_quality(samples, centres, std))
         if "kl_true_model" in spec.metrics:
-            from ppdgm.data.named import mixture_log_density
-
             if not isinstance(test, torch.Tensor):
                 raise UsageError("kl_true_model needs a single tensor of test rows (a 2-D mixture)")
             out["kl_true_model"] = evaluate.mixture_kl(samples, test, mixture_log_density(spec.data), bandwidth=std)
@@ -93,10 +94,9 @@ JUDGE_EPOCHS = {"mnist": 6, "fashion-mnist": 6, "digits": 40, "digits-binary": 4
 
 
 @functools.cache
-def _data_classifier(data: str, data_dir: str | None) -> tuple[Any, torch.nn.Sequential, dict[str, Any]]:
+def data_classifier(data: str, data_dir: str | None) -> tuple[Any, torch.nn.Sequential, dict[str, Any]]:
     """The data set, the judge of its samples and what the judge is worth (once per process: runs of a comparison
     share it)."""
-    from ppdgm.data.named import load
 
     labelled = load(data, data_dir)
     return (labelled, *judge(labelled, data, data_dir))
@@ -107,10 +107,6 @@ def judge(labelled: Any, data: str, data_dir: str | None) -> tuple[torch.nn.Sequ
     accuracy on the test split, and the inception score of real test rows on the same scale (the same rows and
     splits as the samples'). Trained once per data directory and cached there (``ppdgm-judges/``, keyed by a hash
     of the training rows); the cache is skipped, with the judge trained in memory, where the folder is read-only."""
-    from ppdgm import evaluate
-    from ppdgm.data.dataset import default_data_dir
-    from ppdgm.evaluate import fidelity
-    from ppdgm.runtime import storage as checkpoints
 
     train, labels = labelled.tensor("train"), labelled.labels["train"]
     shape = labelled.image_shape or (int(train.shape[1] ** 0.5),) * 2
@@ -143,7 +139,7 @@ def judge_line(spec: Spec) -> str | None:
         return None
     if spec.inception_weights:
         return f"samples judged by Inception-v3 ({spec.inception_weights})"
-    info = _data_classifier(spec.data, spec.data_dir)[2]
+    info = data_classifier(spec.data, spec.data_dir)[2]
     return (
         f"samples judged by a {info['kind']} classifier of {spec.data}: {info['test_accuracy']:.2%} of the test "
         f"rows right; real test rows score inception score {info['real_inception_score']:.2f} ± "
@@ -156,11 +152,8 @@ def _classifier_metrics(spec: Spec, model: Callable, test: Data) -> dict[str, fl
     """Inception score (torchmetrics, 10 splits), classes covered, FID and the accuracy of class-conditional
     samples, judged by a classifier trained on the data set's training rows (or Inception-v3 for IS and FID when
     the spec gives ``inception_weights``)."""
-    from ppdgm import evaluate
-    from ppdgm.evaluate import fidelity
-    from ppdgm.evaluate.sampling import sample_rows
 
-    labelled, classifier, _ = _data_classifier(spec.data, spec.data_dir)
+    labelled, classifier, _ = data_classifier(spec.data, spec.data_dir)
     train = labelled.tensor("train")
     out: dict[str, float] = {}
     conditional = not torch.is_tensor(test)  # the test rows carry the spec's columns: labels are inputs

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import ppdgm
 from ppdgm.compare.spec import Spec, SpecError
 
 
@@ -34,8 +35,6 @@ def _git_state() -> dict[str, Any]:
 def run_record(spec: Spec) -> dict:
     """Everything needed to rerun the comparison and to know what it ran on."""
     import pyro
-
-    import ppdgm
 
     device = spec.device
     if device.startswith("cuda") and torch.cuda.is_available():

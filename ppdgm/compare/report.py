@@ -13,6 +13,8 @@ import torch
 
 from ppdgm.compare.metrics import judge_line
 from ppdgm.compare.spec import Spec, run_dir
+from ppdgm.data.named import load
+from ppdgm.evaluate.sampling import plot_samples_2d
 from ppdgm.runtime.storage import atomic_path, write_text
 
 
@@ -146,8 +148,6 @@ def plot_sample_grids(spec: Spec, path: Path) -> None:
 
 def plot_samples_over_density(spec: Spec, path: Path) -> None:
     """For 2-D data with a known density: each method's samples (first seed) over the true log density."""
-    from ppdgm.data.named import load
-    from ppdgm.evaluate.sampling import plot_samples_2d
 
     runs = [(m.label, run_dir(spec, m, spec.seeds[0]) / "samples.npy") for m in spec.methods]
     panels = [(label, torch.from_numpy(np.load(p))) for label, p in runs if p.exists()]

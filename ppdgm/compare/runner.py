@@ -18,12 +18,23 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+import ppdgm
 from ppdgm.compare.metrics import CLASSIFIER_METRICS, JUDGE_VERSION, evaluate_run
 from ppdgm.compare.record import run_record
 from ppdgm.compare.report import summarise, write_results
 from ppdgm.compare.spec import MethodSpec, Spec, SpecError, parse_spec, run_dir
+from ppdgm.data.named import load
+from ppdgm.data.streams import materialize
+from ppdgm.data.transforms import get_transform
 from ppdgm.errors import UsageError
+from ppdgm.evaluate.fidelity import check_inception
+from ppdgm.evaluate.sampling import generate, sample_rows, save_image_grid
+from ppdgm.evaluate.tensorboard import TensorBoardLogger
+from ppdgm.runtime import distributed
+from ppdgm.runtime.devices import device_context
 from ppdgm.runtime.storage import atomic_path, write_text, writing
+from ppdgm.training.loop import validation_objective
+from ppdgm.zoo import build
 
 if TYPE_CHECKING:
     from ppdgm.data.dataset import Dataset
@@ -37,15 +48,12 @@ def build_pair(spec: Spec, x_dim: int) -> tuple[Callable, Callable]:
         module_name, function_name = spec.model.split(":", 1)
         factory = getattr(importlib.import_module(module_name), function_name)
         return factory(x_dim, **spec.model_options)
-    from ppdgm.zoo import build
 
     return build(spec.model, x_dim, **spec.model_options)
 
 
 def load_dataset(spec: Spec) -> Dataset:
     """The spec's data set with its columns, and its transform for the training batches and evaluation splits."""
-    from ppdgm.data.named import load
-    from ppdgm.data.transforms import get_transform
 
     dataset = load(spec.data, spec.data_dir, **spec.data_options)
     dataset.transform = get_transform(spec.transform)
@@ -155,9 +163,6 @@ def _launch_distributed(spec: Spec, method_index: int, seed: int, folder: Path, 
 
 
 def _train_and_evaluate(spec: Spec, method: MethodSpec, seed: int, folder: Path, tensorboard: bool) -> dict:
-    import ppdgm
-    from ppdgm.evaluate.sampling import generate, sample_rows, save_image_grid
-    from ppdgm.runtime import distributed
 
     done = folder / RESULT
     dataset = load_dataset(spec)
@@ -175,29 +180,11 @@ def _train_and_evaluate(spec: Spec, method: MethodSpec, seed: int, folder: Path,
     main = distributed.is_main()
     if main:
         write_text(folder / "config.json", json.dumps(config, indent=2, default=str), "run config")
-    budget: dict[str, Any] = {"epochs": spec.epochs} if spec.epochs is not None else {"steps": spec.steps}
     callbacks = []
     if tensorboard and main:
-        from ppdgm.evaluate.tensorboard import TensorBoardLogger
-
         callbacks.append(TensorBoardLogger(folder / "tensorboard", model=model, image_shape=dataset.image_shape))
-    run = ppdgm.fit(
-        model,
-        guide,
-        dataset,
-        method.name,
-        batch_size=spec.batch_size,
-        lr=spec.lr,
-        seed=seed,
-        device=spec.device,
-        checkpoint_dir=folder,
-        progress=False,
-        lr_schedule=spec.lr_schedule,
-        optimizer_options=spec.optimizer_options or None,
-        callbacks=callbacks,
-        **budget,
-        **method.options,
-    )
+    training = spec.training_config(method, seed, checkpoint_dir=folder, progress=False, callbacks=callbacks)
+    run = ppdgm.fit(model, guide, dataset, method.name, config=training)
     for callback in callbacks:
         callback.close()
     if distributed.world_size() > 1:  # trained data-parallel: rank 0 evaluates alone
@@ -210,8 +197,6 @@ def _train_and_evaluate(spec: Spec, method: MethodSpec, seed: int, folder: Path,
     test = dataset.rows("test", spec.test_size, seed)
     metrics, stderr = evaluate_run(spec, model, guide, test, run.history)
     if "objective" in spec.metrics:  # the method's own objective on the test split (e.g. -cycle error)
-        from ppdgm.training.loop import validation_objective
-
         with run.params():
             metrics["objective"] = validation_objective(run.method, run.programs, test.to(run.device))
     torch.manual_seed(seed)
@@ -259,8 +244,6 @@ def _compare(
 ) -> dict:
     out = Path(spec.output)
     if spec.inception_weights and set(spec.metrics) & {"inception_score", "fid"}:
-        from ppdgm.evaluate.fidelity import check_inception
-
         check_inception(spec.inception_weights)  # missing weights are said before any run trains, not after the first
     for i, seed in ((i, seed) for i in range(len(spec.methods)) for seed in spec.seeds):  # before anything is written
         check_run_folder(spec, spec.methods[i], seed, run_dir(spec, spec.methods[i], seed))
@@ -301,7 +284,6 @@ def estimate(spec: Spec, steps: int = 20) -> list[dict]:
     their mean times the budget's steps is one run's training time, times the seeds the method's. Reading batches,
     evaluation, and ``--jobs`` running several at once, are not in it. Returns one dict per method.
     """
-    import ppdgm
 
     dataset = load_dataset(spec)
     per_epoch = -(-len(dataset.train) // spec.batch_size)
@@ -312,16 +294,13 @@ def estimate(spec: Spec, steps: int = 20) -> list[dict]:
         """Seconds a step after the warm-up, and the path the steps took (compiled or eager)."""
         import pyro
 
-        from ppdgm.data.streams import materialize
-        from ppdgm.runtime.devices import device_context
-
         torch.manual_seed(0)
         model, guide = build_pair(spec, dataset.dim)
-        run = ppdgm.fit(
-            model, guide, dataset.train, method.name, steps=warmup, batch_size=spec.batch_size, lr=spec.lr,
-            optimizer_options=spec.optimizer_options or None, transform=dataset.transform, progress=False,
-            validate_every=0, seed=0, device=spec.device, **method.options,
+        config = spec.training_config(
+            method, 0, epochs=None, steps=warmup, lr_schedule=None, transform=dataset.transform, progress=False,
+            validate_every=0,
         )  # fmt: skip
+        run = ppdgm.fit(model, guide, dataset.train, method.name, config=config)
         x = materialize(dataset.train, spec.batch_size, transform=dataset.transform).to(run.device)
         sync = torch.cuda.synchronize if run.device.type == "cuda" else (lambda: None)
         with run.params(), pyro.validation_enabled(False), device_context(run.device):

@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from ppdgm.compare.metrics import CLASSIFIER_METRICS, LABELLED_DATA, METRICS, MIXTURE_METRICS
-from ppdgm.errors import PpdgmError
+from ppdgm.data.images import COLUMNS
+from ppdgm.data.named import available_datasets, is_fraction
+from ppdgm.data.transforms import TRANSFORMS
+from ppdgm.errors import PpdgmError, positive_int
+from ppdgm.methods.base import get_method
+from ppdgm.training.config import TrainingConfig
+from ppdgm.training.schedules import schedule_names
+from ppdgm.zoo import MODELS
 
 
 class SpecError(PpdgmError, ValueError):
@@ -71,6 +78,21 @@ class Spec:
         values["seeds"], values["metrics"] = tuple(values["seeds"]), tuple(values["metrics"])
         return cls(**values)
 
+    def training_config(self, method: MethodSpec, seed: int, **options: Any) -> TrainingConfig:
+        """The fit of ``method`` at ``seed`` under this spec; ``options`` set the fit's other fields (the run folder,
+        callbacks, progress)."""
+        budget = {"epochs": self.epochs} if self.epochs is not None else {"steps": self.steps}
+        settings = dict(
+            batch_size=self.batch_size,
+            lr=self.lr,
+            seed=seed,
+            device=self.device,
+            lr_schedule=self.lr_schedule,
+            optimizer_options=self.optimizer_options or None,
+            **budget,
+        )
+        return TrainingConfig.of(**{**settings, **options}, **method.options)
+
     def digest(self) -> str:
         """A hash of everything that determines the results (the output folder excluded)."""
         content = {k: v for k, v in self.to_dict().items() if k != "output"}
@@ -113,7 +135,6 @@ class _Checks:
         return None
 
     def positive_int(self, where: str, value: Any) -> None:
-        from ppdgm.errors import positive_int
 
         if isinstance(value, float):  # TOML's 5.0 is a float: a count must be written as an integer
             self.add(f"{where}: must be a positive integer, got {value!r}")
@@ -143,9 +164,6 @@ def _seeds(checks: _Checks, seeds: Any) -> list[int]:
 
 
 def _data(checks: _Checks, raw: Any) -> dict[str, Any]:
-    from ppdgm.data.images import COLUMNS
-    from ppdgm.data.named import available_datasets, is_fraction
-    from ppdgm.data.transforms import TRANSFORMS
 
     data = checks.table("data", raw, ("name", "dir", "columns", "labelled", "transform", "fraction"))
     name = data.get("name")
@@ -185,7 +203,6 @@ def _data(checks: _Checks, raw: Any) -> dict[str, Any]:
 
 
 def _model(checks: _Checks, raw: Any) -> dict[str, Any]:
-    from ppdgm.zoo import MODELS
 
     model = checks.table("model", raw, ("preset", "factory", "options"))
     name = model.get("preset") or model.get("factory")
@@ -201,7 +218,6 @@ def _model(checks: _Checks, raw: Any) -> dict[str, Any]:
 
 
 def _budget(checks: _Checks, raw: Any) -> dict[str, Any]:
-    from ppdgm.training.schedules import schedule_names
 
     fields = ("epochs", "steps", "batch_size", "lr", "lr_schedule", "optimizer_options")
     budget = checks.table("budget", raw, fields)
@@ -261,7 +277,6 @@ def _evaluation(checks: _Checks, raw: Any, data_name: Any) -> dict[str, Any]:
 
 
 def _methods(checks: _Checks, raw: Any) -> tuple[MethodSpec, ...]:
-    from ppdgm.methods.base import get_method
 
     if not isinstance(raw, list) or not raw:
         checks.add("methods: must be a non-empty list of [[methods]] tables")

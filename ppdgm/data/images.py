@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset as TorchDataset
 
+from ppdgm.data.dataset import Dataset, default_data_dir, labelled_subset
 from ppdgm.errors import MissingResourceError, UsageError
 
 COLUMNS = ("x", "x,y", "x,y,labelled")
@@ -243,7 +244,6 @@ def load_images(
         labelled: with ``"x,y,labelled"``, the labelled training rows: a fraction in (0, 1] of them, or a
             count per class (drawn with ``split_seed``, the same number of each class).
     """
-    from ppdgm.data.dataset import Dataset, default_data_dir
 
     if name not in IMAGE_SETS:
         raise UsageError(f"unknown image set {name!r}; known: {', '.join(IMAGE_SETS)}")
@@ -292,7 +292,6 @@ def load_images(
 
 def labelled_mask(labels: torch.Tensor, labelled: float | int | None, seed: int) -> torch.Tensor:
     """The labelled rows: all (``None`` or 1.0), a fraction of them, or a number per class, balanced over classes."""
-    from ppdgm.data.dataset import labelled_subset
 
     classes = int(labels.max()) + 1
     if labelled is None or (isinstance(labelled, float) and labelled == 1.0):

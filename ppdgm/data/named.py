@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ppdgm.data.dataset import SPLITS, Dataset, default_data_dir
-from ppdgm.data.images import DataUnavailableError
+from ppdgm.data.images import COLUMNS, DataUnavailableError, labelled_mask, load_images
 from ppdgm.data.streams import is_stream
 from ppdgm.errors import UsageError
 from ppdgm.programs.batch import Batch, as_batch, first_column
@@ -151,7 +151,6 @@ def with_columns(data: Dataset, columns: str, labelled: float | int | None = Non
     """A labelled in-memory data set with its labels as columns: ``"x,y"`` (one-hot, float) or ``"x,y,labelled"``
     (semi-supervised: ``labelled`` is a fraction of the training rows or a count per class; evaluation splits keep
     every label). ``"x"`` returns ``data`` unchanged."""
-    from ppdgm.data.images import COLUMNS, labelled_mask
 
     if columns not in COLUMNS:
         raise UsageError(f"columns must be one of {COLUMNS}, got {columns!r}")
@@ -181,7 +180,6 @@ def _digits(binary: bool, columns: str = "x", labelled: float | int | None = Non
 
 def _images(name: str) -> Callable[..., Dataset]:
     def load_named(data_dir: str | Path | None = None, **options: Any) -> Dataset:
-        from ppdgm.data.images import load_images
 
         return load_images(name, data_dir, **options)
 
@@ -236,8 +234,6 @@ def training_fraction(data: Dataset, fraction: float, seed: int = 0) -> Dataset:
     rows = len(train)
     labels = (data.labels or {}).get("train")
     if labels is not None:
-        from ppdgm.data.images import labelled_mask
-
         keep = labelled_mask(labels, float(fraction), seed).nonzero().squeeze(1)
     else:
         generator = torch.Generator().manual_seed(seed)

@@ -8,7 +8,7 @@ import pyro.poutine as poutine
 import torch
 
 from ppdgm.errors import UsageError
-from ppdgm.programs.batch import Data
+from ppdgm.programs.batch import Batch, Data
 
 
 def train_classifier(
@@ -114,7 +114,6 @@ def label_accuracy(guide: Callable, rows: Data, chunk: int = 1000) -> float:
     :class:`~ppdgm.models.SemiSupervisedVAE`); every row is shown to the guide as unlabelled, and its
     ``<label>_unobserved`` site's most probable class is compared with ``y``.
     """
-    from ppdgm.programs.batch import Batch
 
     if not isinstance(rows, Batch):
         raise UsageError("label_accuracy needs data columns (x, y, labelled)")

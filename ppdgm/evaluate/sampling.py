@@ -12,10 +12,13 @@ import numpy as np
 import pyro.poutine as poutine
 import torch
 
-from ppdgm.errors import UsageError
-from ppdgm.programs.batch import Batch, Key
+from ppdgm.errors import UsageError, positive_int
+from ppdgm.programs.batch import Batch, Key, as_rows
 from ppdgm.programs.handlers import distribution_of
+from ppdgm.programs.pair import ProgramPair
+from ppdgm.programs.sites import ConventionError, accepts
 from ppdgm.runtime.storage import atomic_path
+from ppdgm.training.run import Run
 
 
 @torch.no_grad()
@@ -49,10 +52,6 @@ def sample(
     The model runs as in training's model side: with its observed columns ``None`` when it takes a
     ``batch_size`` argument, else under ``poutine.uncondition`` on a placeholder batch.
     """
-    from ppdgm.errors import positive_int
-    from ppdgm.programs.batch import as_rows
-    from ppdgm.programs.pair import ConventionError, ProgramPair
-    from ppdgm.training.run import Run
 
     if isinstance(model, Run):
         programs, scope = model.programs, cast(contextlib.AbstractContextManager, model.params())
@@ -98,8 +97,6 @@ def sample_rows(model: Callable | Any, n: int | None = None, **options: Any) -> 
     """:func:`sample` where the draws must fill the data's rows (images to save, samples to score)."""
     draws = sample(model, n, **options)
     if isinstance(draws, dict):
-        from ppdgm.programs.pair import ConventionError
-
         raise ConventionError(
             f"no data column holds the draws of the observed site(s) {list(draws)}; ppdgm.sample returns them by "
             "site name"
@@ -123,14 +120,12 @@ def generate(model: Callable, n: int, obs_site: str = "x", mean: bool = True) ->
     The presets' models are; for any Pyro model (a tutorial's ``model(x)``, a conditional model) use
     :func:`sample`, which needs an example batch.
     """
-    from ppdgm.programs.sites import ConventionError, accepts
 
     if not accepts(model, "batch_size", named=True):
         raise ConventionError(
             "generate() calls model(x=None, batch_size=n), but the model has no batch_size parameter; use "
             "ppdgm.sample(run, n) or ppdgm.sample(model, n, like=<a batch of data>)"
         )
-    from ppdgm.errors import positive_int
 
     trace = poutine.trace(model).get_trace(**{obs_site: None, "batch_size": positive_int("n", n)})
     site = trace.nodes.get(obs_site)

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from ppdgm.evaluate.sampling import generate, image_grid
+
 
 class TensorBoardLogger:
     """Epoch callback writing TensorBoard event files to ``log_dir``.
@@ -49,8 +51,6 @@ class TensorBoardLogger:
             if key.startswith(("train_", "valid_")) or key == "seconds":
                 self.writer.add_scalar(key, value, step)
         if self.model is not None and self.image_shape is not None and record["epoch"] % self.image_every == 0:
-            from ppdgm.evaluate.sampling import generate, image_grid
-
             with run.params(), torch.random.fork_rng():  # drawing images must not change the training's RNG
                 grid = image_grid(generate(self.model, self.num_images), self.image_shape)
             self.writer.add_image("samples", torch.as_tensor(grid).unsqueeze(0), step)

@@ -36,6 +36,7 @@ import torch
 from pyro.poutine.trace_struct import Trace
 
 from ppdgm.errors import UsageError, positive_int
+from ppdgm.guides.discriminators import Discriminator, MLPDiscriminator
 from ppdgm.methods.base import Method
 from ppdgm.programs.batch import Data
 from ppdgm.programs.handlers import Reverse, StoreParams, distribution_of
@@ -158,7 +159,6 @@ class Adversary:
 
 def default_discriminator(in_dim: int, hidden: Sequence[int] | None = None, name: str = "discriminator") -> Callable:
     """An MLP discriminator program for inputs of ``in_dim`` features (LeakyReLU(0.2) between layers)."""
-    from ppdgm.guides.discriminators import MLPDiscriminator
 
     if hidden is None:
         hidden = (256, 256) if in_dim > 16 else (128, 128)
@@ -167,7 +167,6 @@ def default_discriminator(in_dim: int, hidden: Sequence[int] | None = None, name
 
 def as_discriminator(discriminator: Any, name: str = "discriminator") -> Callable:
     """A discriminator program from a program or from a bare ``nn.Module`` (wrapped as a Bernoulli on its logit)."""
-    from ppdgm.guides.discriminators import Discriminator
 
     if isinstance(discriminator, torch.nn.Module) and not accepts(discriminator, "y"):
         return Discriminator(discriminator, name=name)

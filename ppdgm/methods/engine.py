@@ -46,6 +46,8 @@ class Engine:
         lr: float | Mapping[str, float] = 1e-3,
         optimizer_options: Mapping[str, Any] | None = None,
         extra_params: Mapping[str, list[torch.Tensor]] | None = None,
+        grad_sync: Any = None,
+        skip_nonfinite: bool = False,
     ) -> None:
         self.programs = programs
         known = sorted({*players, *(extra_params or {})})
@@ -84,10 +86,10 @@ class Engine:
         programs.owned = {n for player in self.players.values() for n in player.param_names}
         programs.unowned.clear()
         #: called on the moving parameters between backward and step (a distributed fit averages gradients there)
-        self.grad_sync: Any = None  # a distributed.GradientSync in a data-parallel fit
+        self.grad_sync: Any = grad_sync  # a distributed.GradientSync in a data-parallel fit
         self._counters_hosted: set[str] = set()
         #: skip an update whose loss or gradients are not finite (as GradScaler does), instead of applying it
-        self.skip_nonfinite = False
+        self.skip_nonfinite = skip_nonfinite
         self.skipped_updates = 0
         #: set while a step is traced (:mod:`ppdgm.compile`): takes each phase's loss instead of back-propagating it
         self.recorder: Callable[[torch.Tensor, list[Player], list[torch.Tensor]], None] | None = None

@@ -170,15 +170,7 @@ class _Epoch:
                 ):
                     metrics = self.step(batch, self.context(n))
                 self.first_step = False
-                if shards.weight != 1.0:
-                    metrics = {k: v * shards.weight for k, v in metrics.items()}
-                if engine.skip_nonfinite:  # a skipped step's non-finite metrics stay out of the means
-                    for k, v in metrics.items():
-                        finite = torch.isfinite(v)
-                        counts[k] = counts[k] + finite if k in counts else finite.double()
-                    metrics = {k: torch.where(torch.isfinite(v), v, torch.zeros_like(v)) for k, v in metrics.items()}
-                for k, v in metrics.items():
-                    sums[k] = sums[k] + v if k in sums else v.clone()
+                self._accumulate(metrics, sums, counts)
                 count += 1
                 step += 1
                 self.bar.update(1)
@@ -202,24 +194,7 @@ class _Epoch:
                 self._check(sums, batch, checked, step, params=True)
             record = {"epoch": epoch + 1, "step": step, "seconds": time.perf_counter() - tic}
             run.config["step_path"] = self.step.describe()  # which path ran: compiled or eager, and why
-            if counts:
-                means = shards.mean(list(sums.values()), 1)
-                steps_counted = shards.mean(list(counts.values()), 1)
-                means = [m / c if c else float("nan") for m, c in zip(means, steps_counted)]
-                record["skipped_updates"] = engine.skipped_updates - skipped_before
-                empty = [k for k, c in zip(counts, steps_counted) if not c]
-                if empty:
-                    warnings.warn(
-                        f"epoch {epoch + 1}: every step's {', '.join(empty)} was non-finite and every update was "
-                        f"skipped ({record['skipped_updates']} skipped updates): the epoch's metrics are nan and the "
-                        "parameters did not move. Lower the learning rate or look for the cause (skip_nonfinite=False "
-                        "stops with a diagnosis)",
-                        RuntimeWarning,
-                        stacklevel=2,
-                    )
-            else:
-                means = shards.mean(list(sums.values()), count)
-            record.update(zip((f"train_{k}" for k in sums), means))
+            record.update(self._means(epoch, record, sums, counts, count, skipped_before))
             if self.valid is not None and loop.validate_every and (epoch + 1) % loop.validate_every == 0:
                 with checkpoints.preserved_rng():  # training continues on the random stream it would have without
                     objective = validation_objective(
@@ -228,6 +203,41 @@ class _Epoch:
                 if objective is not None:
                     record[f"valid_{method.objective_name}"] = objective
         return record
+
+    def _accumulate(self, metrics: dict[str, torch.Tensor], sums: dict, counts: dict) -> None:
+        """Add one step's metrics (this rank's share) to the epoch's sums, on the device."""
+        if self.shards.weight != 1.0:
+            metrics = {k: v * self.shards.weight for k, v in metrics.items()}
+        if self.run.engine.skip_nonfinite:  # a skipped step's non-finite metrics stay out of the means
+            for k, v in metrics.items():
+                finite = torch.isfinite(v)
+                counts[k] = counts[k] + finite if k in counts else finite.double()
+            metrics = {k: torch.where(torch.isfinite(v), v, torch.zeros_like(v)) for k, v in metrics.items()}
+        for k, v in metrics.items():
+            sums[k] = sums[k] + v if k in sums else v.clone()
+
+    def _means(
+        self, epoch: int, record: dict, sums: dict, counts: dict, count: int, skipped_before: int
+    ) -> dict[str, float]:
+        """The epoch's ``train_*`` means over steps and ranks (read once); skipped updates counted into ``record``."""
+        shards, engine = self.shards, self.run.engine
+        if not counts:
+            return dict(zip((f"train_{k}" for k in sums), shards.mean(list(sums.values()), count)))
+        means = shards.mean(list(sums.values()), 1)
+        steps_counted = shards.mean(list(counts.values()), 1)
+        means = [m / c if c else float("nan") for m, c in zip(means, steps_counted)]
+        record["skipped_updates"] = engine.skipped_updates - skipped_before
+        empty = [k for k, c in zip(counts, steps_counted) if not c]
+        if empty:
+            warnings.warn(
+                f"epoch {epoch + 1}: every step's {', '.join(empty)} was non-finite and every update was "
+                f"skipped ({record['skipped_updates']} skipped updates): the epoch's metrics are nan and the "
+                "parameters did not move. Lower the learning rate or look for the cause (skip_nonfinite=False "
+                "stops with a diagnosis)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return dict(zip((f"train_{k}" for k in sums), means))
 
     def _progress(
         self,
