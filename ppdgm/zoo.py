@@ -29,7 +29,7 @@ from ppdgm.models.convolutional import image_shape_of
 @dataclass(frozen=True)
 class Preset:
     description: str
-    factory: Callable[..., tuple[Callable, Callable]]
+    factory: Callable[..., tuple[Callable, Callable | None]]
     defaults: dict[str, Any] = field(default_factory=dict)
 
 
@@ -218,7 +218,7 @@ MODELS: dict[str, Preset] = {
 }
 
 
-def build(name: str, x_dim: int, **options: Any) -> tuple[Callable, Callable]:
+def build(name: str, x_dim: int, **options: Any) -> tuple[Callable, Callable | None]:
     """A fresh (model, guide) pair of preset ``name`` for data of ``x_dim`` units; options override defaults."""
     try:
         preset = MODELS[name]

@@ -152,13 +152,16 @@ options = {{ num_particles = 2 }}
     assert "unknown comparison preset 'nope'" in capsys.readouterr().err
 
 
-def test_presets_are_listed_and_valid():
+def test_presets_are_listed_and_valid(capsys):
     from ppdgm.compare import preset_spec
 
     for name in comparison_names():
         for budget in ("small", "full"):
             parse_spec(preset_spec(name, budget))
     assert main(["presets"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.split(" ")[0] in comparison_names()]
+    assert len(lines) == len(comparison_names())
+    assert all(line.count("2 CPU cores") == 1 for line in lines)  # the machine named once per preset
 
 
 @pytest.mark.parametrize("preset", comparison_names())

@@ -276,7 +276,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
     width = max(len(n) for n in names) + 2
     for name in names:
         description, runtime = describe(name)
-        print(f"{name:<{width}}{description} ({runtime} on 2 CPU cores)")
+        print(f"{name:<{width}}{description} (on 2 CPU cores: {runtime})")
     print("\n`ppdgm presets NAME` prints a preset's TOML file; `ppdgm compare --preset FILE.toml` runs an edited copy")
     return 0
 

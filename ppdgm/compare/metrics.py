@@ -50,13 +50,19 @@ MIXTURE_SAMPLES = 2500
 
 
 def evaluate_run(
-    spec: Spec, model: Callable, guide: Callable, test: Data, history: Sequence[dict]
+    spec: Spec, model: Callable, guide: Callable | None, test: Data, history: Sequence[dict]
 ) -> tuple[dict[str, float], dict[str, float]]:
     """The spec's metrics for one trained run on the test split, and the standard errors (over the
     test datapoints) of those that are averages over it."""
 
     out: dict[str, float] = {}
     stderr: dict[str, float] = {}
+
+    def guided(metric: str) -> Callable:
+        if guide is None:
+            raise UsageError(f"metric {metric!r} needs a guide, and the model {spec.model!r} has none")
+        return guide
+
     if set(spec.metrics) & set(MIXTURE_METRICS):
         centres, std = mixture_centres(spec.data)
         samples = generate(model, MIXTURE_SAMPLES, mean=False).reshape(MIXTURE_SAMPLES, -1)
@@ -70,11 +76,13 @@ def evaluate_run(
         if "inception_score_std" in out:  # the spread over the score's 10 splits, as papers report it
             stderr["inception_score"] = out.pop("inception_score_std")
     if "semi_supervised_accuracy" in spec.metrics:
-        out["semi_supervised_accuracy"] = evaluate.label_accuracy(guide, test)
+        out["semi_supervised_accuracy"] = evaluate.label_accuracy(guided("semi_supervised_accuracy"), test)
     estimators = {
-        "log_likelihood": lambda: evaluate.log_likelihood(model, guide, test, num_samples=spec.num_samples),
-        "elbo": lambda: evaluate.elbo(model, guide, test),
-        "iwae_bound": lambda: evaluate.iwae_bound(model, guide, test, k=spec.iwae_k),
+        "log_likelihood": lambda: evaluate.log_likelihood(
+            model, guided("log_likelihood"), test, num_samples=spec.num_samples
+        ),
+        "elbo": lambda: evaluate.elbo(model, guided("elbo"), test),
+        "iwae_bound": lambda: evaluate.iwae_bound(model, guided("iwae_bound"), test, k=spec.iwae_k),
         "exact_log_likelihood": lambda: evaluate.exact_log_likelihood(model, test),
     }
     for metric in spec.metrics:
@@ -82,7 +90,7 @@ def evaluate_run(
             estimate = estimators[metric]()
             out[metric], stderr[metric] = estimate.mean, estimate.stderr
         elif metric == "active_units":
-            out[metric] = float(evaluate.active_units(model, guide, test))
+            out[metric] = float(evaluate.active_units(model, guided("active_units"), test))
         elif metric == "seconds_per_epoch":
             out[metric] = float(np.mean([row["seconds"] for row in history]))
     return {metric: out[metric] for metric in spec.metrics if metric in out}, stderr

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 RESULT = "result.json"
 
 
-def build_pair(spec: Spec, x_dim: int) -> tuple[Callable, Callable]:
+def build_pair(spec: Spec, x_dim: int) -> tuple[Callable, Callable | None]:
     """A fresh (model, guide) pair for the spec: a preset, or a user factory ``module:function``."""
     if ":" in spec.model:
         module_name, function_name = spec.model.split(":", 1)
@@ -198,7 +198,8 @@ def _train_and_evaluate(spec: Spec, method: MethodSpec, seed: int, folder: Path,
     metrics, stderr = evaluate_run(spec, model, guide, test, run.history)
     if "objective" in spec.metrics:  # the method's own objective on the test split (e.g. -cycle error)
         with run.params():
-            metrics["objective"] = validation_objective(run.method, run.programs, test.to(run.device))
+            objective = validation_objective(run.method, run.programs, test.to(run.device))
+            metrics["objective"] = float("nan") if objective is None else objective
     torch.manual_seed(seed)
     if dataset.image_shape is not None:
         save_image_grid(sample_rows(run, 64, mean=True), dataset.image_shape, folder / "samples.png")
@@ -287,7 +288,7 @@ def estimate(spec: Spec, steps: int = 20) -> list[dict]:
 
     dataset = load_dataset(spec)
     per_epoch = -(-len(dataset.train) // spec.batch_size)
-    total = spec.steps if spec.steps is not None else spec.epochs * per_epoch
+    total = spec.steps if spec.steps is not None else cast(int, spec.epochs) * per_epoch  # one of them is set
     warmup = 5  # the first steps (validation on, the recording and its check) are not what a long run spends a step
 
     def timed(method: MethodSpec) -> tuple[float, str]:

@@ -35,7 +35,7 @@ class RefuseHostReads(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-_LIBRARY_DIRS = tuple(str(Path(m.__file__).parent) for m in (torch, pyro))
+_LIBRARY_DIRS = tuple(str(Path(str(m.__file__)).parent) for m in (torch, pyro))
 
 
 _THIS_FILE = str(Path(__file__))

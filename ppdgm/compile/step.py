@@ -266,18 +266,15 @@ class CompiledStep:
     ) -> dict[str, torch.Tensor]:
         """Trace, check against the eager step, and take one real step on the path that passed."""
         engine = self.engine
-        sync, engine.grad_sync = engine.grad_sync, None  # the traced step stays local to each rank
         start = Snapshot.take(engine, self.method)
         try:
-            recording = self._trace(x, fed, extra)
-            start.restore(engine, self.method)
+            with engine.local():  # the traced step stays local to each rank
+                recording = self._trace(x, fed, extra)
         except Uncompilable as cause:
             start.restore(engine, self.method)
-            engine.grad_sync = sync
             self._give_up(str(cause))
             return self.method.step(engine, x)
-        finally:
-            engine.grad_sync = sync
+        start.restore(engine, self.method)
         self.recordings[key] = recording
         if len(self.recordings) > MAX_RECORDINGS:
             self.uses.pop(self.recordings.popitem(last=False)[0], None)
@@ -293,31 +290,29 @@ class CompiledStep:
         self.since_check = 0
         self.rechecks += 1
         self.captured.clear()  # restoring optimizer states below gives them new tensors, which captures point at
-        sync, engine.grad_sync = engine.grad_sync, None  # the check's steps stay local to each rank
+        sync = engine.grad_sync
         start = Snapshot.take(engine, method)
         owned = {n for player in engine.players.values() for n in player.param_names}
         version = engine.param_version
         try:
-            compiled = first_run(recording, method, x, None, extra)
-            after_compiled = Snapshot.take(engine, method)
-            start.restore(engine, method)
-            eager = method.step(engine, x)
-            if engine.param_version != version:  # the eager step created parameters: it was this step's real one
-                created = {n for player in engine.players.values() for n in player.param_names} - owned
-                self._give_up(
-                    f"the step created parameter(s) {sorted(created)} after the first step (the recording cannot "
-                    "create them)"
-                )
-                return eager
-            after_eager = Snapshot.take(engine, method)
-            self._compare(compiled, after_compiled, eager, after_eager)
+            with engine.local():  # the check's steps stay local to each rank
+                compiled = first_run(recording, method, x, None, extra)
+                after_compiled = Snapshot.take(engine, method)
+                start.restore(engine, method)
+                eager = method.step(engine, x)
+                if engine.param_version != version:  # the eager step created parameters: it was this step's real one
+                    created = {n for player in engine.players.values() for n in player.param_names} - owned
+                    self._give_up(
+                        f"the step created parameter(s) {sorted(created)} after the first step (the recording "
+                        "cannot create them)"
+                    )
+                    return eager
+                after_eager = Snapshot.take(engine, method)
+                self._compare(compiled, after_compiled, eager, after_eager)
         except Uncompilable as cause:
             start.restore(engine, method)
-            engine.grad_sync = sync
             self._give_up(str(cause))
             return method.step(engine, x)
-        finally:
-            engine.grad_sync = sync
         self.compiled_steps += 1
         if sync is None:
             after_compiled.restore(engine, method)
@@ -341,16 +336,11 @@ class CompiledStep:
             after = dict(leaves(method.state_dict()))
             return metrics, [after[path] for path in state_paths]
 
-        engine.recorder = recorder
         programs = engine.programs
-        given = programs.step_kwargs
-        programs.step_kwargs = {**given, **dict(zip(fed, extra))}  # the recording reads them as its inputs
+        fed_kwargs = {**programs.step_kwargs, **dict(zip(fed, extra))}  # the recording reads them as its inputs
         self.traces += 1
-        try:
+        with engine.recording(recorder), programs.stepping(fed_kwargs):
             graph = record_graph(step, [*params, *data_leaves(x), *extra, *state_inputs])
-        finally:
-            engine.recorder = None
-            programs.step_kwargs = given
         created = sorted((set(unconstrained_params()) - known) | set(engine.programs.unowned))
         if created:
             raise Uncompilable(f"the step created parameter(s) {created} after the first step")

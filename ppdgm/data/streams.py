@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.utils.data import (
@@ -82,8 +82,8 @@ class Source:
         return self.batches(-1, size, 0, False, whole=whole)
 
     def head(self, n: int) -> Data:
-        """The first ``n`` rows (inspection), the same on every rank."""
-        return next(iter(self.chunks(n, whole=True)), (0, None))[1]
+        """The first ``n`` rows (inspection), the same on every rank (``None`` from a source without rows)."""
+        return cast(Data, next(iter(self.chunks(n, whole=True)), (0, None))[1])
 
     def fingerprint(self) -> dict[str, Any]:
         """What identifies these rows cheaply: their count, their columns, a hash over a fixed sample of rows (up
@@ -106,6 +106,8 @@ class TensorSource(Source):
     """Rows in memory (a tensor or a :class:`Batch`), indexed on their own device."""
 
     name = "tensor"
+
+    num_rows: int
 
     def __init__(self, rows: Data) -> None:
         self.rows = rows
@@ -149,6 +151,7 @@ class DatasetSource(Source):
     """A map-style torch ``Dataset`` read through a ``DataLoader`` whose batches follow ppdgm's seeded order."""
 
     name = "dataset"
+    num_rows: int
 
     def __init__(self, dataset: TorchDataset, loader_options: Mapping[str, Any] | None = None) -> None:
         self.dataset = dataset
@@ -384,5 +387,5 @@ def concat(parts: Sequence[Data]) -> Data:
     if torch.is_tensor(parts[0]):
         return torch.cat(list(parts))  # type: ignore[arg-type]
     keys = [k for k, _ in parts[0].items()]
-    columns = {k: torch.cat([p.get(k) for p in parts]) for k in keys}  # type: ignore[union-attr]
+    columns = {k: torch.cat([cast(torch.Tensor, p.get(k)) for p in parts]) for k in keys}  # type: ignore[union-attr]
     return Batch([columns[k] for k in keys if isinstance(k, int)], {k: columns[k] for k in keys if isinstance(k, str)})

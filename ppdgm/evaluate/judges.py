@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import pyro.poutine as poutine
 import torch
@@ -122,7 +123,7 @@ def label_accuracy(guide: Callable, rows: Data, chunk: int = 1000) -> float:
         raise UsageError(f"label_accuracy needs one boolean mask column, found {len(masks)} in {rows.describe()}")
     correct, total = 0.0, 0
     for part in rows.split(chunk):
-        hidden = part.replace({masks[0]: torch.zeros_like(part.get(masks[0]))})
+        hidden = part.replace({masks[0]: torch.zeros_like(cast(torch.Tensor, part.get(masks[0])))})
         with poutine.trace() as tracer, poutine.block(hide_types=["param"]):
             guide(*hidden.args, **hidden.kwargs)
         sites = [s for n, s in tracer.trace.nodes.items() if n.endswith("_unobserved") and s["type"] == "sample"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import pyro
 import pyro.poutine as poutine
@@ -50,9 +51,7 @@ class Estimate:
 
 
 def _programs(model: Callable, guide: Callable, x: Data, obs_site: str | None, data_plate: str | None) -> ProgramPair:
-    programs = ProgramPair(model, guide, obs_site=obs_site, data_plate=data_plate)
-    programs.inspect(x)
-    return programs
+    return ProgramPair.inspected(model, guide, x, obs_site=obs_site, data_plate=data_plate)
 
 
 def _chunks(total: int, size: int) -> Iterator[int]:
@@ -68,7 +67,7 @@ def _particle_chunk(num_samples: int, batch: int, x_numel: int, max_elements: in
 @torch.no_grad()
 def _batched(
     model: Callable,
-    guide: Callable,
+    guide: Callable | None,
     data: Data,
     per_batch: Callable[[ProgramPair, Data], torch.Tensor],
     batch_size: int,
@@ -133,11 +132,11 @@ def log_likelihood(
         chunk = 1
         if vectorize_particles:
             chunk = _particle_chunk(num_samples, rows_of(x), first_column(x)[1][0].numel(), max_elements)
-        running = None
+        running: torch.Tensor | None = None
         for k in _chunks(num_samples, chunk):
             lse_k = chunk_lse(x, k)
             running = lse_k if running is None else torch.logaddexp(running, lse_k)
-        return running - math.log(num_samples)
+        return cast(torch.Tensor, running) - math.log(num_samples)  # num_samples >= 1: one chunk at least
 
     return _batched(model, guide, data, per_batch, batch_size, obs_site, data_plate, arguments)
 
@@ -237,7 +236,7 @@ def _enumerate(programs: ProgramPair, x: Data, max_elements: int, max_latents: i
     configs = torch.cartesian_prod(*[torch.tensor([0.0, 1.0], dtype=observed.dtype, device=observed.device)] * total)
     configs = configs.reshape(-1, total)
     chunk = 2 ** max(0, int(math.log2(max(1, max_elements // max(1, batch_size * programs.observed_of(x)[0].numel())))))
-    running = None
+    running: torch.Tensor | None = None
     for block in configs.split(max(2, chunk)):
         c = block.shape[0]
         values = {
@@ -248,7 +247,7 @@ def _enumerate(programs: ProgramPair, x: Data, max_elements: int, max_latents: i
         tr = poutine.trace(conditioned).get_trace(*args, **kwargs)
         lse = torch.logsumexp(programs.log_prob(tr, c, batch_size), 0)
         running = lse if running is None else torch.logaddexp(running, lse)
-    return running
+    return cast(torch.Tensor, running)  # one block at least
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ import torch
 
 from ppdgm.errors import UsageError, positive_int
 from ppdgm.programs.batch import Batch, Key, as_rows
-from ppdgm.programs.handlers import distribution_of
+from ppdgm.programs.handlers import distribution_of, value_of
 from ppdgm.programs.pair import ProgramPair
 from ppdgm.programs.sites import ConventionError, accepts
 from ppdgm.runtime.storage import atomic_path
@@ -56,16 +56,15 @@ def sample(
     if isinstance(model, Run):
         programs, scope = model.programs, cast(contextlib.AbstractContextManager, model.params())
         if obs_site is not None and obs_site != programs.obs_site:
-            programs = ProgramPair(model.model, None, obs_site=obs_site, arguments=model.programs.arguments)
             with model.params():
-                programs.inspect(model.programs.example)
+                programs = ProgramPair.inspected(
+                    model.model, None, model.programs.example, obs_site=obs_site, arguments=model.programs.arguments
+                )
     else:
         if like is None:
             raise UsageError("sampling from a bare model needs like=<a batch of data it can be called with>")
-        programs = ProgramPair(model, None, obs_site=obs_site, arguments=arguments)
+        programs = ProgramPair.inspected(model, None, as_rows(like), obs_site=obs_site, arguments=arguments)
         scope = contextlib.nullcontext({})
-        with scope:
-            programs.inspect(as_rows(like))
     inputs = programs.input_keys(programs.example)
     if condition is not None:
         if not inputs:
@@ -90,7 +89,7 @@ def sample(
         dream = programs.model_side(rows)
     if not programs.holds_observations():
         return {name: _draw(dream.nodes[name], mean) for name in programs.structure.observed_sites}
-    return programs.as_column(_draw(dream.nodes[programs.obs_site], mean), programs.observed_of(rows))
+    return programs.as_column(_draw(dream.nodes[programs.primary_site], mean), programs.observed_of(rows))
 
 
 def sample_rows(model: Callable | Any, n: int | None = None, **options: Any) -> torch.Tensor:
@@ -136,7 +135,7 @@ def generate(model: Callable, n: int, obs_site: str = "x", mean: bool = True) ->
             return distribution_of(site).mean.detach()
         except NotImplementedError:
             pass
-    return site["value"].detach()
+    return value_of(site).detach()
 
 
 def image_grid(images: torch.Tensor, shape: tuple[int, ...], ncols: int | None = None, pad: int = 1) -> np.ndarray:

@@ -29,7 +29,7 @@ several latent sites are passed as one tensor, flattened per row and concatenate
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import pyro.poutine as poutine
 import torch
@@ -39,7 +39,7 @@ from ppdgm.errors import UsageError, positive_int
 from ppdgm.guides.discriminators import Discriminator, MLPDiscriminator
 from ppdgm.methods.base import Method
 from ppdgm.programs.batch import Data
-from ppdgm.programs.handlers import Reverse, StoreParams, distribution_of
+from ppdgm.programs.handlers import Reverse, StoreParams, distribution_of, value_of
 from ppdgm.programs.pair import ProgramPair
 from ppdgm.programs.rows import dream_rows, flatten_rows
 from ppdgm.programs.sites import ConventionError, accepts
@@ -275,8 +275,9 @@ class AdversarialMethod(Method):
         fake = self.view(programs, generated_x(programs, programs.model_side(x), self.generator_output), x)
         real = self.view(programs, programs.observed_of(x), x)
         n = len(x)
-        return self.adversary.log_prob(real, self.adversary.labels(n, 1, real)) + self.adversary.log_prob(
-            fake, self.adversary.labels(n, 0, real)
+        adversary = cast(Adversary, self.adversary)  # made by setup, before any step
+        return adversary.log_prob(real, adversary.labels(n, 1, real)) + adversary.log_prob(
+            fake, adversary.labels(n, 0, real)
         )
 
     # ------------------------------------------------------------------ schedule
@@ -317,14 +318,14 @@ def generator_output_option(value: str) -> str:
 
 def generated_x(programs: ProgramPair, dream: Trace, output: str = "sample") -> torch.Tensor:
     """The generated x of a model-side trace (its value, or its distribution's mean), with its graph."""
-    site = dream.nodes[programs.obs_site]
-    x = site["value"] if output == "sample" else distribution_of(site).mean
+    site = dream.nodes[programs.primary_site]
+    x = value_of(site) if output == "sample" else distribution_of(site).mean
     return programs.as_column(x, programs.observed_of(dream_rows(dream)))
 
 
 def check_generator(programs: ProgramPair, dream: Trace, output: str, method: str) -> None:
     """Refuse a generator whose x the method cannot differentiate in θ, saying what to change."""
-    site = dream.nodes[programs.obs_site]
+    site = dream.nodes[programs.primary_site]
     fn = site["fn"]
     if output == "sample" and not getattr(fn, "has_rsample", False):
         kind = type(getattr(fn, "base_dist", fn)).__name__
@@ -357,9 +358,9 @@ def check_likelihood(programs: ProgramPair, method: str) -> None:
     example = programs.example[:8]
     with poutine.block(), torch.no_grad():
         side = programs.data_side(example, 1)
-        log_lik = programs.log_prob(side.model_trace, 1, len(example), sites=(programs.obs_site,))
+        log_lik = programs.log_prob(side.model_trace, 1, len(example), sites=(programs.primary_site,))
     if not bool(torch.isfinite(log_lik).all()):
-        fn = side.model_trace.nodes[programs.obs_site]["fn"]
+        fn = side.model_trace.nodes[programs.primary_site]["fn"]
         kind = type(getattr(fn, "base_dist", fn)).__name__
         raise ConventionError(
             f"method {method!r} needs the likelihood log p(x | z) of the data, but the model's {kind} x site gives "

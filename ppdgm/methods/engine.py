@@ -8,9 +8,10 @@ moves — a player whose phase did not run keeps its parameters *and* its optimi
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, cast
 
 import torch
 
@@ -91,8 +92,27 @@ class Engine:
         #: skip an update whose loss or gradients are not finite (as GradScaler does), instead of applying it
         self.skip_nonfinite = skip_nonfinite
         self.skipped_updates = 0
-        #: set while a step is traced (:mod:`ppdgm.compile`): takes each phase's loss instead of back-propagating it
+        #: set by :meth:`recording` while a step is traced: takes each phase's loss instead of back-propagating it
         self.recorder: Callable[[torch.Tensor, list[Player], list[torch.Tensor]], None] | None = None
+
+    @contextlib.contextmanager
+    def local(self) -> Iterator[None]:
+        """Inside the block, updates are not averaged over the ranks (a step traced or checked on one rank)."""
+        sync, self.grad_sync = self.grad_sync, None
+        try:
+            yield
+        finally:
+            self.grad_sync = sync
+
+    @contextlib.contextmanager
+    def recording(self, recorder: Callable[[torch.Tensor, list[Player], list[torch.Tensor]], None]) -> Iterator[None]:
+        """Inside the block each phase's update goes to ``recorder`` instead of being applied (a step being traced by
+        :mod:`ppdgm.compile`: gradients recorded as operations, the optimizer step as one opaque call)."""
+        self.recorder = recorder
+        try:
+            yield
+        finally:
+            self.recorder = None
 
     def scale_learning_rates(self, factor: float) -> None:
         """Set every player's learning rates to ``factor`` times their initial values."""
@@ -185,7 +205,7 @@ class Engine:
             group = player.optimizer.param_groups[-1]
             self._base_lrs[player.name].append(group["lr"])
             group["lr"] = group["lr"] * self._lr_factor
-            programs.owned.add(name)
+            cast(set, programs.owned).add(name)  # set once the players exist: adoption runs after
             adopted.append(name)
         programs.unowned.clear()
         if adopted:

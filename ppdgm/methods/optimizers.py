@@ -95,5 +95,5 @@ def host_step_counters(optimizer: torch.optim.Optimizer) -> None:
         for p in group["params"]:
             state = optimizer.state.get(p)
             step = state.get("step") if state else None
-            if torch.is_tensor(step) and step.device.type != "cpu":
+            if state is not None and torch.is_tensor(step) and step.device.type != "cpu":
                 state["step"] = step.cpu()

@@ -4,9 +4,9 @@ the scores of sites. The module docstring of :mod:`ppdgm.programs.pair` describe
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Self, cast
 
 import pyro
 import pyro.poutine as poutine
@@ -17,7 +17,7 @@ from pyro.poutine.trace_struct import Trace
 from ppdgm.errors import UsageError
 from ppdgm.programs.batch import Batch, Data, first_column
 from ppdgm.programs.batch import batch_size as rows_of
-from ppdgm.programs.handlers import StoreParams, unconstrained_params
+from ppdgm.programs.handlers import StoreParams, unconstrained_params, value_of
 from ppdgm.programs.inspection import inspect_pair
 from ppdgm.programs.rows import (
     GENERATED_ROWS_HINT,
@@ -55,7 +55,7 @@ class PairBase:
     arguments: Callable | None = None
     generated_rows: Callable | None = None
     auxiliary: tuple[Auxiliary, ...] = ()
-    structure: Structure | None = field(default=None, init=False)
+    _structure: Structure | None = field(default=None, init=False, repr=False)
     #: rows of the whole minibatch per row this process holds (> 1 on a rank of a data-parallel fit):
     #: a global site's log-probability is shared by the global batch's datapoints, not the local ones
     row_scale: float = field(default=1.0, init=False)
@@ -93,6 +93,32 @@ class PairBase:
         self._layouts: dict[Hashable, dict[str, Any]] = {}
         self._layout: Hashable = None
 
+    @contextlib.contextmanager
+    def scaled_rows(self, row_scale: float) -> Iterator[None]:
+        """Inside the block this process holds one row per ``row_scale`` rows of the minibatch (a rank's block of a
+        data-parallel batch): a global site's log-probability is shared by the global batch's datapoints."""
+        self.row_scale = row_scale
+        try:
+            yield
+        finally:
+            self.row_scale = 1.0
+
+    @contextlib.contextmanager
+    def stepping(self, step_kwargs: dict[str, Any]) -> Iterator[None]:
+        """Inside the block the programs receive ``step_kwargs`` beside each batch; the previous ones after it."""
+        given, self.step_kwargs = self.step_kwargs, step_kwargs
+        try:
+            yield
+        finally:
+            self.step_kwargs = given
+
+    @classmethod
+    def inspected(cls, model: Callable, guide: Callable | None, x: Data, **options: Any) -> Self:
+        """The pair of ``model`` and ``guide`` (``options``: the other fields), inspected on the batch ``x``."""
+        pair = cls(model, guide, **options)
+        pair.inspect(x)
+        return pair
+
     def param_tensors(self, names: Iterable[str]) -> list[torch.Tensor]:
         """The unconstrained tensors of parameters by name: the param store's, or a module's own
         (``pyro.settings.set(module_local_params=True)``)."""
@@ -127,7 +153,7 @@ class PairBase:
         if x is None or (isinstance(x, Batch) and any(c is None for _, c in x.items())):
             self._refuse_built_arguments()
         columns, named = arguments(x, batch_size, False)
-        built = self.arguments(*columns, **named)
+        built = cast(Callable, self.arguments)(*columns, **named)
         if isinstance(built, tuple | list):
             args, kwargs = tuple(built), {}
         elif isinstance(built, Mapping) and all(isinstance(k, str) for k in built):
@@ -147,7 +173,7 @@ class PairBase:
         Parameters the players do not own yet (created after inspection, e.g. by a program that creates one at
         its third step) are noted in :attr:`unowned` with the program that used them, for the engine to adopt.
         """
-        dim = self.structure.particle_dim if self.structure is not None else None
+        dim = self._structure.particle_dim if self._structure is not None else None
         program = "guide" if fn is self.guide else "model"
 
         def vectorised(*args, **kwargs):
@@ -182,7 +208,7 @@ class PairBase:
         batch_size = rows_of(x)
         self.example = x
         self._data_ndim = x.dim() if torch.is_tensor(x) else None
-        self.structure = None
+        self._structure = None
         found = inspect_pair(
             self.model,
             self.guide,
@@ -193,16 +219,15 @@ class PairBase:
             data_plate=self.data_plate,
             partial_guide=self.partial_guide,
         )
-        self.structure, self.obs_site, self.observed_sites = found.structure, found.obs_site, found.observed_sites
-        if self.auxiliary:
-            self.structure = self._with_auxiliary_params(self.structure, x)
-        self.known_guide_sites = GuideSites.of_structure(self.structure)
+        structure, self.obs_site, self.observed_sites = found.structure, found.obs_site, found.observed_sites
+        self._structure = self._with_auxiliary_params(structure, x) if self.auxiliary else structure
+        self.known_guide_sites = GuideSites.of_structure(self._structure)
         self.local_params = found.local_params
         self.obs_distribution = self.observed_sites[self.obs_site]["fn"]
         self._generate_with_none = self._model_bs and self._runs_without_data(x)
         self._layout = data_layout(x)
         self._layouts[self._layout] = {name: getattr(self, name) for name in PER_LAYOUT}
-        return self.structure
+        return self._structure
 
     def inspect_data(self, first: Data, splits: Iterable[Data]) -> Structure:
         """:meth:`inspect` on ``first``, then :meth:`check_finite` and :meth:`check_support` on every split.
@@ -370,7 +395,7 @@ class PairBase:
         """
         structure = self._require_structure()
         batch_size = rows_of(x)
-        guide = self.vectorised(self.guide, num_particles)
+        guide = self.vectorised(self.guide_program, num_particles)
         model = self.vectorised(self.model, num_particles)
         if structure.enumerated:
             guide = EnumMessenger(first_available_dim=structure.particle_dim - 1)(guide)
@@ -404,7 +429,7 @@ class PairBase:
         fixed = Trace()
         for name in self._require_structure().latent_sites:
             site = trace.nodes[name]
-            fixed.add_node(name, **{**site, "value": site["value"].detach()})
+            fixed.add_node(name, **{**site, "value": value_of(site).detach()})
         return fixed
 
     def log_prob(
@@ -439,7 +464,29 @@ class PairBase:
             return torch.zeros(num_particles, batch_size)
         return total
 
+    @property
+    def guide_program(self) -> Callable:
+        """The guide, refused by name when the pair has none (a guide-less method runs the model side only)."""
+        if self.guide is None:
+            raise UsageError("this pair has no guide (guide=None), but running it here needs one")
+        return self.guide
+
+    @property
+    def primary_site(self) -> str:
+        """The observed site that generative methods generate and discriminators see (``obs_site`` once inspected)."""
+        if self.obs_site is None:
+            raise UsageError("this pair has not been inspected on a batch yet: its observed site is not known")
+        return self.obs_site
+
+    @property
+    def structure(self) -> Structure:
+        """What inspection learnt of the pair on its batch's layout (:meth:`inspect`); refused before any batch was."""
+        if self._structure is None:
+            raise UsageError(
+                "this pair has not been inspected on a batch yet: build it with ProgramPair.inspected(model, guide, x) "
+                "or call programs.inspect(x) before running it"
+            )
+        return self._structure
+
     def _require_structure(self) -> Structure:
-        if self.structure is None:
-            raise RuntimeError("call ProgramPair.inspect(x) on a batch before running the programs")
         return self.structure

@@ -151,7 +151,7 @@ def as_batch(data: tuple | list | Mapping) -> Batch:
         batch = Batch([as_column(v, f"at position {i}") for i, v in enumerate(data)])
     if not batch.items():
         raise UsageError("data with no columns")
-    rows = {key: int(column.shape[0]) for key, column in batch.items()}
+    rows = {key: int(column.shape[0]) for key, column in batch.items() if column is not None}
     if len(set(rows.values())) > 1:
         raise UsageError(f"the data columns have different numbers of rows: {rows}")
     return batch

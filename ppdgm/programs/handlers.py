@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import pyro
 import pyro.distributions as dist
@@ -27,6 +27,11 @@ from torch.distributions import transform_to
 def distribution_of(site: Message | dict) -> Any:
     """A sample site's distribution: Pyro's message type calls ``fn`` any callable."""
     return site["fn"]
+
+
+def value_of(site: Message | dict) -> torch.Tensor:
+    """The value of a traced sample site (Pyro types it optional: a site not yet run has none)."""
+    return cast(torch.Tensor, site["value"])
 
 
 def unconstrained_params() -> dict[str, torch.Tensor]:
@@ -73,8 +78,8 @@ class StoreParams(Messenger):
         self._owned, self._unowned, self._program = owned, unowned, program
 
     def _pyro_param(self, msg: Message) -> None:
-        name = msg["name"]
-        if self._owned is not None and name not in self._owned:
+        name = cast(str, msg["name"])
+        if self._owned is not None and self._unowned is not None and name not in self._owned:
             self._unowned.setdefault(name, self._program)
         store = self._store  # the hot loop: the store's dicts read directly (this module is their one reader)
         unconstrained = store._params.get(name)
@@ -101,7 +106,7 @@ class Reverse(Messenger):
 
     def _pyro_sample(self, msg: Message) -> None:
         if msg["name"] == self.site and msg["is_observed"]:
-            msg["value"] = 1 - msg["value"]
+            msg["value"] = 1 - value_of(msg)
 
 
 _LOW = (torch.bfloat16, torch.float16)
@@ -172,7 +177,7 @@ class ShardedSampling(Messenger):
         if isinstance(fn, dist.Delta) or (isinstance(fn, Independent) and isinstance(fn.base_dist, dist.Delta)):
             return  # no randomness: the local value is the global block already
         batch_shape = fn.batch_shape
-        pos = len(batch_shape) + frame.dim
+        pos = len(batch_shape) + cast(int, frame.dim)
         if pos < 0 or batch_shape[pos] != size:
             return
         index = (torch.arange(global_size, device=_device_of(fn)) - offset) % size

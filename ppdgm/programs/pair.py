@@ -34,6 +34,7 @@ dimensions further left.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import cast
 
 import pyro.poutine as poutine
 import torch
@@ -43,6 +44,7 @@ from ppdgm.errors import UsageError
 from ppdgm.programs.base import PairBase
 from ppdgm.programs.batch import Batch, Data, Key, as_batch, first_column
 from ppdgm.programs.batch import batch_size as rows_of
+from ppdgm.programs.handlers import value_of
 from ppdgm.programs.rows import (
     describe_value,
     dream_rows,
@@ -107,7 +109,7 @@ class ProgramPair(PairBase):
         """
         self._require_structure()
         if rows is None:
-            rows = batch_size
+            rows = cast(int, batch_size)
         if isinstance(rows, int):
             rows = self.placeholder(rows)
         model, args, kwargs = self._generating(rows)
@@ -128,7 +130,7 @@ class ProgramPair(PairBase):
         for key, name in self._require_structure().observed_columns:
             value = (values or {}).get(name)
             if value is None:
-                value = dream.nodes[name]["value"].detach()
+                value = value_of(dream.nodes[name]).detach()
             like = rows if torch.is_tensor(rows) else rows.get(key)
             columns[key] = self.as_column(value, like)
         if torch.is_tensor(rows):
@@ -138,12 +140,12 @@ class ProgramPair(PairBase):
     def _generated_batch(self, dream: Trace, overrides: dict[str, torch.Tensor]) -> Data:
         """The rows :attr:`generated_rows` builds from the dream's observed sites (``fit(generated_rows=...)``)."""
         values = {
-            name: overrides[name] if name in overrides else dream.nodes[name]["value"].detach()
+            name: overrides[name] if name in overrides else value_of(dream.nodes[name]).detach()
             for name in generated_sites(dream, self._require_structure())
         }
         rows = dream_rows(dream)
         columns, named = arguments(rows, rows_of(rows), False)
-        built = self.generated_rows(values, *columns, **named)
+        built = cast(Callable, self.generated_rows)(values, *columns, **named)
         hook = self._hook_name
         if torch.is_tensor(rows):
             if not torch.is_tensor(built) or built.shape[:1] != rows.shape[:1]:
@@ -168,7 +170,7 @@ class ProgramPair(PairBase):
         latents held at the dream's, is run on the rows and every observed site's log-density compared."""
         structure = self._require_structure()
         generated = generated_sites(dream, structure)
-        latents = {n: s["value"] for n, s in dream.nodes.items() if s["type"] == "sample" and n not in generated}
+        latents = {n: value_of(s) for n, s in dream.nodes.items() if s["type"] == "sample" and n not in generated}
         batch_size = rows_of(rows)
         observed = run_program(
             poutine.condition(self.vectorised(self.model, 1), data=latents),
@@ -223,7 +225,7 @@ class ProgramPair(PairBase):
                 "outside the programs' own call; methods that only run the programs on the data (vae, iwae, "
                 "ppdgm.evaluate) train and score it as it is"
             )
-        return x if torch.is_tensor(x) else x.get(key)
+        return x if torch.is_tensor(x) else cast(torch.Tensor, x.get(key))
 
     def holds_observations(self) -> bool:
         """Whether a data column holds the primary observed site's values, so that generated values can be given
@@ -266,11 +268,11 @@ class ProgramPair(PairBase):
             if self.generated_rows is not None:
                 self._check_generated_rows(dream, x)
             guide_trace = run_program(
-                self.vectorised(self.guide, 1), self.guide_arguments(x, batch_size), "guide", "model side", x
+                self.vectorised(self.guide_program, 1), self.guide_arguments(x, batch_size), "guide", "model side", x
             )
         for name in self.structure.latent_sites:
-            dreamt = tuple(dream.nodes[name]["value"].shape)
-            guided = tuple(guide_trace.nodes[name]["value"].shape)
+            dreamt = tuple(value_of(dream.nodes[name]).shape)
+            guided = tuple(value_of(guide_trace.nodes[name]).shape)
             if dreamt != guided:
                 raise ConventionError(
                     f"the sleep phase cannot score latent site {name!r}: the model dreams values of shape {dreamt} "
@@ -287,7 +289,9 @@ class ProgramPair(PairBase):
     def encode(self, x: Data) -> Trace:
         """One run of the guide on ``x`` (a single particle, with its autograd graph): the data side's latents."""
         self._require_structure()
-        return run_program(self.vectorised(self.guide, 1), self.guide_arguments(x, rows_of(x)), "guide", "data side", x)
+        return run_program(
+            self.vectorised(self.guide_program, 1), self.guide_arguments(x, rows_of(x)), "guide", "data side", x
+        )
 
     def reconstruct(self, guide_trace: Trace, rows: int | Data) -> Trace:
         """The model replayed on the latents of ``guide_trace`` with x unobserved: x generated from q's z."""
@@ -302,7 +306,7 @@ class ProgramPair(PairBase):
     def latent_values(self, trace: Trace, batch_size: int) -> torch.Tensor:
         """The latents of ``trace`` (the guide's sites), flattened per datapoint and concatenated: ``(B, D)``."""
         latents = self._require_structure().latent_sites
-        return flatten_rows([self.unparticle(trace.nodes[n]["value"]) for n in latents], batch_size)
+        return flatten_rows([self.unparticle(value_of(trace.nodes[n])) for n in latents], batch_size)
 
     def score_guide(self, dream: Trace, x: torch.Tensor | None = None) -> tuple[Trace, torch.Tensor]:
         """Score the dreamt latents under the guide given the dreamt data: log q(z | x), shape ``(1, B)``.
@@ -312,10 +316,10 @@ class ProgramPair(PairBase):
         ``x`` overrides the dreamt x (e.g. the generated x *with* its graph, for InfoGAN's generator).
         """
         structure = self._require_structure()
-        batch = self.dreamt_batch(dream, None if x is None else {self.obs_site: x})
+        batch = self.dreamt_batch(dream, None if x is None else {self.primary_site: x})
         batch_size = rows_of(batch)
-        values = {name: dream.nodes[name]["value"].detach() for name in structure.latent_sites}
-        conditioned = poutine.condition(self.vectorised(self.guide, 1), data=values)
+        values = {name: value_of(dream.nodes[name]).detach() for name in structure.latent_sites}
+        conditioned = poutine.condition(self.vectorised(self.guide_program, 1), data=values)
         guide_trace = run_program(
             conditioned, self.guide_arguments(batch, batch_size), "guide", "model side (sleep)", batch
         )

@@ -46,7 +46,7 @@ _ROWS = "ppdgm_rows"
 
 #: what :meth:`ProgramPair.inspect` learns from a batch, kept per layout of the batch
 PER_LAYOUT = (
-    "example", "_data_ndim", "structure", "obs_site", "observed_sites", "known_guide_sites", "local_params",
+    "example", "_data_ndim", "_structure", "obs_site", "observed_sites", "known_guide_sites", "local_params",
     "obs_distribution", "_generate_with_none",
 )  # fmt: skip
 
@@ -76,7 +76,7 @@ def generated_sites(dream: Trace, structure: Structure) -> list[str]:
     return [
         name
         for name, site in dream.nodes.items()
-        if site["type"] == "sample" and (site["infer"].get("was_observed") or name in structure.observed_sites)
+        if site["type"] == "sample" and ((site["infer"] or {}).get("was_observed") or name in structure.observed_sites)
     ]
 
 

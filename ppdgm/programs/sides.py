@@ -12,6 +12,7 @@ from pyro.poutine.trace_struct import Trace
 
 from ppdgm.errors import UsageError
 from ppdgm.programs.combine import log_mean_exp, mean
+from ppdgm.programs.handlers import value_of
 from ppdgm.programs.sites import (
     Structure,
     guide_sites,
@@ -107,7 +108,7 @@ class DataSide:
         return log_mean_exp(log_w, 0)
 
     def latents(self) -> dict[str, torch.Tensor]:
-        return {name: self.guide_trace.nodes[name]["value"] for name in self.structure.latent_sites}
+        return {name: value_of(self.guide_trace.nodes[name]) for name in self.structure.latent_sites}
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,7 @@ def _enum_dims(guide_trace: Trace, model_trace: Trace, structure: Structure) -> 
 def _enumerate_dims(trace: Trace, skip: Any = ()) -> set[int]:
     """The dims Pyro's enumeration gave the sample sites of ``trace`` (those not in ``skip``)."""
     return {
-        site["infer"]["_enumerate_dim"]
+        (site["infer"] or {})["_enumerate_dim"]
         for name, site in trace.nodes.items()
         if site["type"] == "sample" and name not in skip and (site.get("infer") or {}).get("_enumerate_dim") is not None
     }

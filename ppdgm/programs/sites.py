@@ -21,7 +21,7 @@ from pyro.poutine.util import site_is_subsample
 
 from ppdgm.errors import PpdgmError
 from ppdgm.programs.batch import Batch, Data, Key
-from ppdgm.programs.handlers import unconstrained_params
+from ppdgm.programs.handlers import unconstrained_params, value_of
 
 
 class ConventionError(PpdgmError, ValueError):
@@ -254,12 +254,12 @@ def run_program(fn: Callable, arguments: tuple[tuple, dict], program: str, side:
         site = _failing_site(err)
         if site is not None:
             at = f" at site {site['name']!r}"
-            fn = site.get("fn")
-            if (site.get("infer") or {}).get("enumerate") and not getattr(fn, "has_enumerate_support", True):
+            site_fn = site.get("fn")
+            if (site.get("infer") or {}).get("enumerate") and not getattr(site_fn, "has_enumerate_support", True):
                 raise ConventionError(
                     f"the {program}'s site {site['name']!r} is marked for enumeration, but its distribution "
-                    f"{type(fn).__name__} has no finite support to enumerate; enumerate discrete sites only (remove "
-                    "the annotation, or config_enumerate's default marks only discrete sites)"
+                    f"{type(site_fn).__name__} has no finite support to enumerate; enumerate discrete sites only "
+                    "(remove the annotation, or config_enumerate's default marks only discrete sites)"
                 ) from None
         else:
             at = ""
@@ -291,11 +291,11 @@ def local_params(trace: Trace | None) -> dict[str, torch.Tensor]:
     if trace is None:
         return {}
     store = unconstrained_params()
-    local = {}
+    local: dict[str, torch.Tensor] = {}
     for name, site in trace.nodes.items():
         if site["type"] == "param" and name not in store:
             leaf = getattr(site["value"], "unconstrained", None)
-            local[name] = leaf() if callable(leaf) else site["value"]
+            local[name] = leaf() if callable(leaf) else value_of(site)
     return local
 
 

@@ -111,8 +111,9 @@ class TrainingLoop:
                     break
         except KeyboardInterrupt as interrupt:
             bar.close()
-            saved = self.checkpoint is not None and self.checkpoint.exists()
-            where = f"; the checkpoint in {self.checkpoint.parent} resumes it" if saved else ""
+            checkpoint = self.checkpoint
+            saved = checkpoint is not None and checkpoint.exists()
+            where = f"; the checkpoint in {checkpoint.parent} resumes it" if checkpoint is not None and saved else ""
             raise TrainingInterrupted(f"interrupted after {len(run.history)} complete epoch(s){where}") from interrupt
         bar.close()
 

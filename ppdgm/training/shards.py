@@ -47,12 +47,8 @@ class Shards:
         offset, size = rows.start, rows.stop - rows.start
         self.share = 1.0
         self._weigh(size * self.world_size / n, weigh)
-        self.programs.row_scale = n / size
-        try:
-            with self.sampling.rows(offset, size, n):
-                yield
-        finally:
-            self.programs.row_scale = 1.0
+        with self.programs.scaled_rows(n / size), self.sampling.rows(offset, size, n):
+            yield
 
     @property
     def weight(self) -> float:
