@@ -408,3 +408,59 @@ def test_a_result_judged_by_another_judge_is_evaluated_again(tmp_path):
     assert not reusable({"spec_hash": judged.digest()}, judged)  # a result from before the convnet judge
     assert reusable({"spec_hash": plain.digest()}, plain)
     assert not reusable({"spec_hash": "another", "judge": JUDGE_VERSION}, judged)
+
+
+def _two_method_summary(base: list[float], other: list[float], paper: tuple[float, float]) -> dict:
+    rows = []
+    for label, values in (("vae", base), ("aa-vae", other)):
+        rows.append({"method": label, "seeds": list(range(len(values))), "elbo": {"values": values}})
+    reference = {"metric": "elbo", "source": "paper", "values": {"vae": paper[0], "aa-vae": paper[1]}}
+    return {"metrics": ["elbo"], "rows": rows, "reference": reference}
+
+
+@pytest.mark.parametrize(
+    "base, other, word, ahead",
+    [
+        ([-100.0, -101.0, -99.0], [-99.0, -99.5, -98.0], "reproduces", 3),  # differences 1, 1.5, 1
+        ([-100.0, -101.0, -99.0], [-99.0, -102.0, -98.5], "same direction, within the spread over seeds", 2),
+        ([-100.0, -101.0, -99.0], [-101.0, -102.5, -100.0], "reversed", 0),
+        ([-100.0, -101.0, -99.0], [-101.0, -100.0, -99.5], "opposite direction, within the spread over seeds", 1),
+    ],
+)
+def test_the_verdict_pairs_seeds_and_weighs_the_difference_against_its_spread(base, other, word, ahead):
+    from ppdgm.compare.report import paper_verdict
+
+    line = paper_verdict(_two_method_summary(base, other, (-92.53, -92.42)))
+    diffs = np.array(other) - np.array(base)
+    assert line == (
+        f"paper's gain, aa-vae − vae in elbo: +0.11; ours, paired over the same 3 seed(s): {diffs.mean():+.3g} ± "
+        f"{diffs.std(ddof=1):.3g} (the paper's direction on {ahead} of 3): {word}"
+    )
+
+
+def test_no_verdict_without_a_reference_for_two_methods():
+    from ppdgm.compare.report import paper_verdict
+
+    summary = _two_method_summary([-1.0, -2.0], [-1.5, -1.0], (-92.53, -92.42))
+    del summary["reference"]["values"]["aa-vae"]
+    assert paper_verdict(summary) is None
+
+
+def test_the_convergence_line_says_whether_the_validation_objective_flattened():
+    from ppdgm.compare.report import convergence_line
+
+    spec = parse_spec(tiny_spec("unused"), output="unused")
+    rising = [{"valid_elbo": -100.0 + epoch} for epoch in range(20)]  # +1 an epoch to the end
+    flat = [{"valid_elbo": -100.0 + min(epoch, 10) * 5} for epoch in range(20)]  # +50, then nothing
+    falling = [{"valid_elbo": -100.0 + min(epoch, 15) * 2 - max(0, epoch - 15)} for epoch in range(20)]
+    results = [
+        {"label": "vae", "history": rising, "seed": 0},
+        {"label": "iwae k=3", "history": flat, "seed": 0},
+    ]
+    line = convergence_line(spec, results)
+    assert line == (
+        "validation objective over the last 10% of the epochs, mean over seeds: vae +1 (of +19 in all): rising; "
+        "iwae k=3 +0 (of +50 in all): flat"
+    )
+    line = convergence_line(spec, [{"label": "vae", "history": falling, "seed": 0}])
+    assert line.endswith("vae -1 (of +26 in all): falling")

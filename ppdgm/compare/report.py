@@ -73,6 +73,69 @@ def table_caption(spec: Spec) -> str:
     return f"{spec.name}: one seed; ± standard error over the {subset}test datapoints"
 
 
+#: the tail of a learning curve whose change tells whether it has flattened: the last tenth of its epochs
+CURVE_TAIL = 0.1
+#: a curve is flat when its tail moved less than this share of its whole change
+FLAT_SHARE = 0.01
+
+
+def paper_verdict(summary: dict) -> str | None:
+    """Whether the paper's gain reproduces: with a reference for two methods, the second's per-seed difference from
+    the first in the reference metric (mean ± std over the seeds both ran), beside the paper's difference.
+
+    "reproduces" when the signs agree and the mean difference exceeds its spread over seeds; "same direction, within
+    the spread over seeds" when only the signs agree; "reversed" or "opposite direction, within the spread" else.
+    """
+    reference = summary.get("reference") or {}
+    values = reference.get("values", {})
+    rows = [row for row in summary["rows"] if row["method"] in values]
+    metric = reference.get("metric")
+    if len(rows) != 2 or any(metric not in row for row in rows):
+        return None
+    base, other = rows
+    seeds = sorted(set(base["seeds"]) & set(other["seeds"]))
+    if not seeds:
+        return None
+    per_seed = {row["method"]: dict(zip(row["seeds"], row[metric]["values"])) for row in rows}
+    ours = np.array([per_seed[other["method"]][s] - per_seed[base["method"]][s] for s in seeds])
+    paper = values[other["method"]] - values[base["method"]]
+    mean = float(ours.mean())
+    spread = float(ours.std(ddof=1)) if len(ours) > 1 else 0.0
+    same = np.sign(mean) == np.sign(paper) and paper != 0
+    clear = len(ours) > 1 and abs(mean) > spread
+    if same:
+        word = "reproduces" if clear else "same direction, within the spread over seeds"
+    else:
+        word = "reversed" if clear else "opposite direction, within the spread over seeds"
+    ahead = int((np.sign(ours) == np.sign(paper)).sum()) if paper != 0 else 0
+    return (
+        f"paper's gain, {other['method']} − {base['method']} in {metric}: {paper:+.3g}; ours, paired over the same "
+        f"{len(seeds)} seed(s): {mean:+.3g} ± {spread:.3g} (the paper's direction on {ahead} of {len(seeds)}): {word}"
+    )
+
+
+def convergence_line(spec: Spec, results: Sequence[dict]) -> str | None:
+    """How much each method's validation objective (mean over seeds) moved over the last tenth of its epochs, beside
+    its whole change: "flat" below :data:`FLAT_SHARE` of it, else "rising" or "falling"."""
+    parts = []
+    for method in spec.methods:
+        runs = [r for r in results if r["label"] == method.label and r.get("history")]
+        if not runs:
+            continue
+        key = next((k for k in runs[0]["history"][-1] if k.startswith("valid_")), None)
+        length = min(len(r["history"]) for r in runs)
+        if key is None or length < 10:
+            return None
+        curve = np.array([[row[key] for row in r["history"][:length]] for r in runs]).mean(0)
+        tail = float(curve[-1] - curve[int(length * (1 - CURVE_TAIL))])
+        whole = float(curve[-1] - curve[0])
+        word = "flat" if abs(tail) < FLAT_SHARE * abs(whole) else "rising" if tail > 0 else "falling"
+        parts.append(f"{method.label} {tail:+.3g} (of {whole:+.3g} in all): {word}")
+    if not parts:
+        return None
+    return f"validation objective over the last {CURVE_TAIL:.0%} of the epochs, mean over seeds: " + "; ".join(parts)
+
+
 def write_results(spec: Spec, summary: dict, results: Sequence[dict]) -> None:
     out = Path(spec.output)
     table = format_table(summary)
@@ -80,6 +143,10 @@ def write_results(spec: Spec, summary: dict, results: Sequence[dict]) -> None:
     if judged is not None:
         summary["judge"] = judged
         table = f"{table}\n\n{judged}"
+    for key, line in (("verdict", paper_verdict(summary)), ("convergence", convergence_line(spec, results))):
+        if line is not None:
+            summary[key] = line
+            table = f"{table}\n\n{line}"
     print(f"\n{table_caption(spec)}\n{table}")
     write_text(out / "results.md", table + "\n", "results table")
     write_text(out / "results.json", json.dumps(summary, indent=2), "results")
