@@ -22,8 +22,8 @@ import torch
 
 import ppdgm
 from ppdgm.evaluate import mixture_quality
-from ppdgm.presets import build
-from ppdgm.sampling import generate
+from ppdgm.evaluate.sampling import generate
+from ppdgm.zoo import build
 
 
 def run_one(job: tuple[str, str, int, int, dict]) -> dict:

@@ -16,8 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 import ppdgm  # noqa: E402
+from ppdgm.evaluate.sampling import generate, image_grid  # noqa: E402
 from ppdgm.models import DBN, RBM, PixelCNN  # noqa: E402
-from ppdgm.sampling import generate, image_grid  # noqa: E402
 
 
 def main() -> None:
