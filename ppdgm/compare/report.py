@@ -114,6 +114,15 @@ def paper_verdict(summary: dict) -> str | None:
     )
 
 
+def objective_curves(runs: Sequence[dict]) -> tuple[str, np.ndarray]:
+    """The validation objective (else the training one) of a method's runs: its history key and the values, one row
+    per run, cut to the shortest run's epochs."""
+    key = next((k for k in runs[0]["history"][-1] if k.startswith("valid_")), None)
+    key = key or next(k for k in runs[0]["history"][-1] if k.startswith("train_"))
+    length = min(len(r["history"]) for r in runs)
+    return key, np.array([[row[key] for row in r["history"][:length]] for r in runs])
+
+
 def convergence_line(spec: Spec, results: Sequence[dict]) -> str | None:
     """How much each method's validation objective (mean over seeds) moved over the last tenth of its epochs, beside
     its whole change: "flat" below :data:`FLAT_SHARE` of it, else "rising" or "falling"."""
@@ -122,11 +131,11 @@ def convergence_line(spec: Spec, results: Sequence[dict]) -> str | None:
         runs = [r for r in results if r["label"] == method.label and r.get("history")]
         if not runs:
             continue
-        key = next((k for k in runs[0]["history"][-1] if k.startswith("valid_")), None)
-        length = min(len(r["history"]) for r in runs)
-        if key is None or length < 10:
+        key, values = objective_curves(runs)
+        length = values.shape[1]
+        if not key.startswith("valid_") or length < 10:
             return None
-        curve = np.array([[row[key] for row in r["history"][:length]] for r in runs]).mean(0)
+        curve = values.mean(0)
         tail = float(curve[-1] - curve[int(length * (1 - CURVE_TAIL))])
         whole = float(curve[-1] - curve[0])
         word = "flat" if abs(tail) < FLAT_SHARE * abs(whole) else "rising" if tail > 0 else "falling"
@@ -171,10 +180,8 @@ def plot_learning_curves(spec: Spec, results: Sequence[dict], path: Path) -> Non
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for method in spec.methods:
         runs = [r for r in results if r["label"] == method.label]
-        key = next((k for k in runs[0]["history"][-1] if k.startswith("valid_")), None)
-        key = key or next(k for k in runs[0]["history"][-1] if k.startswith("train_"))
-        length = min(len(r["history"]) for r in runs)
-        values = np.array([[row[key] for row in r["history"][:length]] for r in runs])
+        key, values = objective_curves(runs)
+        length = values.shape[1]
         steps = np.array([row["step"] for row in runs[0]["history"][:length]])
         seconds = np.cumsum(np.array([[row["seconds"] for row in r["history"][:length]] for r in runs]), 1).mean(0)
         for ax, x in zip(axes, (steps, seconds)):

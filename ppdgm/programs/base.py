@@ -349,7 +349,7 @@ class PairBase:
         NaN and infinite values are :meth:`check_finite`'s to report (it runs before tracing); a masked
         site (Pyro's ``obs_mask``) is not checked, as its missing entries may hold any placeholder.
         """
-        structure = self._require_structure()
+        structure = self.structure
         traced_rows = rows_of(self.example)  # the batch the observed sites' values were traced on
         for key, name in structure.observed_columns:
             site = self.observed_sites[name]
@@ -393,7 +393,7 @@ class PairBase:
                 estimators). Reparameterisable guides are re-run conditioned on the detached values so
                 that later latents depend on earlier ones only through fixed values.
         """
-        structure = self._require_structure()
+        structure = self.structure
         batch_size = rows_of(x)
         guide = self.vectorised(self.guide_program, num_particles)
         model = self.vectorised(self.model, num_particles)
@@ -416,18 +416,18 @@ class PairBase:
 
     def model_trace(self, x: Data) -> Trace:
         """The model run once with ``x`` observed (no guide): the trace of a fully observed model."""
-        self._require_structure()
+        self._require_inspected()
         return run_program(self.vectorised(self.model, 1), self.model_arguments(x, rows_of(x)), "model", "data side", x)
 
     def _without_observed(self, rows: Data) -> Data | None:
         if torch.is_tensor(rows):
             return None
-        return rows.replace({key: None for key, _ in self._require_structure().observed_columns})
+        return rows.replace({key: None for key, _ in self.structure.observed_columns})
 
     def detached(self, trace: Trace) -> Trace:
         """A trace holding the latent sites of ``trace`` at their values cut from the graph (for replay)."""
         fixed = Trace()
-        for name in self._require_structure().latent_sites:
+        for name in self.structure.latent_sites:
             site = trace.nodes[name]
             fixed.add_node(name, **{**site, "value": value_of(site).detach()})
         return fixed
@@ -450,7 +450,7 @@ class PairBase:
         With ``detach_params`` the distributions' parameters are cut from the graph while the
         sampled values keep theirs (the stop-gradient of doubly reparameterised estimators).
         """
-        structure = self._require_structure()
+        structure = self.structure
         rank = structure.max_plate_nesting + 1
         total = None
         names = sites if sites is not None else tuple(sample_sites(trace))
@@ -488,5 +488,6 @@ class PairBase:
             )
         return self._structure
 
-    def _require_structure(self) -> Structure:
-        return self.structure
+    def _require_inspected(self) -> None:
+        """Refuse to run a pair no batch has been inspected on (with :attr:`structure`'s message)."""
+        _ = self.structure

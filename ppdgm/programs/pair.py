@@ -107,7 +107,7 @@ class ProgramPair(PairBase):
         observed columns serve only as the placeholder of their shape, or a number of rows taken from
         the inspection batch. The returned trace remembers the rows (:func:`dream_rows`).
         """
-        self._require_structure()
+        self._require_inspected()
         if rows is None:
             rows = cast(int, batch_size)
         if isinstance(rows, int):
@@ -127,7 +127,7 @@ class ProgramPair(PairBase):
         self._refuse_built_arguments()
         rows = dream_rows(dream)
         columns = {}
-        for key, name in self._require_structure().observed_columns:
+        for key, name in self.structure.observed_columns:
             value = (values or {}).get(name)
             if value is None:
                 value = value_of(dream.nodes[name]).detach()
@@ -141,7 +141,7 @@ class ProgramPair(PairBase):
         """The rows :attr:`generated_rows` builds from the dream's observed sites (``fit(generated_rows=...)``)."""
         values = {
             name: overrides[name] if name in overrides else value_of(dream.nodes[name]).detach()
-            for name in generated_sites(dream, self._require_structure())
+            for name in generated_sites(dream, self.structure)
         }
         rows = dream_rows(dream)
         columns, named = arguments(rows, rows_of(rows), False)
@@ -168,7 +168,7 @@ class ProgramPair(PairBase):
     def _check_generated_rows(self, dream: Trace, rows: Data) -> None:
         """Refuse a ``generated_rows`` whose rows do not make the model observe the dreamt values: the model, its
         latents held at the dream's, is run on the rows and every observed site's log-density compared."""
-        structure = self._require_structure()
+        structure = self.structure
         generated = generated_sites(dream, structure)
         latents = {n: value_of(s) for n, s in dream.nodes.items() if s["type"] == "sample" and n not in generated}
         batch_size = rows_of(rows)
@@ -211,7 +211,7 @@ class ProgramPair(PairBase):
     def observed_of(self, x: Data) -> torch.Tensor:
         """The data column of the primary observed site (``x`` itself for a tensor)."""
         self._refuse_built_arguments()
-        key = next((k for k, n in self._require_structure().observed_columns if n == self.obs_site), None)
+        key = next((k for k, n in self.structure.observed_columns if n == self.obs_site), None)
         if key is None and self.generated_rows is not None:
             raise ConventionError(
                 f"the observed site {self.obs_site!r} reads no data column as it is, and this method compares "
@@ -221,7 +221,7 @@ class ProgramPair(PairBase):
         if key is None:
             raise ConventionError(
                 f"the observed site {self.obs_site!r} reads no data column as it is (observed sites: "
-                f"{list(self._require_structure().observed_sites)}), so ppdgm cannot hand it generated or real data "
+                f"{list(self.structure.observed_sites)}), so ppdgm cannot hand it generated or real data "
                 "outside the programs' own call; methods that only run the programs on the data (vae, iwae, "
                 "ppdgm.evaluate) train and score it as it is"
             )
@@ -232,13 +232,13 @@ class ProgramPair(PairBase):
         back in the data's shape (not with ``arguments=``, nor for a site that reads a transformed column)."""
         if self.arguments is not None:
             return False
-        return any(name == self.obs_site for _, name in self._require_structure().observed_columns)
+        return any(name == self.obs_site for _, name in self.structure.observed_columns)
 
     def input_keys(self, x: Data) -> list[Key]:
         """The keys of the columns of ``x`` that no observed site reads: a conditional model's inputs."""
         if torch.is_tensor(x):
             return []
-        observed = {k for k, _ in self._require_structure().observed_columns}
+        observed = {k for k, _ in self.structure.observed_columns}
         return [k for k, _ in x.items() if k not in observed]
 
     def inputs_of(self, x: Data) -> list[torch.Tensor]:
@@ -253,7 +253,7 @@ class ProgramPair(PairBase):
         shape of the guide's own sample for the dreamt ``x``, or an observed site tied to no data column
         (the guide could not be handed its dreamt value).
         """
-        structure = self._require_structure()
+        structure = self.structure
         tied = {name for _, name in structure.observed_columns}
         untied = [n for n in structure.observed_sites if n not in tied]
         if untied and self.generated_rows is None:
@@ -288,7 +288,7 @@ class ProgramPair(PairBase):
 
     def encode(self, x: Data) -> Trace:
         """One run of the guide on ``x`` (a single particle, with its autograd graph): the data side's latents."""
-        self._require_structure()
+        self._require_inspected()
         return run_program(
             self.vectorised(self.guide_program, 1), self.guide_arguments(x, rows_of(x)), "guide", "data side", x
         )
@@ -305,7 +305,7 @@ class ProgramPair(PairBase):
 
     def latent_values(self, trace: Trace, batch_size: int) -> torch.Tensor:
         """The latents of ``trace`` (the guide's sites), flattened per datapoint and concatenated: ``(B, D)``."""
-        latents = self._require_structure().latent_sites
+        latents = self.structure.latent_sites
         return flatten_rows([self.unparticle(value_of(trace.nodes[n])) for n in latents], batch_size)
 
     def score_guide(self, dream: Trace, x: torch.Tensor | None = None) -> tuple[Trace, torch.Tensor]:
@@ -315,7 +315,7 @@ class ProgramPair(PairBase):
         dreamt batch (the sleep-phase convention) with its latent sites conditioned on the dream.
         ``x`` overrides the dreamt x (e.g. the generated x *with* its graph, for InfoGAN's generator).
         """
-        structure = self._require_structure()
+        structure = self.structure
         batch = self.dreamt_batch(dream, None if x is None else {self.primary_site: x})
         batch_size = rows_of(batch)
         values = {name: value_of(dream.nodes[name]).detach() for name in structure.latent_sites}

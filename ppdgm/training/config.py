@@ -78,7 +78,6 @@ def run_record(config: TrainingConfig, method: Method, dataset: Dataset, plan: F
     """The fit's record of what it runs (``Run.config``, checkpoints, ``config.json``): the config's values as
     resolved on the data (budget, order, transform, device), in plain data."""
     lr, optimizer, schedule, auxiliary = config.lr, config.optimizer, config.lr_schedule, plan.auxiliary
-    step_kwargs = check_step_kwargs(config.step_kwargs)
     return {
         "method": method.name,
         "method_options": method.options(),
@@ -101,7 +100,7 @@ def run_record(config: TrainingConfig, method: Method, dataset: Dataset, plan: F
         "columns": describe_columns(plan.first),
         "data_identity": plan.source.fingerprint(),
         "step_kwargs": {
-            k: v if isinstance(v, int | float | str | bool | None) else repr(v) for k, v in step_kwargs.items()
+            k: v if isinstance(v, int | float | str | bool | None) else repr(v) for k, v in plan.step_kwargs.items()
         },
         "arguments": None if config.arguments is None else function_name(config.arguments),
         "generated_rows": None if config.generated_rows is None else function_name(config.generated_rows),
@@ -111,7 +110,8 @@ def run_record(config: TrainingConfig, method: Method, dataset: Dataset, plan: F
 
 @dataclass(frozen=True)
 class FitPlan:
-    """What a config comes to on its data and method: the source, transform, budget, order, first batch, device."""
+    """What a config comes to on its data and method: the source, transform, budget, order, first batch, device,
+    auxiliary pairs and per-step arguments."""
 
     source: Source
     transform: RowTransform | None
@@ -121,6 +121,7 @@ class FitPlan:
     device: torch.device
     context: distributed.Context | None
     auxiliary: tuple[Auxiliary, ...]
+    step_kwargs: dict[str, Any]
 
     @classmethod
     def of(cls, config: TrainingConfig, dataset: Dataset, method: Method) -> FitPlan:
@@ -142,7 +143,8 @@ class FitPlan:
         device, context = training_device(config.device)
         check_precision(config.precision, device)
         auxiliary = tuple(map(Auxiliary.of, config.auxiliary))
-        return cls(source, transform, budget, shuffle, first, device, context, auxiliary)
+        step_kwargs = check_step_kwargs(config.step_kwargs)
+        return cls(source, transform, budget, shuffle, first, device, context, auxiliary, step_kwargs)
 
 
 def plain_options(options: Mapping[str, Any] | None) -> dict:

@@ -39,7 +39,6 @@ from ppdgm.runtime import storage as checkpoints
 from ppdgm.training.config import (
     FitPlan,
     TrainingConfig,
-    check_step_kwargs,
     run_record,
 )
 from ppdgm.training.loop import TrainingLoop
@@ -90,7 +89,7 @@ def fit(model: Callable, guide: Callable | None, data: Any, method: str | Method
         transform=plan.transform,
         checkpoint_every=config.checkpoint_every,
         compile=config.compile,
-        step_kwargs=check_step_kwargs(config.step_kwargs),
+        step_kwargs=plan.step_kwargs,
     )
     pyro.set_rng_seed(config.seed)
     programs = ProgramPair(
