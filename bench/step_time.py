@@ -90,11 +90,14 @@ def _bernoulli_log_prob(logits: torch.Tensor, value: torch.Tensor) -> torch.Tens
 class HandWrittenSBN:
     """Wake-sleep / reweighted wake-sleep for a one-layer SBN and its linear recognition net, by hand."""
 
-    def __init__(self, model, guide, method: str, num_particles: int = 1, sleep_fraction: float = 0.5) -> None:
+    def __init__(
+        self, model, guide, method: str, num_particles: int = 1, sleep_fraction: float = 0.5, fused: bool = False
+    ) -> None:
         self.top, self.gen, self.rec = model.top_logits, model.generative[0], guide.recognition[0]
         self.method, self.k, self.s = method, num_particles, sleep_fraction
-        self.opt_model = torch.optim.Adam([self.top, *self.gen.parameters()], lr=1e-3)
-        self.opt_guide = torch.optim.Adam(list(self.rec.parameters()), lr=1e-3)
+        kernels = {"fused": True} if fused else {}
+        self.opt_model = torch.optim.Adam([self.top, *self.gen.parameters()], lr=1e-3, **kernels)
+        self.opt_guide = torch.optim.Adam(list(self.rec.parameters()), lr=1e-3, **kernels)
 
     def _log_p(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return _bernoulli_log_prob(self.top.expand_as(h), h) + _bernoulli_log_prob(self.gen(h), x)
@@ -142,10 +145,11 @@ class HandWrittenGAN:
     gradients (the DCGAN example of PyTorch).
     """
 
-    def __init__(self, generator, discriminator, z_dim: int, strict: bool = True) -> None:
+    def __init__(self, generator, discriminator, z_dim: int, strict: bool = True, fused: bool = False) -> None:
         self.g, self.d, self.z_dim, self.strict = generator, discriminator, z_dim, strict
-        self.opt_g = torch.optim.Adam(list(generator.parameters()), lr=1e-3, foreach=True)
-        self.opt_d = torch.optim.Adam(list(discriminator.parameters()), lr=1e-3, foreach=True)
+        kernels = {"fused": True} if fused else {"foreach": True}
+        self.opt_g = torch.optim.Adam(list(generator.parameters()), lr=1e-3, **kernels)
+        self.opt_d = torch.optim.Adam(list(discriminator.parameters()), lr=1e-3, **kernels)
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]

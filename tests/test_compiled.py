@@ -191,7 +191,7 @@ def test_an_uncompilable_program_warns_once_and_trains_as_eagerly(program, line)
     _assert_same(eager_params, fallback_params)
 
 
-def test_python_state_in_a_program_is_caught_by_the_first_use_check():
+def test_python_state_in_a_program_is_caught_by_the_first_re_check():
     model, guide = user_pair()
     calls = [0]
 

@@ -234,6 +234,7 @@ import os, sys, signal
 import torch
 import ppdgm
 from ppdgm.data import load_digits
+from ppdgm.runtime.distributed import exit_job
 from ppdgm.zoo import build
 
 out, mode = sys.argv[1], sys.argv[2]
@@ -258,6 +259,7 @@ run = ppdgm.fit(model, guide, data, "vae", epochs=4, batch_size=200, seed=1, pro
 if rank == 0:
     torch.save({n: p.detach() for pl in run.engine.players.values() for n, p in zip(pl.param_names, pl.params)},
                os.path.join(out, "final.pt"))
+exit_job(0)  # as docs/scaling.md advises: the interpreter's teardown aborts now and then in native code
 """
 
 

@@ -1,15 +1,13 @@
-"""Refusing host reads while recording, and naming the program line that made one."""
+"""Host reads a recording refuses, and naming the program line that made one."""
 
 from __future__ import annotations
 
 import traceback
 from pathlib import Path
+from typing import Any
 
 import pyro
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-
-from ppdgm.compile.failures import Uncompilable
 
 # ---------------------------------------------------------------------------------------------- host reads
 _HOST_READS = {
@@ -21,30 +19,25 @@ _HOST_READS = {
 }
 
 
-class RefuseHostReads(TorchDispatchMode):
-    """Raise :class:`Uncompilable` on operations whose result a recording would bake in."""
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        cause = _HOST_READS.get(func)
-        if cause is None and func is torch.ops.aten.index.Tensor:
-            if any(i is not None and i.dtype == torch.bool for i in args[1]):
-                cause = "indexes with a boolean mask (its shape depends on values)"
-        if cause is not None:
-            raise Uncompilable(f"the step {cause}{program_line()}")
-        return func(*args, **kwargs)
+def host_read(func: Any, args: tuple) -> str | None:
+    """Why a recording cannot hold this operation (its result would be baked in), naming the program line; else None."""
+    cause = _HOST_READS.get(func)
+    if cause is None and func is torch.ops.aten.index.Tensor:
+        if any(i is not None and i.dtype == torch.bool for i in args[1]):
+            cause = "indexes with a boolean mask (its shape depends on values)"
+    return None if cause is None else f"the step {cause}{program_line()}"
 
 
 _LIBRARY_DIRS = tuple(str(Path(str(m.__file__)).parent) for m in (torch, pyro))
 
 
-_THIS_FILE = str(Path(__file__))
+_RECORDING_DIR = str(Path(__file__).parent)
 
 
 def program_line(frames: list[traceback.FrameSummary] | None = None) -> str:
-    """``at FILE:LINE (code)`` of the innermost frame outside torch, Pyro and this module."""
+    """``at FILE:LINE (code)`` of the innermost frame outside torch, Pyro and the recording's own code."""
     for frame in reversed(frames if frames is not None else traceback.extract_stack()):
-        if frame.filename.startswith(_LIBRARY_DIRS) or frame.filename == _THIS_FILE:
+        if frame.filename.startswith(_LIBRARY_DIRS) or str(Path(frame.filename).parent) == _RECORDING_DIR:
             continue
         return f" at {frame.filename}:{frame.lineno} ({(frame.line or '').strip()})"
     return ""

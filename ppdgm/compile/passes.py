@@ -8,6 +8,7 @@ from typing import Any, cast
 import torch
 
 from ppdgm.compile.failures import Uncompilable
+from ppdgm.compile.tracer import RecordedGraph
 from ppdgm.compile.updates import apply_update_now
 
 _LIKE = {torch.ops.aten.ones_like.default, torch.ops.aten.zeros_like.default, torch.ops.aten.full_like.default}
@@ -24,16 +25,17 @@ def _pure(target: Any) -> bool:
     )
 
 
-def _fold_constants(graph: torch.fx.GraphModule) -> None:
+def _fold_constants(recorded: RecordedGraph) -> None:
     """Compute once what depends on constants only (a prior's fixed scale, the seed gradient of a mean...).
 
     A folded value feeds only other pure operations, never a mutation, the optimizer call or the output, so no
     replay can change or hand out the shared constant.
     """
+    graph = recorded.graph
     values: dict[torch.fx.Node, Any] = {}
-    for node in graph.graph.nodes:
+    for node in graph.nodes:
         if node.op == "get_attr":
-            values[node] = getattr(graph, node.target)
+            values[node] = recorded.constants[node.target]
         elif node.op == "call_function" and _pure(node.target):
             if node.target in _LIKE and isinstance(node.args[0], torch.fx.Node) and "val" in node.args[0].meta:
                 like = node.args[0].meta["val"]
@@ -53,9 +55,9 @@ def _fold_constants(graph: torch.fx.GraphModule) -> None:
         if not users or any(u.op != "call_function" or not _pure(u.target) for u in users):
             continue
         name = f"_folded_{node.name}"
-        graph.register_buffer(name, value, persistent=False)
-        with graph.graph.inserting_before(node):
-            constant = graph.graph.get_attr(name)
+        recorded.constants[name] = value
+        with graph.inserting_before(node):
+            constant = graph.get_attr(name)
         for user in users:
             user.replace_input_with(node, constant)
 
@@ -84,7 +86,7 @@ def _view_chain(node: Any, single_use: bool) -> tuple[list[torch.fx.Node], Any]:
 
 def _numel(node: Any) -> int | None:
     value = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
-    return value.numel() if isinstance(value, torch.Tensor) else None
+    return value.numel() if value is not None else None
 
 
 def _replay_views(graph: torch.fx.Graph, source: Any, chain: list[torch.fx.Node]) -> torch.fx.Node:
@@ -93,7 +95,7 @@ def _replay_views(graph: torch.fx.Graph, source: Any, chain: list[torch.fx.Node]
     return source
 
 
-def _move_negations(graph: torch.fx.GraphModule) -> None:
+def _move_negations(graph: torch.fx.Graph) -> None:
     """Negate the smaller tensor: ``sum(neg(x))`` becomes ``neg(sum(x))`` and ``neg(expand(v))`` ``expand(neg(v))``.
 
     Pyro's Bernoulli log-density negates a whole (K, B, D) tensor before its sum, and the backward negates the
@@ -101,32 +103,32 @@ def _move_negations(graph: torch.fx.GraphModule) -> None:
     so the values are unchanged.
     """
     aten = torch.ops.aten
-    for node in list(graph.graph.nodes):
+    for node in list(graph.nodes):
         if node.op != "call_function":
             continue
         if node.target is aten.sum.dim_IntList:
             chain, neg = _view_chain(node.args[0], single_use=True)
             if isinstance(neg, torch.fx.Node) and neg.target is aten.neg.default and len(neg.users) == 1:
-                with graph.graph.inserting_before(node):
-                    viewed = _replay_views(graph.graph, neg.args[0], chain)
-                    summed = graph.graph.call_function(node.target, (viewed, *node.args[1:]), node.kwargs)
-                    negated = graph.graph.call_function(aten.neg.default, (summed,))
+                with graph.inserting_before(node):
+                    viewed = _replay_views(graph, neg.args[0], chain)
+                    summed = graph.call_function(node.target, (viewed, *node.args[1:]), node.kwargs)
+                    negated = graph.call_function(aten.neg.default, (summed,))
                 node.replace_all_uses_with(negated)
         elif node.target is aten.neg.default:
             chain, source = _view_chain(node.args[0], single_use=False)
             small, large = _numel(source), _numel(node)
             if chain and small is not None and large is not None and small < large:
-                with graph.graph.inserting_before(node):
-                    negated = graph.graph.call_function(aten.neg.default, (source,))
-                    viewed = _replay_views(graph.graph, negated, chain)
+                with graph.inserting_before(node):
+                    negated = graph.call_function(aten.neg.default, (source,))
+                    viewed = _replay_views(graph, negated, chain)
                 node.replace_all_uses_with(viewed)
-    graph.graph.eliminate_dead_code()
 
 
-def simplify(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+def simplify(recorded: RecordedGraph) -> RecordedGraph:
     """Drop what a replay without autograd does not need: ``detach``, transposes of transposes, work on constants."""
     aten = torch.ops.aten
-    for node in list(graph.graph.nodes):
+    graph = recorded.graph
+    for node in list(graph.nodes):
         if node.op != "call_function":
             continue
         if node.target is aten.detach.default:
@@ -135,15 +137,14 @@ def simplify(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
             source = node.args[0]
             if isinstance(source, torch.fx.Node) and source.target is aten.t.default:
                 node.replace_all_uses_with(source.args[0])
-    graph.graph.eliminate_dead_code()
     _move_negations(graph)
-    _fold_constants(graph)
-    graph.graph.eliminate_dead_code()
-    graph.recompile()
-    return graph
+    graph.eliminate_dead_code()
+    _fold_constants(recorded)
+    graph.eliminate_dead_code()
+    return recorded
 
 
-def straight_line(graph: torch.fx.GraphModule) -> Callable[..., Any]:
+def straight_line(recorded: RecordedGraph) -> Callable[..., Any]:
     """The recording as one Python function calling each operator's C++ entry point directly.
 
     FX's own code calls ``torch.ops.aten.<op>.<overload>(...)``, a Python-level wrapper per operation; a
@@ -155,8 +156,9 @@ def straight_line(graph: torch.fx.GraphModule) -> Callable[..., Any]:
     scope: dict[str, Any] = {}
     lines: list[str] = []
     params: list[str] = []
+    graph = recorded.graph
     last_use: dict[torch.fx.Node, torch.fx.Node] = {}
-    for node in graph.graph.nodes:
+    for node in graph.nodes:
         for used in node.all_input_nodes:
             last_use[used] = node
 
@@ -177,12 +179,12 @@ def straight_line(graph: torch.fx.GraphModule) -> Callable[..., Any]:
             return repr(value) if not isinstance(value, float) or abs(value) != float("inf") else constant(value)
         return constant(value)
 
-    for i, node in enumerate(graph.graph.nodes):
+    for i, node in enumerate(graph.nodes):
         names[node] = f"v{i}"
         if node.op == "placeholder":
             params.append(names[node])
         elif node.op == "get_attr":
-            lines.append(f"{names[node]} = {constant(getattr(graph, node.target))}")
+            lines.append(f"{names[node]} = {constant(recorded.constants[node.target])}")
         elif node.op == "call_function":
             target = node.target
             if target is torch.ops.ppdgm.apply_update.default:
@@ -194,7 +196,7 @@ def straight_line(graph: torch.fx.GraphModule) -> Callable[..., Any]:
         elif node.op == "output":
             lines.append(f"return {arg(node.args[0])}")
             continue
-        else:  # make_fx records operators only
+        else:  # the recorder writes operators only
             raise Uncompilable(f"the recording holds a {node.op} node")
         dead = [names[n] for n, last in last_use.items() if last is node and n.op != "placeholder"]
         if dead:

@@ -1,4 +1,4 @@
-"""Recordings: tracing a step with ``make_fx``, replaying it, and capturing it as a CUDA graph."""
+"""Recordings: a step recorded (:mod:`~ppdgm.compile.tracer`), replayed, and captured as a CUDA graph."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from typing import Any
 
 import pyro
 import torch
-from torch.fx.experimental.proxy_tensor import make_fx
 
 from ppdgm.compile.failures import Uncompilable
-from ppdgm.compile.host_reads import RefuseHostReads, program_line
+from ppdgm.compile.host_reads import program_line
 from ppdgm.compile.passes import simplify, straight_line
 from ppdgm.compile.state import chained, data_leaves, leaves, replace_leaves, signature_of
+from ppdgm.compile.tracer import RecordedGraph, record_operations
 from ppdgm.compile.updates import PhaseUpdate
 from ppdgm.programs.batch import Data
 
@@ -22,7 +22,7 @@ from ppdgm.programs.batch import Data
 class Recording:
     """A traced step: ``graph(params, batch tensors, method-state tensors) -> (metrics, method-state tensors)``."""
 
-    def __init__(self, graph: torch.fx.GraphModule, params: list[torch.Tensor], state_paths: list[tuple]) -> None:
+    def __init__(self, graph: RecordedGraph, params: list[torch.Tensor], state_paths: list[tuple]) -> None:
         self.graph, self.params, self.state_paths = graph, params, state_paths
         self.run = straight_line(graph)
         self.updates: list[PhaseUpdate] = []  # kept alive while the recording is
@@ -148,20 +148,15 @@ def param_state_paths(state: Any, params: list[torch.Tensor]) -> list[tuple]:
     ]
 
 
-def record_graph(fn: Callable[[], Any], inputs: list[torch.Tensor]) -> torch.fx.GraphModule:
-    """``fn()`` traced by ``make_fx`` in real mode over ``inputs`` (tracked by identity wherever ``fn`` uses them),
-    host reads refused and argument checks off, then simplified; any failure an :class:`Uncompilable`."""
-
-    def traced(*_inputs: torch.Tensor) -> Any:
-        with RefuseHostReads():
-            return fn()
-
+def record_graph(fn: Callable[[], Any], inputs: list[torch.Tensor]) -> RecordedGraph:
+    """``fn()`` run once and recorded over ``inputs`` (followed by identity wherever ``fn`` uses them), host reads
+    refused and argument checks off, then simplified; any failure an :class:`Uncompilable`."""
     try:
         with _no_argument_checks():
-            graph = make_fx(traced)(*inputs)
+            graph = record_operations(fn, inputs)
     except Exception as err:
         cause = chained(err, Uncompilable)
-        if cause is not None:  # refused by RefuseHostReads, possibly wrapped in a ProgramError on the way out
+        if cause is not None:  # a refused host read, possibly wrapped in a ProgramError on the way out
             raise cause from None
         where = program_line(traceback.extract_tb(err.__traceback__))
         raise Uncompilable(f"tracing failed with {type(err).__name__}: {err}{where}") from err

@@ -11,7 +11,7 @@ import torch
 
 from ppdgm.programs.batch import Batch, Data
 
-#: tolerance of the first-use check of a recording against the eager step
+#: tolerance of a recording's checks against the step it was recorded from and the eager step
 RTOL, ATOL = 1e-5, 1e-6
 
 
@@ -105,6 +105,30 @@ class Snapshot:
         engine.skipped_updates = self.skipped
 
 
+@dataclass
+class Observed:
+    """What a check compares after a step: the parameters, the method's state and the module buffers (not the
+    optimizer states or generator state, which a :class:`Snapshot` also holds to restore them)."""
+
+    params: list[torch.Tensor]
+    state: Any
+    buffers: list[torch.Tensor]
+
+    @classmethod
+    def copied(cls, engine: Any, method: Any) -> Observed:
+        """A copy, to compare with after later steps."""
+        live = cls.live(engine, method)
+        return cls(
+            [p.detach().clone() for p in live.params], _clone_tree(live.state), [b.clone() for b in live.buffers]
+        )
+
+    @classmethod
+    def live(cls, engine: Any, method: Any) -> Observed:
+        """The live tensors, to compare before anything else runs."""
+        buffers = [b.detach() for m in _modules(engine, method) for b in m.buffers()]
+        return cls(all_params(engine), method.state_dict(), buffers)
+
+
 def generator_state() -> tuple[torch.Tensor, list[torch.Tensor]]:
     """torch's generator states (CPU, and CUDA once initialised): all a recording draws from.
 
@@ -154,6 +178,32 @@ def param_labels(engine: Any) -> list[str]:
         for p, name in zip(player.params, names):
             labels.setdefault(id(p), repr(name))
     return [labels[id(p)] for p in all_params(engine)]
+
+
+def batchable(a: Any, b: Any) -> bool:
+    """Whether two values are floating-point tensors of one shape, dtype and device (compared by :func:`all_close`)."""
+    return (
+        isinstance(a, torch.Tensor)
+        and isinstance(b, torch.Tensor)
+        and a.is_floating_point()
+        and (a.shape, a.dtype, a.device) == (b.shape, b.dtype, b.device)
+    )
+
+
+def all_close(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> bool:
+    """Whether every pair (:func:`batchable`) agrees to the checks' tolerance, decided with one comparison per dtype
+    and device rather than one per tensor."""
+    groups: dict[tuple, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+    for a, b in pairs:
+        left, right = groups.setdefault((a.dtype, a.device), ([], []))
+        left.append(a.detach().reshape(-1))
+        right.append(b.detach().reshape(-1))
+    for left, right in groups.values():
+        a, b = torch.cat(left), torch.cat(right)
+        # equal first: one pass, and on a CPU a recording usually agrees bit for bit
+        if not (torch.equal(a, b) or bool(torch.isclose(a, b, rtol=RTOL, atol=ATOL, equal_nan=True).all())):
+            return False
+    return True
 
 
 def first_difference(label: str, compiled: Any, eager: Any) -> str | None:
