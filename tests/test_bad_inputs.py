@@ -105,6 +105,31 @@ def test_nan_data_names_the_rows():
         fit(data=x)
 
 
+@pytest.mark.parametrize(
+    ("values", "kind"), [((float("inf"), float("-inf")), "infinite values"), ((float("nan"), 1.0), "NaN")]
+)
+def test_non_finite_values_whose_sum_is_not_finite_are_named(values, kind):
+    """The finite check's one-pass sum sees opposite infinities (their sum is NaN) and NaN."""
+    x = DIGITS.train.clone()
+    x[2, 0], x[7, 1] = values
+    with pytest.raises(ppdgm.PpdgmError, match=rf"contain {kind} \(first rows: \[2"):
+        fit(data=x)
+
+
+def test_finite_values_whose_sum_overflows_are_not_refused_as_non_finite():
+    x = torch.full((4, 8), 3e38)  # finite, but their float32 sum is infinite
+    pair = ppdgm.ProgramPair(*user_pair())
+    pair.check_finite(x)  # no error
+
+
+def test_a_binary_flag_given_with_a_dataset_is_not_trusted():
+    """fit skips the support check only for rows it has just found to be 0s and 1s itself."""
+    grey = ppdgm.data.load("digits")
+    flagged = ppdgm.data.Dataset("grey, flagged binary", grey.train, binary=True)
+    with pytest.raises(ppdgm.PpdgmError, match="outside the support of the Bernoulli likelihood"):
+        fit(data=flagged)
+
+
 def test_a_checkpoint_dir_that_is_a_file_is_named(tmp_path):
     path = tmp_path / "file"
     path.write_text("x")

@@ -13,6 +13,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine.enum_messenger import EnumMessenger
 from pyro.poutine.trace_struct import Trace
+from torch.distributions import constraints
 
 from ppdgm.errors import UsageError
 from ppdgm.programs.batch import Batch, Data, first_column
@@ -229,11 +230,12 @@ class PairBase:
         self._layouts[self._layout] = {name: getattr(self, name) for name in PER_LAYOUT}
         return self._structure
 
-    def inspect_data(self, first: Data, splits: Iterable[Data]) -> Structure:
+    def inspect_data(self, first: Data, splits: Iterable[Data], binary: bool = False) -> Structure:
         """:meth:`inspect` on ``first``, then :meth:`check_finite` and :meth:`check_support` on every split.
 
         A program that fails at inspection on bad data (NaN rows, say) is reported as the data's fault when it
         is: the pair is traced again with validation off to learn the observed site's name, the data checked.
+        ``binary``: the caller has just found the rows to be 0s and 1s (finite, in a Bernoulli's support).
         """
         splits = list(splits)
         try:
@@ -245,9 +247,10 @@ class PairBase:
                 self.check_finite(rows)
             raise
         for rows in splits:
-            self.check_finite(rows)
+            if not binary:
+                self.check_finite(rows)
             if rows_of(rows):
-                self.check_support(rows)
+                self.check_support(rows, binary)
         return structure
 
     def _with_auxiliary_params(self, structure: Structure, x: Data) -> Structure:
@@ -332,6 +335,8 @@ class PairBase:
         for key, column in items:
             if column is None or not column.is_floating_point():
                 continue
+            if bool(torch.isfinite(column.sum())):  # NaN and infinities reach the sum: one pass where all is well
+                continue
             finite = torch.isfinite(column)
             bad = ~(finite.flatten(1).all(-1) if column.dim() > 1 else finite)
             if bad.any():
@@ -343,12 +348,12 @@ class PairBase:
                     what = "data" if self.obs_site is None else f"data for site {self.obs_site!r}"
                 raise UsageError(f"the {what} contain {kind} (first rows: {rows})")
 
-    def check_support(self, data: Data) -> None:
+    def check_support(self, data: Data, binary: bool = False) -> None:
         """Check the data lie in the support of the distributions of the observed sites that read them.
 
         NaN and infinite values are :meth:`check_finite`'s to report (it runs before tracing); a masked
-        site (Pyro's ``obs_mask``) is not checked, as its missing entries may hold any placeholder.
-        """
+        site (Pyro's ``obs_mask``) is not checked, as its missing entries may hold any placeholder, nor with
+        ``binary`` (rows known to be 0s and 1s) a site whose support is boolean."""
         structure = self.structure
         traced_rows = rows_of(self.example)  # the batch the observed sites' values were traced on
         for key, name in structure.observed_columns:
@@ -357,6 +362,8 @@ class PairBase:
                 continue
             column = data.get(key) if isinstance(data, Batch) else data
             fn = site["fn"]
+            if binary and getattr(fn.support, "base_constraint", fn.support) is constraints.boolean:
+                continue
             if column is None or column[0].numel() * traced_rows != site["value"].numel():
                 continue  # the site reads part of the column: Pyro's own checks name it in the first step
             try:

@@ -22,16 +22,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyro
+import torch
 
 from ppdgm.data.dataset import Dataset
 from ppdgm.data.named import as_dataset
 from ppdgm.data.streams import is_stream, materialize
-from ppdgm.data.transforms import RowTransform
 from ppdgm.errors import UsageError
 from ppdgm.methods.base import Method, get_method
 from ppdgm.methods.engine import Engine
-from ppdgm.programs.batch import Data
 from ppdgm.programs.batch import batch_size as rows_of
 from ppdgm.programs.pair import ProgramPair
 from ppdgm.runtime import distributed
@@ -71,6 +71,8 @@ def fit(model: Callable, guide: Callable | None, data: Any, method: str | Method
     if method_obj.requires_guide and guide is None:
         raise UsageError(f"method {method_obj.name!r} needs a guide; got guide=None")
     dataset = as_dataset(data, config.data_dir)
+    # rows as_dataset has just found to be 0s and 1s (not a flag given with a Dataset, which is not checked)
+    verified_binary = dataset.binary and isinstance(data, torch.Tensor | np.ndarray)
     plan = FitPlan.of(config, dataset, method_obj)
     record = run_record(config, method_obj, dataset, plan)
     loop = TrainingLoop(
@@ -107,7 +109,8 @@ def fit(model: Callable, guide: Callable | None, data: Any, method: str | Method
     folder = config.checkpoint_dir
     writer = checkpoints.writing(folder) if folder is not None and distributed.is_main() else None
     with writer or contextlib.nullcontext(), store.scope() as scope_state:  # one writer per checkpoint folder
-        _inspect(programs, method_obj, dataset, plan.first, plan.transform, config.seed)
+        binary = verified_binary and plan.transform is None
+        _inspect(programs, method_obj, dataset, plan, config.seed, binary)
         record["obs_site"] = programs.obs_site
         engine = _engine(programs, method_obj, plan, config)
         run = Run(model, guide, method_obj, programs, engine, dataset, plan.device, record, param_state=scope_state)
@@ -116,14 +119,14 @@ def fit(model: Callable, guide: Callable | None, data: Any, method: str | Method
     return run
 
 
-def _inspect(
-    programs: ProgramPair, method: Method, dataset: Dataset, first: Data, transform: RowTransform | None, seed: int
-) -> None:
+def _inspect(programs: ProgramPair, method: Method, dataset: Dataset, plan: FitPlan, seed: int, binary: bool) -> None:
     """Inspect the pair on the first batch, check the data, and let the method check the pair.
 
     Rows in memory are checked whole; a split read in minibatches (a torch data set) is checked on its first
-    batch (the rest is checked as it is read: non-finite losses stop training, naming the site).
+    batch (the rest is checked as it is read: non-finite losses stop training, naming the site). ``binary``: the
+    rows were just found to be 0s and 1s (:meth:`~ppdgm.programs.base.PairBase.inspect_data`).
     """
+    first, transform = plan.first, plan.transform
     splits = []
     for name in ("train", "valid", "test"):
         split = dataset.split(name)
@@ -134,7 +137,7 @@ def _inspect(
         else:  # a stream's first batch, rows in memory whole
             limit = rows_of(first) if is_stream(split) else None
             splits.append(materialize(split, limit, transform=transform, seed=seed))
-    programs.inspect_data(first, splits)
+    programs.inspect_data(first, splits, binary)
     method.check_programs(programs)
     method.setup(programs)
 
