@@ -7,6 +7,12 @@ gives medians and the min-max of the ratio over rounds. From the two lengths, ea
 ``T(200) - 200 * (T(1000) - T(200)) / 800``, also in steps of its own steady step.
 
     python bench/short_fits.py [--data-dir DIR] [--rounds 3] [--methods vae iwae5 iwae50 rws gan]
+    python bench/short_fits.py --first-steps [--rounds 5] [--methods vae iwae5]
+
+``--first-steps`` says where a fit's fixed cost goes instead: whole fits of 1, 2 and 3 steps (the first step is
+eager; the second is recorded and checked against the step it was recorded from; the third, the recording's first
+replay, is re-checked against the eager step), so the differences are each first step's time, against the steady
+step of a 200-step fit.
 """
 
 from __future__ import annotations
@@ -111,6 +117,29 @@ def _fixed(short: float, long: float) -> tuple[float, float]:
     return fixed, fixed / per_step
 
 
+def first_steps(x: torch.Tensor, args: argparse.Namespace) -> None:
+    """Fits of 1, 2, 3 and 200 steps (median over rounds): the time from ``fit`` to each of the first steps."""
+    print(f"\nThe first steps of a fit on {len(x)} rows, medians of {args.rounds} rounds (milliseconds):")
+    print(
+        "| method | fit of 1 step | step 2 (recorded, checked) | step 3 (first replay, re-checked) | steady step "
+        "| fit start to the first compiled step, in steady steps |"
+    )
+    print("|---|---|---|---|---|---|")
+    for name in args.methods:
+        _, make, batch_size = CASES[name]
+        times: dict[int, list[float]] = {n: [] for n in (1, 2, 3, 200)}
+        for _ in range(args.rounds):
+            for n in times:
+                pyro.clear_param_store()
+                torch.manual_seed(0)
+                times[n].append(_ppdgm_fit(make(x.device)[1], x, n, batch_size, args.device))
+        t = {n: statistics.median(v) for n, v in times.items()}
+        steady = (t[200] - t[3]) / 197
+        cells = [CASES[name][0], f"{1e3 * t[1]:.1f}", f"{1e3 * (t[2] - t[1]):.1f}", f"{1e3 * (t[3] - t[2]):.1f}"]
+        cells += [f"{1e3 * steady:.2f}", f"{t[2] / steady:.1f}"]
+        print("| " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -118,8 +147,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--methods", nargs="+", choices=sorted(CASES), default=list(CASES))
+    parser.add_argument("--first-steps", action="store_true", help="where the fixed cost goes (see above)")
     args = parser.parse_args()
     x = torch.cat(load_batches(args.data_dir, 100, torch.device(args.device), count=args.rows // 100))
+    if args.first_steps:
+        first_steps(x, args)
+        return
     print(
         f"\nWhole fits on {len(x)} rows, {args.rounds} rounds interleaved, torch threads {torch.get_num_threads()}: "
         "seconds (median), ppdgm.fit / hand-written loop with fused Adam (median, min-max over rounds), fixed cost "
