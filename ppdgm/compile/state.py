@@ -64,48 +64,6 @@ def _modules(engine: Any, method: Any) -> list[torch.nn.Module]:
 
 
 @dataclass
-class Snapshot:
-    """Everything a step changes, to run a step twice from the same point."""
-
-    params: list[torch.Tensor]
-    optimizers: dict[str, dict]
-    live_state: dict
-    saved_state: dict
-    buffers: list[torch.Tensor]
-    rng: tuple[torch.Tensor, list[torch.Tensor]]
-    skipped: int = 0
-
-    @classmethod
-    def take(cls, engine: Any, method: Any) -> Snapshot:
-        live = method.state_dict()
-        return cls(
-            params=[p.detach().clone() for p in all_params(engine)],
-            optimizers={n: copy.deepcopy(p.optimizer.state_dict()) for n, p in engine.players.items()},
-            live_state=live,
-            saved_state=_clone_tree(live),
-            buffers=[b.detach().clone() for m in _modules(engine, method) for b in m.buffers()],
-            rng=generator_state(),
-            skipped=engine.skipped_updates,
-        )
-
-    def restore(self, engine: Any, method: Any) -> None:
-        with torch.no_grad():
-            for p, v in zip(all_params(engine), self.params):
-                p.copy_(v)
-            for name, player in engine.players.items():
-                player.optimizer.load_state_dict(copy.deepcopy(self.optimizers[name]))
-            saved = dict(leaves(self.saved_state))
-            for path, live in leaves(self.live_state):
-                if isinstance(live, torch.Tensor):
-                    live.copy_(saved[path])
-            method.load_state_dict(self.live_state)  # the live tensors (identities kept) and the Python values
-            for b, v in zip((b for m in _modules(engine, method) for b in m.buffers()), self.buffers):
-                b.copy_(v)
-        set_generator_state(self.rng)
-        engine.skipped_updates = self.skipped
-
-
-@dataclass
 class Observed:
     """What a check compares after a step: the parameters, the method's state and the module buffers (not the
     optimizer states or generator state, which a :class:`Snapshot` also holds to restore them)."""
@@ -115,18 +73,59 @@ class Observed:
     buffers: list[torch.Tensor]
 
     @classmethod
-    def copied(cls, engine: Any, method: Any) -> Observed:
-        """A copy, to compare with after later steps."""
-        live = cls.live(engine, method)
-        return cls(
-            [p.detach().clone() for p in live.params], _clone_tree(live.state), [b.clone() for b in live.buffers]
-        )
-
-    @classmethod
     def live(cls, engine: Any, method: Any) -> Observed:
         """The live tensors, to compare before anything else runs."""
         buffers = [b.detach() for m in _modules(engine, method) for b in m.buffers()]
         return cls(all_params(engine), method.state_dict(), buffers)
+
+    @classmethod
+    def copied(cls, engine: Any, method: Any) -> Observed:
+        """A copy, to compare with after later steps."""
+        return cls.live(engine, method).copy()
+
+    def copy(self) -> Observed:
+        return Observed(
+            [p.detach().clone() for p in self.params], _clone_tree(self.state), [b.clone() for b in self.buffers]
+        )
+
+
+@dataclass
+class Snapshot:
+    """Everything a step changes, to run a step twice from the same point: a copy of what a check compares, the
+    method's live state (to restore into the same tensors), optimizer states, generator state, skipped updates."""
+
+    saved: Observed
+    live_state: dict
+    optimizers: dict[str, dict]
+    rng: tuple[torch.Tensor, list[torch.Tensor]]
+    skipped: int = 0
+
+    @classmethod
+    def take(cls, engine: Any, method: Any) -> Snapshot:
+        live = Observed.live(engine, method)
+        return cls(
+            saved=live.copy(),
+            live_state=live.state,
+            optimizers={n: copy.deepcopy(p.optimizer.state_dict()) for n, p in engine.players.items()},
+            rng=generator_state(),
+            skipped=engine.skipped_updates,
+        )
+
+    def restore(self, engine: Any, method: Any) -> None:
+        with torch.no_grad():
+            for p, v in zip(all_params(engine), self.saved.params):
+                p.copy_(v)
+            for name, player in engine.players.items():
+                player.optimizer.load_state_dict(copy.deepcopy(self.optimizers[name]))
+            saved = dict(leaves(self.saved.state))
+            for path, live in leaves(self.live_state):
+                if isinstance(live, torch.Tensor):
+                    live.copy_(saved[path])
+            method.load_state_dict(self.live_state)  # the live tensors (identities kept) and the Python values
+            for b, v in zip((b for m in _modules(engine, method) for b in m.buffers()), self.saved.buffers):
+                b.copy_(v)
+        set_generator_state(self.rng)
+        engine.skipped_updates = self.skipped
 
 
 def generator_state() -> tuple[torch.Tensor, list[torch.Tensor]]:

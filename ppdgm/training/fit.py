@@ -71,8 +71,6 @@ def fit(model: Callable, guide: Callable | None, data: Any, method: str | Method
     if method_obj.requires_guide and guide is None:
         raise UsageError(f"method {method_obj.name!r} needs a guide; got guide=None")
     dataset = as_dataset(data, config.data_dir)
-    # rows as_dataset has just found to be 0s and 1s (not a flag given with a Dataset, which is not checked)
-    verified_binary = dataset.binary and isinstance(data, torch.Tensor | np.ndarray)
     plan = FitPlan.of(config, dataset, method_obj)
     record = run_record(config, method_obj, dataset, plan)
     loop = TrainingLoop(
@@ -109,7 +107,8 @@ def fit(model: Callable, guide: Callable | None, data: Any, method: str | Method
     folder = config.checkpoint_dir
     writer = checkpoints.writing(folder) if folder is not None and distributed.is_main() else None
     with writer or contextlib.nullcontext(), store.scope() as scope_state:  # one writer per checkpoint folder
-        binary = verified_binary and plan.transform is None
+        # rows as_dataset has just found to be 0s and 1s, read untransformed (a flag given with a Dataset is checked)
+        binary = dataset.binary and isinstance(data, torch.Tensor | np.ndarray) and plan.transform is None
         _inspect(programs, method_obj, dataset, plan, config.seed, binary)
         record["obs_site"] = programs.obs_site
         engine = _engine(programs, method_obj, plan, config)
