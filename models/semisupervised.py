@@ -19,7 +19,9 @@ unlabelled rows, :math:`\mathcal{L}(x, y)` on labelled ones (where the guide pro
 Kingma et al. add :math:`\alpha \log q_\phi(y \mid x)` on labelled rows so that the classifier also learns
 from the labels directly. Here that is the model option ``classification_weight`` (α), a ``pyro.factor``
 in the model that reads the guide's classifier: its gradient reaches the classifier (the guide's player)
-and it is zero on unlabelled rows (so it does not touch the test-set likelihood). Kingma et al. use
+and it is zero on unlabelled rows. Named data sets give their validation and test rows unlabelled
+(:func:`ppdgm.data.images.evaluation_mask`), so the test ELBO is the bound on log p(x); ``ppdgm.evaluate``
+refuses a likelihood of labelled rows, where the term is not zero. Kingma et al. use
 α = 0.1·N; on small data sets a weight of the order of the data dimension works.
 """
 

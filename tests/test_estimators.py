@@ -3,10 +3,12 @@
 import math
 
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 
 from ppdgm import evaluate
+from ppdgm.errors import UsageError
 from ppdgm.inference import IWAE, VAE
 
 from .helpers import inspected, linear_gaussian, poor_guide
@@ -156,3 +158,58 @@ def test_score_function_gradient_matches_enumerated_elbo_gradient(float64):
     exact = torch.autograd.grad(-exact_elbo, params)
     for got, want in zip(estimate, exact):
         assert torch.allclose(got, want, atol=0.02, rtol=0.05), (got, want)
+
+
+def _with_factor(model, log_factor: float):
+    """The linear-Gaussian model with a ``pyro.factor`` of ``log_factor`` on every row."""
+
+    def factored(x):
+        pyro.module(model.name, model)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(model.prior_loc, 1.0).to_event(1))
+            loc = z @ model.weight.T + model.bias
+            pyro.sample("x", dist.Normal(loc, model.noise_scale).to_event(1), obs=x)
+            pyro.factor("penalty", torch.full(x.shape[:1], log_factor, dtype=x.dtype))
+
+    return factored
+
+
+LIKELIHOODS = {
+    "elbo": lambda model, guide, x: evaluate.elbo(model, guide, x),
+    "iwae_bound": lambda model, guide, x: evaluate.iwae_bound(model, guide, x, k=3),
+    "log_likelihood": lambda model, guide, x: evaluate.log_likelihood(model, guide, x, num_samples=3),
+}
+
+
+@pytest.mark.parametrize("metric", list(LIKELIHOODS))
+def test_a_factor_that_adds_to_the_log_density_is_refused_and_a_zero_one_changes_nothing(float64, metric):
+    model, guide, x = linear_gaussian(n=32)
+    estimate = LIKELIHOODS[metric]
+    with pytest.raises(UsageError, match=r"pyro.factor site 'penalty' adds to its log-density .*up to 2\.5 a row"):
+        estimate(_with_factor(model, -2.5), guide, x)
+    pyro.set_rng_seed(3)
+    plain = estimate(model, guide, x).values
+    pyro.set_rng_seed(3)
+    assert torch.equal(estimate(_with_factor(model, 0.0), guide, x).values, plain)
+
+
+def test_a_semi_supervised_vae_is_judged_on_its_test_rows_without_their_labels():
+    """Test rows come unlabelled, so the test ELBO is M2's bound on log p(x) with y summed out: the classification
+    term α·log q(y | x), which the model adds on labelled rows only, plays no part (same numbers as with α = 0)."""
+    from ppdgm.data.named import load
+    from ppdgm.models import SemiSupervisedVAE
+
+    test = load("digits-binary", columns="x,y,labelled", labelled=3).rows("test")
+    assert not test.get(2).any()
+    pyro.set_rng_seed(0)
+    m2 = SemiSupervisedVAE(64, 10, classification_weight=64.0)
+    scores = []
+    for weight in (64.0, 0.0):
+        m2.classification_weight = weight
+        pyro.set_rng_seed(1)
+        scores.append(evaluate.elbo(m2.model, m2.guide, test).values)
+    assert torch.equal(scores[0], scores[1])
+    m2.classification_weight = 64.0
+    labelled = test.replace({2: torch.ones_like(test.get(2))})
+    with pytest.raises(UsageError, match="pyro.factor site 'classification' adds to its log-density"):
+        evaluate.elbo(m2.model, m2.guide, labelled)

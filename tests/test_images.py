@@ -83,10 +83,14 @@ def test_each_named_set_reads_its_files_into_splits_of_rows_and_labels(name, tmp
     assert torch.equal(data.labels["valid"], torch.as_tensor(train_labels[-n_valid:]))
     assert torch.equal(data.labels["test"], torch.as_tensor(written["t10k"][1]))
     assert data.image_shape == ((height, width) if channels == 1 else (channels, height, width))
-    images, labels, mask = load(name, tmp_path, columns="x,y,labelled", labelled=2).rows("train").args
+    semi = load(name, tmp_path, columns="x,y,labelled", labelled=2)
+    images, labels, mask = semi.rows("train").args
     assert torch.equal(labels.argmax(-1), data.labels["train"]) and images.shape == x.shape
     per_class = torch.bincount(data.labels["train"], minlength=10)
     assert torch.equal(torch.bincount(data.labels["train"][mask], minlength=10), per_class.clamp(max=2))
+    for split in ("valid", "test"):  # judged on images alone; the labels stay in y for accuracy
+        _, labels, mask = semi.rows(split).args
+        assert not mask.any() and torch.equal(labels.argmax(-1), data.labels[split])
 
 
 @pytest.mark.parametrize("name", list(IMAGE_SETS))

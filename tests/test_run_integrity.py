@@ -170,6 +170,25 @@ def test_a_comparison_refuses_a_folder_trained_under_another_spec(tmp_path):
     assert (out / "runs" / "vae-seed0" / "result.json").read_text() == before
 
 
+def test_a_semi_supervised_run_scored_on_labelled_evaluation_rows_is_not_reused(tmp_path):
+    """Before 2026-12-05 a semi-supervised set's validation and test rows were marked labelled, and scored with the
+    model's classification term: such a run's stored result and history are refused, not reported."""
+    from ppdgm.compare import parse_spec, preset_spec
+    from ppdgm.compare.runner import run_one, training_identity
+    from ppdgm.compare.spec import run_dir
+
+    spec = parse_spec(preset_spec("paper-aasvae", "small"), output=tmp_path / "cmp")
+    method = spec.methods[0]
+    folder = run_dir(spec, method, 0)
+    folder.mkdir(parents=True)
+    identity = training_identity(spec, method, 0)
+    assert identity.pop("validation_and_test_rows") == "unlabelled"
+    (folder / "config.json").write_text(json.dumps({"training": identity, "budget": {"steps": spec.steps}}))
+    (folder / "result.json").write_text(json.dumps({"spec_hash": spec.digest(), "metrics": {"elbo": -170.0}}))
+    with pytest.raises(SpecError, match=r"holds a run trained otherwise \(validation_and_test_rows: None -> 'unl"):
+        run_one(spec.to_dict(), 0, 0)
+
+
 def test_a_comparison_given_a_longer_budget_extends_its_runs(tmp_path):
     out = tmp_path / "cmp"
     compare(tiny_spec(out, DETERMINISTIC), progress=False)

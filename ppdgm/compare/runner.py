@@ -65,12 +65,12 @@ def run_one(spec_dict: dict, method_index: int, seed: int, tensorboard: bool = F
     spec = Spec.from_dict(spec_dict)
     method = spec.methods[method_index]
     folder = run_dir(spec, method, seed)
+    check_run_folder(spec, method, seed, folder)  # before a stored result is reused: it may be another run's
     done = folder / RESULT
     if done.exists():
         result = json.loads(done.read_text())
         if reusable(result, spec):
             return result
-    check_run_folder(spec, method, seed, folder)
     folder.mkdir(parents=True, exist_ok=True)
     if spec.nproc_per_run > 1:
         return _launch_distributed(spec, method_index, seed, folder, tensorboard)
@@ -88,6 +88,10 @@ _NOT_TRAINING = (
 def training_identity(spec: Spec, method: MethodSpec, seed: int) -> dict[str, Any]:
     """Everything that decides how one run trains: the spec's training fields, the method and the seed."""
     fields = {k: v for k, v in spec.to_dict().items() if k not in _NOT_TRAINING}
+    if spec.data_options.get("columns") == "x,y,labelled":
+        # the validation history is scored on these rows: before 2026-12-05 they were marked labelled, and scored
+        # with the classification term (see ppdgm.data.images.evaluation_mask); such runs are not resumed
+        fields["validation_and_test_rows"] = "unlabelled"
     return json.loads(
         json.dumps({**fields, "method": method.name, "options": method.options, "seed": seed}, default=str)
     )

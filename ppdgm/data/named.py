@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ppdgm.data.dataset import SPLITS, Dataset, default_data_dir
-from ppdgm.data.images import COLUMNS, DataUnavailableError, labelled_mask, load_images
+from ppdgm.data.images import COLUMNS, DataUnavailableError, evaluation_mask, labelled_mask, load_images
 from ppdgm.data.streams import is_stream
 from ppdgm.errors import UsageError
 from ppdgm.programs.batch import Batch, as_batch, first_column
@@ -149,8 +149,9 @@ def load_mixture(name: str, n_train: int = 10000, n_valid: int = 1000, n_test: i
 
 def with_columns(data: Dataset, columns: str, labelled: float | int | None = None, seed: int = 0) -> Dataset:
     """A labelled in-memory data set with its labels as columns: ``"x,y"`` (one-hot, float) or ``"x,y,labelled"``
-    (semi-supervised: ``labelled`` is a fraction of the training rows or a count per class; evaluation splits keep
-    every label). ``"x"`` returns ``data`` unchanged."""
+    (semi-supervised: ``labelled`` is a fraction of the training rows or a count per class; the evaluation splits'
+    rows are all marked unlabelled, see :func:`ppdgm.data.images.evaluation_mask`). ``"x"`` returns ``data``
+    unchanged."""
 
     if columns not in COLUMNS:
         raise UsageError(f"columns must be one of {COLUMNS}, got {columns!r}")
@@ -166,7 +167,7 @@ def with_columns(data: Dataset, columns: str, labelled: float | int | None = Non
         if columns == "x,y":
             splits[split] = Batch((x, onehot))
         else:
-            mask = labelled_mask(y, labelled, seed) if split == "train" else torch.ones(len(y), dtype=torch.bool)
+            mask = labelled_mask(y, labelled, seed) if split == "train" else evaluation_mask(len(y))
             splits[split] = Batch((x, onehot, mask))
     return Dataset(
         f"{data.name}[{columns}]", splits["train"], splits["valid"], splits["test"], data.image_shape, data.binary,

@@ -9,6 +9,10 @@ For a datapoint x and S guide samples :math:`z_s \sim q(z \mid x)`,
 which is the IWAE bound at k = S (a stochastic lower bound that tightens as S grows). Particles are
 processed in chunks whose size keeps memory bounded; chunks combine by a running log-sum-exp.
 Each function returns an :class:`Estimate` with per-datapoint values, their mean and standard error.
+
+A ``pyro.factor`` in the model that is not zero on the evaluated rows is refused, naming the site: with it, each
+of these numbers bounds log p(x) plus the factor, not log p(x) (a semi-supervised model's α·log q(y | x) on labelled
+rows is a training objective's term). Pyro's ELBOs include factors; these functions measure likelihood.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from ppdgm.programs.batch import Data, as_rows, first_column
 from ppdgm.programs.batch import batch_size as rows_of
 from ppdgm.programs.handlers import distribution_of
 from ppdgm.programs.pair import ProgramPair
+from ppdgm.programs.rows import site_score
+from ppdgm.programs.sites import auxiliary, sample_sites
 
 
 @dataclass
@@ -84,8 +90,27 @@ def _batched(
     out = []
     with pyro.validation_enabled(False):
         for x in data.split(batch_size):
+            refuse_factors(programs, x, guide is not None)
             out.append(per_batch(programs, x))
     return Estimate(torch.cat(out).detach().cpu())
+
+
+def refuse_factors(programs: ProgramPair, x: Data, guided: bool = True) -> None:
+    """Refuse rows on which a ``pyro.factor`` of the model adds to its log-density (at one draw of the latents from
+    the guide, or from the model when ``guided`` is false): a likelihood of such rows is not log p(x)."""
+    trace = programs.data_side(x, 1).model_trace if guided else programs.model_trace(x)
+    for name, site in sample_sites(trace).items():
+        if not auxiliary(site) or site["infer"].get("_deterministic"):
+            continue
+        term = site_score(name, site).detach()
+        if bool((term != 0).any()):
+            size = float(term.abs().max())
+            raise UsageError(
+                f"the model's pyro.factor site {name!r} adds to its log-density on these rows (up to {size:.4g} a "
+                "row), so the result would bound log p(x) plus that term, not log p(x). Evaluate on rows where the "
+                "factor is zero (a SemiSupervisedVAE's classification term applies to rows marked labelled only: "
+                "give the rows with the labelled column False), or build the model without the factor"
+            )
 
 
 def log_likelihood(
