@@ -10,6 +10,9 @@ from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 import ppdgm
 from ppdgm.cli.main import main
+from ppdgm.data.streams import digest_rows, digest_rows_v1
+from ppdgm.programs.batch import Batch
+from ppdgm.runtime import storage
 from ppdgm.runtime.storage import CheckpointError
 
 from .test_training import user_pair
@@ -251,6 +254,28 @@ def test_a_resume_on_the_same_rows_continues(tmp_path):
     rows = ppdgm.data.load("digits-binary").train[:200]
     _rows_fit(tmp_path, rows)
     assert len(_rows_fit(tmp_path, rows.clone(), epochs=2).history) == 2
+
+
+def test_the_row_hashes_that_checkpoints_hold_do_not_change():
+    """A checkpoint's data fingerprint is compared with a hash of the rows computed again on resume: a change of the
+    hash would refuse every earlier checkpoint as 'other data'. Both forms are pinned (``sample_v1``: checkpoints
+    written before 2026-12-05, when a refactor changed the hash and earlier runs could no longer resume)."""
+    rows = Batch((torch.arange(6.0).reshape(3, 2), torch.tensor([[True], [False], [True]])))
+    assert digest_rows(rows) == "40787351c5d87e4db1b31e71d1748d7093856a4d143f45a0bf514648ebd92fbc"
+    assert digest_rows_v1(rows) == "0b8979426d49761ba9c1efda05fd52ed83798ff67e518b84de8142c34afa31bd"
+
+
+def test_a_checkpoint_with_the_earlier_row_hash_resumes_on_the_same_rows_only(tmp_path):
+    rows = ppdgm.data.load("digits-binary").train[:200]
+    _rows_fit(tmp_path, _loader(rows))
+    path = tmp_path / "checkpoint.pt"
+    state = storage.load(path)
+    identity = state["config"]["data_identity"]
+    identity["sample"] = identity.pop("sample_v1")  # as a ppdgm of before 2026-12-05 wrote it
+    storage.save({k: v for k, v in state.items() if k != storage.CHECKSUM}, path)
+    with pytest.raises(CheckpointError, match=r"with other training data \(other values in the sampled rows\)"):
+        _rows_fit(tmp_path, _loader(rows.flip(0)), epochs=2)
+    assert len(_rows_fit(tmp_path, _loader(rows), epochs=2).history) == 2
 
 
 def _params_of(run):

@@ -383,7 +383,8 @@ def test_missing_inception_weights_are_refused_before_any_run_trains(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_mnist_judge_classifies_99_percent_of_the_test_digits(tmp_path):
+@pytest.mark.parametrize("threads", [1, 2])  # one thread: a judge trained inside `--jobs 2`
+def test_the_mnist_judge_classifies_99_percent_of_the_test_digits(tmp_path, threads):
     from ppdgm import evaluate
     from ppdgm.compare import metrics
     from ppdgm.data.named import load
@@ -392,7 +393,12 @@ def test_the_mnist_judge_classifies_99_percent_of_the_test_digits(tmp_path):
     if not (SHARED_DATA / "MNIST" / "raw").is_dir():
         pytest.skip(f"labelled MNIST not found at {SHARED_DATA / 'MNIST' / 'raw'}")
     mnist = load("mnist", SHARED_DATA)
-    net, info = metrics.judge(mnist, "mnist", str(tmp_path))  # a fresh judge, cached in tmp_path
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # float reductions, and so the judge, depend on the thread count
+    try:
+        net, info = metrics.judge(mnist, "mnist", str(tmp_path))  # a fresh judge, cached in tmp_path
+    finally:
+        torch.set_num_threads(before)
     assert info["test_accuracy"] >= 0.99, info
     assert evaluate.accuracy(net, mnist.tensor("test"), mnist.labels["test"]) == info["test_accuracy"]
 

@@ -27,6 +27,7 @@ Nothing needs the data set in memory: only the batches being read are.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, cast
@@ -95,6 +96,7 @@ class Source:
             "rows": self.num_rows,
             "columns": describe_rows(rows),
             "sample": digest_rows(rows),
+            "sample_v1": digest_rows_v1(rows),
             "sampling": None if self.sampling is None else self.sampling.describe(),
         }
 
@@ -333,6 +335,16 @@ def describe_rows(rows: Data) -> list[list[Any]]:
 def digest_rows(rows: Data) -> str:
     """A SHA-256 over the rows' columns (dtype, shape and bytes)."""
     return digest(dict(rows.items()) if isinstance(rows, Batch) else rows)
+
+
+def digest_rows_v1(rows: Data) -> str:
+    """The rows' hash as checkpoints written before 2026-12-05 hold it (a SHA-256 over each column's own digest), so
+    that a fit resumes them: :func:`ppdgm.training.resume.restore` accepts either form."""
+    items = rows.items() if isinstance(rows, Batch) else [(0, rows)]
+    h = hashlib.sha256()
+    for key, column in items:
+        h.update(f"{key!r}:{digest(column) if column is not None else None};".encode())
+    return h.hexdigest()
 
 
 def as_source(data: Any) -> Source:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import cast
 
@@ -42,13 +43,15 @@ def train_judge(
     batch_size: int = 128,
     seed: int = 0,
     channels: tuple[int, int] = (32, 64),
+    lr: float = 1e-3,
 ) -> torch.nn.Sequential:
     """A small convolutional classifier of images, ``flat rows -> class logits``, to judge samples by (inception
     score, FID features, the accuracy of class-conditional samples): two 3x3 convolutions with ReLU, each followed
-    by 2x2 max-pooling, then a 128-unit hidden layer (the FID features) and the class logits. Adam (lr 1e-3),
-    minibatches of ``batch_size`` in a seeded order. On MNIST, 6 epochs (the comparisons' setting) reached 99.06%
-    of the test digits on 2 CPU threads, 3 epochs 98.56% (docs/paper.md); ``ppdgm.compare`` prints the accuracy of
-    the judge it uses beside every table."""
+    by 2x2 max-pooling, then a 128-unit hidden layer (the FID features) and the class logits. Adam, its rate
+    decayed from ``lr`` to 0 along a half cosine over all steps, minibatches of ``batch_size`` in a seeded order.
+    On MNIST, 10 epochs (the comparisons' setting) classify 99.24% of the test digits trained on one CPU thread
+    (docs/paper.md; at a constant rate 6 epochs gave 98.97%); ``ppdgm.compare`` prints the accuracy of the judge it
+    uses beside every table."""
     shape = tuple(int(s) for s in image_shape)
     shape = (1, *shape) if len(shape) == 2 else shape  # grey images: one channel
     gen = torch.Generator().manual_seed(seed)
@@ -69,16 +72,20 @@ def train_judge(
         torch.nn.Linear(128, int(labels.max()) + 1),
     )
     torch.set_rng_state(torch_state)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
     rows = x.reshape(x.shape[0], -1).float()
     targets = labels.long()
+    total = epochs * math.ceil(len(rows) / batch_size)
+    step = 0
     net.train()
     for _ in range(epochs):
         for index in torch.randperm(len(rows), generator=gen).split(batch_size):
             loss = torch.nn.functional.cross_entropy(net(rows[index]), targets[index])
             opt.zero_grad()
             loss.backward()
+            opt.param_groups[0]["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
             opt.step()
+            step += 1
     return net.eval()
 
 

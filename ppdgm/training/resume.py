@@ -43,8 +43,16 @@ _OVERRIDABLE = ("lr", "optimizer_options", "lr_schedule", "precision", "step_kwa
 
 def _data_change(saved: dict | None, current: dict | None) -> str:
     """What differs between two data fingerprints (:meth:`ppdgm.data.streams.Source.fingerprint`), in words; ``""`` when
-    nothing does or the checkpoint has none (written before fingerprints)."""
-    if saved is None or current is None or saved == current:
+    nothing does or the checkpoint has none (written before fingerprints). The saved sample hash may be in either of
+    its forms (``sample_v1``: checkpoints written before 2026-12-05)."""
+    if saved is None or current is None:
+        return ""
+    saved, current = dict(saved), dict(current)
+    if saved.get("sample") == current.get("sample_v1"):
+        saved["sample"] = current.get("sample")
+    saved.pop("sample_v1", None)
+    current.pop("sample_v1", None)
+    if saved == current:
         return ""
     if saved.get("kind") != current.get("kind") or "sources" in saved or "sources" in current:
         if len(saved.get("sources", ())) == len(current.get("sources", ())) and "sources" in saved:
