@@ -193,6 +193,18 @@ def test_a_factor_that_adds_to_the_log_density_is_refused_and_a_zero_one_changes
     assert torch.equal(estimate(_with_factor(model, 0.0), guide, x).values, plain)
 
 
+@pytest.mark.parametrize("metric", list(LIKELIHOODS))
+def test_the_factor_check_leaves_the_estimates_draws_as_they_were(float64, metric, monkeypatch):
+    from ppdgm.evaluate import likelihood
+
+    model, guide, x = linear_gaussian(n=32)
+    pyro.set_rng_seed(3)
+    checked = LIKELIHOODS[metric](model, guide, x).values
+    monkeypatch.setattr(likelihood, "refuse_factors", lambda *args: None)
+    pyro.set_rng_seed(3)
+    assert torch.equal(LIKELIHOODS[metric](model, guide, x).values, checked)
+
+
 def test_a_semi_supervised_vae_is_judged_on_its_test_rows_without_their_labels():
     """Test rows come unlabelled, so the test ELBO is M2's bound on log p(x) with y summed out: the classification
     term α·log q(y | x), which the model adds on labelled rows only, plays no part (same numbers as with α = 0)."""

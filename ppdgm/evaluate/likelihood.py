@@ -27,6 +27,7 @@ import pyro.poutine as poutine
 import torch
 
 from ppdgm.compile.function import RecordedFunction
+from ppdgm.compile.state import generator_state, set_generator_state
 from ppdgm.data.streams import is_stream, materialize
 from ppdgm.errors import UsageError, positive_int
 from ppdgm.programs.batch import Data, as_rows, first_column
@@ -97,8 +98,11 @@ def _batched(
 
 def refuse_factors(programs: ProgramPair, x: Data, guided: bool = True) -> None:
     """Refuse rows on which a ``pyro.factor`` of the model adds to its log-density (at one draw of the latents from
-    the guide, or from the model when ``guided`` is false): a likelihood of such rows is not log p(x)."""
+    the guide, or from the model when ``guided`` is false): a likelihood of such rows is not log p(x). The draw is
+    taken off to the side: the estimate that follows draws what it would have drawn without the check."""
+    before = generator_state()
     trace = programs.data_side(x, 1).model_trace if guided else programs.model_trace(x)
+    set_generator_state(before)
     for name, site in sample_sites(trace).items():
         if not auxiliary(site) or site["infer"].get("_deterministic"):
             continue
